@@ -1,0 +1,170 @@
+"""Speed benchmark: ratios measured side by side in one process run.
+
+    python bench/speed.py            # all sections (about 3-4 minutes on 2 CPU cores)
+    python bench/speed.py --quick    # shorter timings, same sections
+
+Sections:
+1. pipeline  the common torchvision pipeline (DataLoader, per-sample PIL flip + rotation,
+             batch 64, 784-256-10, torch.optim SGD) vs our trainer, same settings:
+             seconds per epoch and the ratio, for both of our implementations.
+2. flops     achieved training GFLOP/s at hidden 1024, batch 256 vs the same machine's
+             torch.mm throughput on the forward product's shape.
+3. population  an 8-point learning-rate grid (hidden 256, batch 64) trained as one
+             population vs one after another by our own trainer: throughput ratio.
+Timings go to stdout; nothing here is asserted, so CI never fails on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fmnist_core import data as fdata  # noqa: E402
+from fmnist_core.config import RunConfig  # noqa: E402
+from fmnist_core.trainer import SPLIT_SEED, train, train_population  # noqa: E402
+
+ROTATE_DEGREES = 10.0
+
+
+def write_raw_idx(source: Path, target: Path) -> None:
+    """Decompressed copies of the four IDX files, where torchvision's FashionMNIST looks for them."""
+    for name in fdata.FILES:
+        found = next(p for p in (source / f"{name}.gz", source / name, source / "FashionMNIST" / "raw" / name)
+                     if p.exists())
+        opener = gzip.open if found.suffix == ".gz" else open
+        with opener(found, "rb") as src:
+            (target / name).write_bytes(src.read())
+
+
+def torchvision_epoch_seconds(train_index: torch.Tensor, max_steps: int | None,
+                              workers: int) -> tuple[float, int]:
+    """One epoch of the usual tutorial pipeline; returns (seconds, samples seen)."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    with tempfile.TemporaryDirectory() as root:
+        raw_dir = Path(root) / "FashionMNIST" / "raw"
+        raw_dir.mkdir(parents=True)
+        write_raw_idx(fdata.locate_data_dir(allow_download=False), raw_dir)  # torchvision reads raw IDX here
+        transform = transforms.Compose([
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomRotation(ROTATE_DEGREES),
+            transforms.ToTensor(),
+            transforms.Normalize((fdata.MEAN,), (fdata.STD,)),
+        ])
+        dataset = Subset(datasets.FashionMNIST(root, train=True, download=False, transform=transform),
+                         train_index.tolist())
+        loader = DataLoader(dataset, batch_size=64, shuffle=True, num_workers=workers,
+                            persistent_workers=workers > 0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.ReLU(),
+                                    torch.nn.Linear(256, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                                    weight_decay=5e-4)
+        seen, started = 0, time.perf_counter()
+        for step, (images, labels) in enumerate(loader):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            seen += labels.shape[0]
+            if max_steps and step + 1 >= max_steps:
+                break
+        return time.perf_counter() - started, seen
+
+
+def ours_epoch_seconds(cfg: RunConfig, splits: fdata.Splits) -> float:
+    result = train(cfg, splits)
+    return result.history[0]["epoch_seconds"]
+
+
+def section_pipeline(splits: fdata.Splits, quick: bool) -> None:
+    print("\n== 1. our trainer vs the common torchvision pipeline (hidden 256, batch 64, flip + rotate) ==")
+    raw = fdata.load_raw()
+    from fmnist_core.trainer import SPLIT_SEED as seed
+
+    train_index, _ = fdata.stratified_split(raw.train_labels, splits.val_x.shape[0], seed)
+    n_train = len(train_index)
+    max_steps = 150 if quick else None
+    baselines = {}
+    for workers in (0, 2):
+        seconds, seen = torchvision_epoch_seconds(train_index, max_steps, workers)
+        baselines[workers] = seconds * n_train / seen  # per full epoch
+        print(f"torchvision DataLoader (num_workers={workers}): {baselines[workers]:7.2f} s/epoch"
+              f"{f' (extrapolated from {seen} samples)' if seen < n_train else ''}")
+    best_baseline = min(baselines.values())
+    cfg = RunConfig(hidden_size=256, batch_size=64, epochs=1, augment_flip=True,
+                    augment_rotate=ROTATE_DEGREES,
+                    device="cpu", val_size=splits.val_x.shape[0])
+    for impl in ("manual", "torch"):
+        seconds = ours_epoch_seconds(dataclasses.replace(cfg, impl=impl), splits)
+        print(f"ours ({impl:6s}):                       {seconds:7.2f} s/epoch   "
+              f"ratio vs best baseline: {best_baseline / seconds:5.1f}x")
+
+
+def section_flops(splits: fdata.Splits, quick: bool) -> None:
+    print("\n== 2. achieved training GFLOP/s vs torch.mm (hidden 1024, batch 256) ==")
+    hidden, batch = 1024, 256
+    a, b = torch.randn(batch, 784), torch.randn(784, hidden)
+    for _ in range(5):
+        a @ b
+    repeats, started = 200, time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    mm_gflops = 2 * batch * 784 * hidden * repeats / (time.perf_counter() - started) / 1e9
+    print(f"torch.mm [{batch}x784]@[784x{hidden}]: {mm_gflops:7.1f} GFLOP/s")
+    # Per sample: forward 2(784H + 10H); backward dW2, dh1, dW1 = 2(10H + 10H + 784H).
+    flops_per_sample = 2 * (784 * hidden + 10 * hidden) + 2 * (10 * hidden + 10 * hidden + 784 * hidden)
+    subset = splits if not quick else dataclasses.replace(splits, train_x=splits.train_x[:20_000],
+                                                          train_y=splits.train_y[:20_000])
+    for impl in ("manual", "torch"):
+        cfg = RunConfig(impl=impl, hidden_size=hidden, batch_size=batch, epochs=1, augment_flip=False,
+                        device="cpu", val_size=splits.val_x.shape[0])
+        seconds = ours_epoch_seconds(cfg, subset)
+        gflops = flops_per_sample * subset.train_x.shape[0] / seconds / 1e9
+        print(f"ours ({impl:6s}): {gflops:7.1f} GFLOP/s = {100 * gflops / mm_gflops:5.1f}% of torch.mm")
+
+
+def section_population(splits: fdata.Splits, quick: bool) -> None:
+    print("\n== 3. 8-point learning-rate grid: one population vs one after another (hidden 256, batch 64) ==")
+    subset = dataclasses.replace(splits, train_x=splits.train_x[:10_000 if quick else 25_000],
+                                 train_y=splits.train_y[:10_000 if quick else 25_000])
+    lrs = [0.005 * 2 ** (k / 2) for k in range(8)]
+    for impl in ("manual", "torch"):
+        configs = [RunConfig(impl=impl, hidden_size=256, batch_size=64, epochs=1, lr=lr, device="cpu",
+                             val_size=splits.val_x.shape[0]) for lr in lrs]
+        started = time.perf_counter()
+        for cfg in configs:
+            train(cfg, subset)
+        sequential = time.perf_counter() - started
+        started = time.perf_counter()
+        train_population(configs, subset)
+        together = time.perf_counter() - started
+        print(f"{impl:6s}: one after another {sequential:6.2f} s, population of 8 {together:6.2f} s, "
+              f"throughput ratio {sequential / together:4.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter timings (partial epochs)")
+    parser.add_argument("--only", choices=("pipeline", "flops", "population"), action="append")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    splits = fdata.load_splits(val_size=10_000, seed=SPLIT_SEED, device="cpu")
+    sections = {"pipeline": section_pipeline, "flops": section_flops, "population": section_population}
+    for name in args.only or sections:
+        sections[name](splits, args.quick)
+
+
+if __name__ == "__main__":
+    main()

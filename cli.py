@@ -1,0 +1,290 @@
+"""Command line: a thin click group over fmnist_core and sweeps.
+
+Each command parses and checks its options, builds the RunConfig, and calls one library
+function. Mistakes a user can make (bad option values, missing data, foreign
+checkpoints) end with one line on stderr and exit code 2, never a traceback.
+Heavy imports (torch, mlflow, optuna) happen inside commands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+from fmnist_core.config import CHOICES, ConfigError, RunConfig
+
+ROOT = Path(__file__).resolve().parent
+
+
+class Group(click.Group):
+    """Turns the errors a user can cause into `Error: ...` and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        from fmnist_core.checkpoint import CheckpointError
+        from fmnist_core.data import DataError
+
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, DataError, CheckpointError) as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(2)
+
+
+def config_options(command):
+    """One option per RunConfig field, with the field's default and help text."""
+    for spec in reversed(dataclasses.fields(RunConfig)):
+        flag = spec.name.replace("_", "-")
+        help_text = spec.metadata["help"]
+        if spec.type == "bool":
+            decl = [f"--{flag}/--no-{flag}"]
+            kind = bool
+        else:
+            decl = [f"--{flag}"]
+            kind = click.Choice(CHOICES[spec.name]) if spec.name in CHOICES else {"int": int, "float": float,
+                                                                                   "str": str}[spec.type]
+        command = click.option(*decl, spec.name, type=kind, default=spec.default, show_default=True,
+                               help=help_text)(command)
+    return command
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="FMNIST_DATA", default=None,
+    help="Fashion-MNIST folder (gzipped or raw IDX). Default: $FMNIST_DATA, ./data, "
+         "/usr/share/datasets/fashion-mnist, else download into ./data.")
+
+
+@click.group(cls=Group)
+def cli() -> None:
+    """Sweeps of fully-connected networks on Fashion-MNIST, tracked in MLflow."""
+
+
+tracking_uri_option = click.option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+    help="MLflow store or server. Default: $MLFLOW_TRACKING_URI, else the embedded sqlite store in mlruns/.")
+experiment_option = click.option(
+    "--experiment", default="fmnist", show_default=True,  # = fmnist_core.tracking.DEFAULT_EXPERIMENT
+    help="MLflow experiment name.")
+
+
+@cli.command()
+@config_options
+@data_dir_option
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the best-validation checkpoint. Default: checkpoints/<name>.pt (printed).")
+@tracking_uri_option
+@experiment_option
+@click.option("--track/--no-track", default=True, show_default=True,
+              help="Log the run (params, per-epoch metrics, figures, checkpoint, model) to MLflow.")
+def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | None, experiment: str,
+          track: bool, **settings) -> None:
+    """Train one model with a live progress bar, write its checkpoint and log the run to MLflow."""
+    from fmnist_core.trainer import Diverged
+
+    cfg = RunConfig(**settings)
+    if not track:
+        from fmnist_core.console import train_with_progress
+
+        train_with_progress(cfg, data_dir=data_dir, checkpoint=checkpoint)
+        return
+    from fmnist_core.tracking import Terminated, train_tracked
+
+    try:
+        train_tracked(cfg, data_dir=data_dir, tracking_uri=tracking_uri, experiment=experiment,
+                      checkpoint=checkpoint)
+    except Diverged as error:
+        click.echo(f"Error: {error}; the MLflow run is marked FAILED. Try a lower --lr or --clip-mode norm.",
+                   err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: the MLflow run is marked KILLED.", err=True)
+        sys.exit(130)
+    except Terminated:
+        click.echo("Terminated: the MLflow run is marked KILLED.", err=True)
+        sys.exit(143)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. The UI has no login: keep it on loopback unless the network is trusted.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="TCP port.")
+@tracking_uri_option
+def ui(host: str, port: int, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on the tracking store (the embedded one by default) and print its address."""
+    import os
+
+    from fmnist_core.registry import ui_command, ui_runs_url
+
+    argv, environment, uri, experiment_id = ui_command(tracking_uri, host, port)
+    click.echo(f"MLflow UI over {uri}: {ui_runs_url(host, port, experiment_id)} (Ctrl-C stops it)")
+    sys.stdout.flush()
+    os.execve(argv[0], argv, environment)  # the server takes over this process: signals reach it directly
+
+
+@cli.command()
+@click.option("--sweep", default=None, help="Only the runs of this sweep (runs tagged sweep=NAME).")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest runs shown.")
+@tracking_uri_option
+@experiment_option
+def runs(sweep: str | None, limit: int, tracking_uri: str | None, experiment: str) -> None:
+    """A table of runs, newest first: status, key params and metrics."""
+    from fmnist_core.registry import runs_table
+    from fmnist_core.tracking import setup
+
+    client, experiment_id = setup(tracking_uri, experiment, create=False)
+    click.echo(runs_table(client, [experiment_id], sweep=sweep, limit=limit))
+
+
+@cli.command()
+@click.option("--sweep", default=None, help="Only consider the runs of this sweep.")
+@click.option("--metric", default="val_acc", show_default=True,
+              help="Validation metric to select by: val_acc (a run's best validation accuracy, logged as "
+                   "best_val_acc). Test metrics are refused: the test set is only reported.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the best run's checkpoint.")
+@click.option("--register", is_flag=True,
+              help="Also register its MLflow model as fmnist-mlp and point the alias champion at it.")
+@data_dir_option
+@tracking_uri_option
+@experiment_option
+def best(sweep: str | None, metric: str, out: Path, register: bool, data_dir: Path | None,
+         tracking_uri: str | None, experiment: str) -> None:
+    """Fetch the best FINISHED run's checkpoint, check it against the logged validation accuracy."""
+    from fmnist_core.registry import fetch_best
+    from fmnist_core.tracking import setup
+
+    client, experiment_id = setup(tracking_uri, experiment, create=False)
+    found = fetch_best(client, [experiment_id], out, sweep=sweep, metric=metric, data_dir=data_dir,
+                       register=register)
+    click.echo(found.describe())
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@data_dir_option
+def evaluate(checkpoint: Path, data_dir: Path | None) -> None:
+    """Test accuracy and per-class accuracy of a checkpoint."""
+    from fmnist_core.serving import evaluate_file, per_class_table
+
+    evaluation, loaded = evaluate_file(checkpoint, data_dir)
+    click.echo(f"{checkpoint}: test_acc {evaluation.accuracy:.4f}, test_loss {evaluation.loss:.4f} "
+               f"on {len(evaluation.predictions)} test images")
+    for row in per_class_table(evaluation, loaded.classes):
+        click.echo(f"  {row['class']:<12} {row['accuracy']:.4f}  ({row['correct']}/{row['samples']})")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def predict(checkpoint: Path, images: tuple[Path, ...]) -> None:
+    """Class and probability of each IMAGE: a 28x28 8-bit grayscale PNG, light garment on black."""
+    from fmnist_core.serving import load_model, predict_images
+
+    _, loaded = load_model(checkpoint)  # before any image: a foreign checkpoint is refused first
+    for path, name, probability in predict_images(loaded, list(images)):
+        click.echo(f"{path}: {name} ({probability:.4f})")
+
+
+def parse_set(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """`--set lr=0.1 --set epochs=3` -> {"lr": "0.1", "epochs": "3"}; RunConfig coerces the strings."""
+    settings = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. --set lr=0.1)", ctx, param)
+        settings[key.strip().replace("-", "_")] = value.strip()
+    return settings
+
+
+impl_variant_option = click.option(
+    "--impl", type=click.Choice(["manual", "torch", "both"]), default=None,
+    help="Implementation to sweep; `both` runs one study per implementation. Default: the definition's.")
+storage_option = click.option(
+    "--storage", envvar="OPTUNA_STORAGE", default=None,
+    help="Optuna storage URL. Default: $OPTUNA_STORAGE, else sqlite optuna.db next to the MLflow database "
+         "(mlruns/optuna.db).")
+
+
+@cli.command()
+@click.argument("name")
+@impl_variant_option
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs per trial (same as --set epochs=N).")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Trials the study should hold in all, finished ones included. Default: the definition's "
+                   "budget, or every grid point.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Start no new trial after this many seconds of this invocation.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Train every configuration with seeds 0..K-1. Default: the definition's `seeds`.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=parse_set,
+              help="Override a RunConfig field for every trial (repeatable), e.g. --set batch_size=128.")
+@click.option("--population", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Trials of the same shape trained together as one batched computation; 1 turns it off.")
+@click.option("--fresh", is_flag=True,
+              help="Delete this sweep's stored Optuna study and start it again (its MLflow runs are kept).")
+@storage_option
+@tracking_uri_option
+@experiment_option
+@data_dir_option
+def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None, timeout: float | None,
+          seeds: int | None, overrides: dict[str, str], population: int, fresh: bool, storage: str | None,
+          tracking_uri: str | None, experiment: str, data_dir: Path | None) -> None:
+    """Run the sweep NAME (a file in sweeps/, or a path to a YAML definition); re-running resumes it.
+
+    Every trial is an Optuna trial and a nested MLflow run under one parent run per study, which
+    holds the sweep's figures and a ranked table. `python cli.py sweeps` lists the definitions.
+    """
+    from fmnist_core.tracking import Terminated
+    from sweeps.runner import run_sweep
+
+    if epochs is not None:
+        overrides = dict(overrides, epochs=epochs)
+    try:
+        run_sweep(name, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials, timeout=timeout,
+                  population=population, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
+                  fresh=fresh, data_dir=data_dir)
+    except (KeyboardInterrupt, Terminated) as error:
+        click.echo(f"{'Interrupted' if isinstance(error, KeyboardInterrupt) else 'Terminated'}: the running "
+                   "trials are re-queued and their MLflow runs KILLED; re-run the same command to resume.",
+                   err=True)
+        sys.exit(130 if isinstance(error, KeyboardInterrupt) else 143)
+
+
+@cli.command()
+def sweeps() -> None:
+    """List the sweep definitions in sweeps/, one line each."""
+    from sweeps.definitions import DefinitionError, list_definitions, load_definition
+
+    for name, path in list_definitions().items():
+        try:
+            definition = load_definition(path)
+        except DefinitionError as error:
+            click.echo(f"{name:<14} MALFORMED: {error}")
+            continue
+        size = 1
+        for param in definition.space:
+            size *= len(param.choices) if param.choices else 0
+        budget = f"{size * definition.seeds} trials" if definition.sampler == "grid" else \
+            f"{definition.n_trials or 'until timeout'} trials"
+        click.echo(f"{name:<14} {definition.sampler:<6} {budget:<11} {definition.description}")
+
+
+@cli.command()
+@click.argument("name")
+@impl_variant_option
+@storage_option
+@tracking_uri_option
+@experiment_option
+def report(name: str, impl: str | None, storage: str | None, tracking_uri: str | None,
+           experiment: str) -> None:
+    """Rebuild the figures and ranked tables of sweep NAME's parent run(s) from its Optuna study."""
+    from sweeps.runner import rebuild_reports
+
+    rebuild_reports(name, impl=impl, storage=storage, tracking_uri=tracking_uri, experiment=experiment)
+
+
+if __name__ == "__main__":
+    cli()

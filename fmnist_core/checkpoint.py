@@ -1,0 +1,141 @@
+"""Checkpoint files that anyone can load without our code.
+
+A checkpoint is a plain dict saved with `torch.save`:
+
+    state_dict     nn.Linear key names and shapes: fc1.weight [H,784], fc1.bias [H],
+                   fc2.weight [10,H], fc2.bias [10] (float32, CPU)
+    config         the RunConfig as a plain dict
+    normalization  {"mean": float, "std": float}: apply (x/255 - mean)/std to [0,255] pixels
+    classes        the ten class names, index = label
+    metrics        final metrics (best_epoch, best_val_acc, test_acc, ...)
+    format         FORMAT, so a reader can tell what it holds
+
+`torch.load(path, weights_only=True)` reads it; our loader uses nothing else, so a file
+crafted to run code when unpickled is refused before any of its code runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "fmnist-mlp-checkpoint/1"
+INPUT_SIZE = 784
+NUM_CLASSES = 10
+
+
+class CheckpointError(ValueError):
+    """The file is not a checkpoint we wrote (or it is damaged); we refuse to use it."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    normalization: dict[str, float]
+    classes: tuple[str, ...]
+    metrics: dict[str, Any]
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.state_dict["fc1.weight"].shape[0])
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    normalization: dict[str, float],
+    classes: tuple[str, ...],
+    metrics: dict[str, Any],
+) -> Path:
+    """Write atomically: a temp file in the same directory, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()},
+        "config": dict(config),
+        "normalization": {"mean": float(normalization["mean"]), "std": float(normalization["std"])},
+        "classes": list(classes),
+        "metrics": {k: _plain(v) for k, v in metrics.items()},
+    }
+    _validate(payload, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load and check a checkpoint; anything else raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: refused: not a plain-data checkpoint "
+            f"(torch.load weights_only=True failed: {first_line})"
+        ) from None
+    _validate(payload, path)
+    return Checkpoint(
+        state_dict=payload["state_dict"],
+        config=payload["config"],
+        normalization=payload["normalization"],
+        classes=tuple(payload["classes"]),
+        metrics=payload["metrics"],
+    )
+
+
+def _validate(payload: Any, path: Path) -> None:
+    def fail(reason: str) -> None:
+        raise CheckpointError(f"{path}: not an fmnist checkpoint: {reason}")
+
+    if not isinstance(payload, dict):
+        fail(f"expected a dict, found {type(payload).__name__}")
+    if payload.get("format") != FORMAT:
+        fail(f"format is {payload.get('format')!r}, expected {FORMAT!r}")
+    for key, kind in (("state_dict", dict), ("config", dict), ("normalization", dict),
+                      ("classes", (list, tuple)), ("metrics", dict)):
+        if not isinstance(payload.get(key), kind):
+            fail(f"missing or malformed {key!r}")
+    state = payload["state_dict"]
+    if set(state) != {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}:
+        fail(f"state_dict keys {sorted(state)} are not fc1/fc2 weight and bias")
+    if not all(isinstance(t, torch.Tensor) for t in state.values()):
+        fail("state_dict values must be tensors")
+    hidden = state["fc1.weight"].shape[0] if state["fc1.weight"].dim() == 2 else -1
+    expected = {"fc1.weight": (hidden, INPUT_SIZE), "fc1.bias": (hidden,),
+                "fc2.weight": (NUM_CLASSES, hidden), "fc2.bias": (NUM_CLASSES,)}
+    for key, shape in expected.items():
+        if hidden < 1 or tuple(state[key].shape) != shape:
+            fail(f"{key} has shape {tuple(state[key].shape)}, expected {shape}")
+        if not torch.isfinite(state[key]).all():
+            fail(f"{key} holds NaN or Inf")
+    if len(payload["classes"]) != NUM_CLASSES:
+        fail(f"{len(payload['classes'])} class names, expected {NUM_CLASSES}")
+    if not {"mean", "std"} <= set(payload["normalization"]):
+        fail("normalization needs mean and std")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value

@@ -1,0 +1,192 @@
+"""The nn.Module twin of the hand-written MLP, trained with autograd and torch.optim.
+
+`TorchMLP` is the checkpoint format: its state_dict keys (fc1.weight, fc1.bias, fc2.weight,
+fc2.bias) are what both implementations save and load. `TorchLearner` trains a population of
+P members: P separate TorchMLPs whose weights are stacked into one batched forward (autograd
+flows back through torch.stack into each member's own leaf parameters), one param group per
+member (its own lr, momentum, weight decay), and clipping with torch.nn.utils per member.
+Initial weights and dropout masks come from `inits`, exactly as for the manual learner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmnist_core import inits
+from fmnist_core.config import RunConfig
+from fmnist_core.metrics import loss_and_correct
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "leaky_relu": partial(F.leaky_relu, negative_slope=0.01),
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "elu": F.elu,  # alpha = 1
+    "silu": F.silu,
+}
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class TorchMLP(nn.Module):
+    """784 -> hidden_size -> 10 with dropout on the hidden layer."""
+
+    def __init__(self, hidden_size: int, activation: str = "relu", dropout: float = 0.0, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
+        self.fc1 = nn.Linear(inits.INPUT_SIZE, hidden_size, device=device, dtype=dtype)
+        self.fc2 = nn.Linear(hidden_size, inits.NUM_CLASSES, device=device, dtype=dtype)
+        self.dropout = nn.Dropout(dropout)  # standalone use; TorchLearner draws seeded masks itself
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, torch.Tensor], activation: str = "relu", dropout: float = 0.0, *,
+        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    ) -> TorchMLP:
+        """A model holding a copy of `state`; the hidden size is read from fc1.weight's shape."""
+        # Built on the meta device: nn.Linear's own init would draw from (and move) the global RNG.
+        model = cls(state["fc1.weight"].shape[0], activation, dropout, device="meta")
+        model.to_empty(device=device).to(dtype)
+        model.load_state_dict(state)
+        return model
+
+
+class TorchLearner:
+    """The Learner interface (see mlp_manual.ManualLearner) over P TorchMLPs and torch.optim."""
+
+    def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype) -> None:
+        first = configs[0]
+        for cfg in configs:
+            if (cfg.hidden_size, cfg.activation) != (first.hidden_size, first.activation):
+                raise ValueError("all members of a population must share hidden_size and activation")
+        self.population, self.device, self.dtype = len(configs), torch.device(device), dtype
+        self.act = ACTIVATIONS[first.activation]
+        self.members = [
+            TorchMLP.from_state_dict(
+                inits.initial_state(c.hidden_size, activation=c.activation, init=c.init,
+                                    scale=c.init_scale, seed=c.seed),
+                c.activation, c.dropout, device=self.device, dtype=dtype)
+            for c in configs
+        ]
+        self.dropout = [c.dropout for c in configs]
+        self.generators = inits.dropout_generators([c.seed for c in configs], self.device)
+        self.configs = list(configs)
+        self.frozen = [False] * self.population
+
+        # One optimizer per optimizer kind in the population, one param group per member.
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.param_groups: list[dict] = [{}] * self.population
+        for kind in dict.fromkeys(c.optimizer for c in configs):
+            members = [i for i, c in enumerate(configs) if c.optimizer == kind]
+            groups = [self._param_group(configs[i], self.members[i]) for i in members]
+            optimizer = OPTIMIZERS[kind](groups, lr=groups[0]["lr"])
+            self.optimizers.append(optimizer)
+            for i, group in zip(members, optimizer.param_groups, strict=True):
+                self.param_groups[i] = group
+
+    @staticmethod
+    def _param_group(cfg: RunConfig, model: TorchMLP) -> dict:
+        # Weight decay covers all four tensors, biases included, like ManualSGD.
+        group = {"params": list(model.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+        if cfg.optimizer == "sgd":
+            group.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
+        else:  # adam / adamw: momentum is beta1; nesterov has no meaning here
+            group.update(betas=(cfg.momentum, 0.999))
+        return group
+
+    def _stacked_forward(self, x: torch.Tensor, masks: torch.Tensor | None, *,
+                         hidden_only: bool = False) -> torch.Tensor:
+        """Logits [P, B, 10] (or z1 [P, B, H]) of all members in one batched computation."""
+        W1 = torch.stack([m.fc1.weight for m in self.members])  # [P, H, 784]
+        b1 = torch.stack([m.fc1.bias for m in self.members]).unsqueeze(1)  # [P, 1, H]
+        z1 = torch.baddbmm(b1, x, W1.transpose(1, 2))
+        if hidden_only:
+            return z1
+        h1 = self.act(z1)
+        if masks is not None:
+            h1 = h1 * masks
+        W2 = torch.stack([m.fc2.weight for m in self.members])  # [P, 10, H]
+        b2 = torch.stack([m.fc2.bias for m in self.members]).unsqueeze(1)  # [P, 1, 10]
+        return torch.baddbmm(b2, h1, W2.transpose(1, 2))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step for every member. Pass `lr` on the CPU: torch.optim takes Python floats,
+        so an lr on the accelerator costs one device sync here."""
+        x = x.to(self.dtype)
+        for group, value in zip(self.param_groups, lr.tolist(), strict=True):
+            group["lr"] = value
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        masks = inits.dropout_masks(self.dropout, x.shape[1], self.configs[0].hidden_size, self.generators,
+                                    device=self.device, dtype=self.dtype)
+        logits = self._stacked_forward(x, masks)
+        if not all(self.frozen):
+            per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            # Sum over members of each member's mean loss: member i's params see only its own mean.
+            per_sample.view_as(y).mean(1).sum().backward()
+        grad_norm, clipped = self._clip()
+        for optimizer in self.optimizers:
+            optimizer.step()  # frozen members have no .grad, so torch.optim skips them
+        loss_sum, correct = loss_and_correct(logits.detach(), y)
+        return {"loss_sum": loss_sum, "correct": correct, "grad_norm": grad_norm, "clipped": clipped.float()}
+
+    def _clip(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip each member's gradients by its own rule; pre-clip global norms [P] and flags [P]."""
+        zero = torch.zeros((), device=self.device, dtype=self.dtype)
+        norms, flags = [], []
+        for cfg, member, frozen in zip(self.configs, self.members, self.frozen, strict=True):
+            params = list(member.parameters())
+            if frozen:
+                norms.append(zero)
+                flags.append(zero.bool())
+            elif cfg.clip_mode == "norm":
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_value)
+                norms.append(norm)
+                flags.append(cfg.clip_value / (norm + 1e-6) < 1)  # the factor clip_grad_norm_ applied
+            else:
+                grads = [p.grad for p in params]
+                norms.append(torch.nn.utils.get_total_norm(grads))
+                if cfg.clip_mode == "value":
+                    flags.append(torch.stack([(g.abs() > cfg.clip_value).any() for g in grads]).any())
+                    torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
+                else:
+                    flags.append(zero.bool())
+        return torch.stack(norms).to(self.dtype), torch.stack(flags)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._stacked_forward(x.to(self.dtype), None)
+
+    @torch.no_grad()
+    def hidden_preactivations(self, x: torch.Tensor) -> torch.Tensor:
+        return self._stacked_forward(x.to(self.dtype), None, hidden_only=True)
+
+    def member_state(self, i: int) -> dict[str, torch.Tensor]:
+        state = self.members[i].state_dict()
+        return {k: v.detach().to("cpu", torch.float32).clone() for k, v in state.items()}
+
+    def load_member_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite member i's weights; optimizer state and frozen flag are left as they are."""
+        self.members[i].load_state_dict(state)
+
+    def freeze_member(self, i: int) -> None:
+        self.frozen[i] = True
+        for p in self.members[i].parameters():
+            p.requires_grad_(False)  # no grad -> torch.optim skips it and no NaN flows anywhere
+            p.grad = None
+
+
+def make_torch_learner(configs: Sequence[RunConfig], device: torch.device, *,
+                       dtype: torch.dtype = torch.float32) -> TorchLearner:
+    return TorchLearner(configs, device, dtype)

@@ -1,0 +1,75 @@
+"""Checkpoints: plain-data format, atomic writes, refusal of anything else."""
+
+import pickle
+
+import pytest
+import torch
+
+from fmnist_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+CLASSES = tuple(f"class{i}" for i in range(10))
+
+
+def _state(hidden=4):
+    return {"fc1.weight": torch.randn(hidden, 784), "fc1.bias": torch.randn(hidden),
+            "fc2.weight": torch.randn(10, hidden), "fc2.bias": torch.randn(10)}
+
+
+def _save(path, state=None, **extra):
+    args = {"state_dict": state or _state(), "config": {"hidden_size": 4}, "classes": CLASSES,
+            "normalization": {"mean": 0.286, "std": 0.353}, "metrics": {"test_acc": torch.tensor(0.5)}}
+    args.update(extra)
+    return save_checkpoint(path, **args)
+
+
+def test_a_saved_checkpoint_loads_with_plain_torch_load(tmp_path):
+    state = _state()
+    path = _save(tmp_path / "sub" / "model.pt", state)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) >= {"state_dict", "config", "normalization", "classes", "metrics"}
+    model = torch.nn.Sequential(torch.nn.Linear(784, 4), torch.nn.ReLU(), torch.nn.Linear(4, 10))
+    renamed = {k.replace("fc1", "0").replace("fc2", "2"): v for k, v in raw["state_dict"].items()}
+    model.load_state_dict(renamed)
+    assert torch.equal(model[0].weight, state["fc1.weight"])
+    loaded = load_checkpoint(path)
+    assert loaded.hidden_size == 4 and loaded.metrics["test_acc"] == 0.5 and loaded.classes == CLASSES
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left behind
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("open('MARKER', 'w').write('ran')",))
+
+
+def test_a_checkpoint_that_runs_code_when_unpickled_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "x", "state_dict": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda p: p.pop("classes"), "classes"),
+    (lambda p: p["state_dict"].pop("fc2.bias"), "keys"),
+    (lambda p: p["state_dict"].update({"fc2.weight": torch.zeros(9, 4)}), "fc2.weight has shape"),
+    (lambda p: p["state_dict"]["fc1.bias"].fill_(float("nan")), "NaN"),
+    (lambda p: p.update({"format": "other/1"}), "format"),
+])
+def test_malformed_checkpoints_are_refused_with_the_reason(tmp_path, mutate, fragment):
+    path = _save(tmp_path / "ok.pt")
+    payload = torch.load(path, weights_only=True)
+    mutate(payload)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=fragment):
+        load_checkpoint(path)
+
+
+def test_garbage_and_missing_files_are_refused(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(pickle.dumps([1, 2, 3])[:5])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(garbage)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")

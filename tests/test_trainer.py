@@ -1,0 +1,141 @@
+"""The trainer: metrics, determinism, divergence, populations, device choice, checkpoints."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fmnist_core import data
+from fmnist_core.checkpoint import load_checkpoint, save_checkpoint
+from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core.metrics import loss_and_correct
+from fmnist_core.mlp_torch import TorchMLP
+from fmnist_core.trainer import (Diverged, checkpoint_payload, make_learner, resolve_device, train,
+                                 train_population)
+
+METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second",
+           "grad_norm", "clip_fraction", "dead_relu_fraction"}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return data.synthetic_splits(n_train=600, n_val=200, n_test=200, seed=0)
+
+
+def tiny(**overrides) -> RunConfig:
+    base = {"hidden_size": 16, "epochs": 3, "batch_size": 64, "device": "cpu", "val_size": 200, "lr": 0.05}
+    return RunConfig(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("impl", ["manual", "torch"])
+def test_every_epoch_reports_every_metric_and_learning_happens(splits, impl):
+    seen = []
+    result = train(tiny(impl=impl), splits, on_epoch=seen.append)
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    assert all(METRICS <= set(m) for m in result.history)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_val_acc > 0.8 and 0 < result.test_acc <= 1
+    assert result.stop_reason == "completed" and 1 <= result.best_epoch <= 3
+
+
+def test_the_same_seed_gives_identical_metrics_on_cpu(splits):
+    def strip(history):
+        return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "samples_per_second")} for m in history]
+
+    first, second = train(tiny(seed=3), splits), train(tiny(seed=3), splits)
+    assert strip(first.history) == strip(second.history)
+    assert strip(train(tiny(seed=4), splits).history) != strip(first.history)
+
+
+def test_epoch_loss_and_accuracy_are_weighted_by_samples_not_batches(splits):
+    # 600 samples in batches of 256: 256 + 256 + 88. A near-zero lr keeps the weights at their
+    # initial values, so the epoch's train loss must equal the initial model's mean loss over
+    # all 600 samples; a mean of per-batch means would over-weight the short batch.
+    cfg = tiny(lr=1e-12, batch_size=256, epochs=1)
+    learner = make_learner([cfg], torch.device("cpu"))
+    loss_sum, correct = loss_and_correct(learner.logits(splits.train_x[None]), splits.train_y[None])
+    result = train(cfg, splits)
+    assert result.history[0]["train_loss"] == pytest.approx(loss_sum.item() / 600, rel=1e-5)
+    assert result.history[0]["train_acc"] == pytest.approx(correct.item() / 600)
+
+
+def test_test_metrics_use_the_weights_of_the_best_validation_epoch(splits):
+    result = train(tiny(epochs=4), splits)
+    model = TorchMLP.from_state_dict(result.best_state)
+    with torch.no_grad():
+        loss_sum, correct = loss_and_correct(model(splits.test_x), splits.test_y)
+    assert result.test_acc == pytest.approx(correct.item() / len(splits.test_y))
+    assert result.test_loss == pytest.approx(loss_sum.item() / len(splits.test_y), rel=1e-5)
+    assert result.best_val_acc == max(m["val_acc"] for m in result.history)
+
+
+@pytest.mark.parametrize("impl", ["manual", "torch"])
+def test_a_nan_loss_stops_training_with_the_epoch_and_step(splits, impl):
+    with pytest.raises(Diverged, match=r"epoch 1, step \d+") as caught:
+        train(tiny(impl=impl, lr=1e6, momentum=0.0, nesterov=False, init="normal", init_scale=10.0), splits)
+    assert caught.value.epoch == 1 and caught.value.step >= 1
+
+
+@pytest.mark.parametrize("impl", ["manual", "torch"])
+def test_a_diverging_member_fails_alone_and_the_others_match_separate_training(splits, impl):
+    good = [tiny(impl=impl, lr=0.05, seed=1), tiny(impl=impl, lr=0.1, seed=2, weight_decay=0.0)]
+    bad = tiny(impl=impl, lr=1e6, seed=1, momentum=0.0, nesterov=False, init="normal", init_scale=10.0)
+    together = train_population([good[0], bad, good[1]], splits)
+    assert isinstance(together[1].error, Diverged) and together[1].best_state is None
+    for cfg, member in zip(good, (together[0], together[2]), strict=True):
+        alone = train(cfg, splits)
+        assert member.error is None
+        for epoch_alone, epoch_member in zip(alone.history, member.history, strict=True):
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "grad_norm"):
+                assert epoch_member[key] == pytest.approx(epoch_alone[key], rel=1e-4, abs=1e-6), key
+        assert member.test_acc == pytest.approx(alone.test_acc, abs=1e-9)
+
+
+def test_a_callback_can_stop_one_member_and_early_stopping_stops_on_a_plateau(splits):
+    results = train_population([tiny(seed=0), tiny(seed=1)], splits,
+                               on_epoch=lambda member, metrics: member == 0 and metrics["epoch"] == 1)
+    assert results[0].stop_reason == "stopped_by_callback" and len(results[0].history) == 1
+    assert results[1].stop_reason == "completed" and len(results[1].history) == 3
+    plateau = train(tiny(epochs=6, patience=1, lr=1e-9), splits)  # nothing improves after epoch 1
+    assert plateau.stop_reason == "early_stopped" and len(plateau.history) == 2
+
+
+def test_clip_fraction_grad_norm_and_dead_units_are_measured(splits):
+    clipped = train(tiny(clip_mode="norm", clip_value=1e-6, epochs=1), splits).history[0]
+    assert clipped["clip_fraction"] == 1.0 and clipped["grad_norm"] > 1e-6
+    assert train(tiny(epochs=1), splits).history[0]["clip_fraction"] == 0.0
+    # All-zero weights give z1 = 0 everywhere and zero gradients for W1: every ReLU stays dead.
+    dead = train(tiny(init="zeros", epochs=1), splits).history[0]
+    assert dead["dead_relu_fraction"] == 1.0
+
+
+def test_members_must_share_their_shape(splits):
+    with pytest.raises(ConfigError, match="share hidden_size"):
+        train_population([tiny(hidden_size=8), tiny(hidden_size=16)], splits)
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
+    assert resolve_device("auto") == expected
+    for name, available in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available())):
+        if not available:
+            with pytest.raises(ConfigError, match=f"device '{name}' is not available"):
+                resolve_device(name)
+
+
+def test_a_checkpoint_of_a_result_reloads_into_a_plain_module(splits, tmp_path):
+    result = train(tiny(epochs=1), splits)
+    path = save_checkpoint(tmp_path / "run.pt", **checkpoint_payload(result, splits))
+    loaded = load_checkpoint(path)
+    assert loaded.config == tiny(epochs=1).as_dict()
+    assert loaded.metrics["test_acc"] == result.test_acc
+    assert loaded.normalization == {"mean": splits.mean, "std": splits.std}
+
+
+def test_the_core_imports_neither_mlflow_nor_optuna():
+    code = ("import sys, fmnist_core.trainer, fmnist_core.console; "
+            "print(sorted(m for m in ('mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
