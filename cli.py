@@ -9,6 +9,7 @@ Heavy imports (torch, mlflow, optuna) happen inside commands, so `--help` is ins
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -108,13 +109,12 @@ def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | No
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind. The UI has no login: keep it on loopback unless the network is trusted.")
+              help="Interface to bind. The UI has no login: keep it on loopback unless the network is "
+                   "trusted.")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="TCP port.")
 @tracking_uri_option
 def ui(host: str, port: int, tracking_uri: str | None) -> None:
     """Start the MLflow UI on the tracking store (the embedded one by default) and print its address."""
-    import os
-
     from fmnist_core.registry import ui_command, ui_runs_url
 
     argv, environment, uri, experiment_id = ui_command(tracking_uri, host, port)
@@ -153,8 +153,10 @@ def best(sweep: str | None, metric: str, out: Path, register: bool, data_dir: Pa
          tracking_uri: str | None, experiment: str) -> None:
     """Fetch the best FINISHED run's checkpoint, check it against the logged validation accuracy."""
     from fmnist_core.registry import fetch_best
-    from fmnist_core.tracking import setup
+    from fmnist_core.tracking import selection_metric, setup
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    selection_metric(metric)  # a test metric is refused before anything is looked up
     client, experiment_id = setup(tracking_uri, experiment, create=False)
     found = fetch_best(client, [experiment_id], out, sweep=sweep, metric=metric, data_dir=data_dir,
                        register=register)
@@ -216,7 +218,7 @@ storage_option = click.option(
               help="Trials the study should hold in all, finished ones included. Default: the definition's "
                    "budget, or every grid point.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Start no new trial after this many seconds of this invocation.")
+              help="Ask for no new trials after this many seconds of this invocation (asked ones finish).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Train every configuration with seeds 0..K-1. Default: the definition's `seeds`.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=parse_set,
@@ -268,7 +270,7 @@ def sweeps() -> None:
         for param in definition.space:
             size *= len(param.choices) if param.choices else 0
         budget = f"{size * definition.seeds} trials" if definition.sampler == "grid" else \
-            f"{definition.n_trials or 'until timeout'} trials"
+            f"{definition.n_trials} trials" if definition.n_trials else f"{definition.timeout:g} s"
         click.echo(f"{name:<14} {definition.sampler:<6} {budget:<11} {definition.description}")
 
 
@@ -281,7 +283,7 @@ def sweeps() -> None:
 def report(name: str, impl: str | None, storage: str | None, tracking_uri: str | None,
            experiment: str) -> None:
     """Rebuild the figures and ranked tables of sweep NAME's parent run(s) from its Optuna study."""
-    from sweeps.runner import rebuild_reports
+    from sweeps.report import rebuild_reports
 
     rebuild_reports(name, impl=impl, storage=storage, tracking_uri=tracking_uri, experiment=experiment)
 

@@ -11,8 +11,14 @@ from fmnist_core.checkpoint import load_checkpoint, save_checkpoint
 from fmnist_core.config import ConfigError, RunConfig
 from fmnist_core.metrics import loss_and_correct
 from fmnist_core.mlp_torch import TorchMLP
-from fmnist_core.trainer import (Diverged, checkpoint_payload, make_learner, resolve_device, train,
-                                 train_population)
+from fmnist_core.trainer import (
+    Diverged,
+    checkpoint_payload,
+    make_learner,
+    resolve_device,
+    train,
+    train_population,
+)
 
 METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second",
            "grad_norm", "clip_fraction", "dead_relu_fraction"}
@@ -41,7 +47,8 @@ def test_every_epoch_reports_every_metric_and_learning_happens(splits, impl):
 
 def test_the_same_seed_gives_identical_metrics_on_cpu(splits):
     def strip(history):
-        return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "samples_per_second")} for m in history]
+        timing = ("epoch_seconds", "samples_per_second")
+        return [{k: v for k, v in m.items() if k not in timing} for m in history]
 
     first, second = train(tiny(seed=3), splits), train(tiny(seed=3), splits)
     assert strip(first.history) == strip(second.history)

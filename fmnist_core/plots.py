@@ -1,0 +1,78 @@
+"""Matplotlib figures of one run: learning curves, confusion matrix, misclassified images.
+
+Figures are built with the object-oriented API (`matplotlib.figure.Figure`), not pyplot:
+no global figure registry to leak from inside long sweeps, no GUI backend needed; saving
+a PNG renders with Agg. Each function returns the Figure; tracking logs it to MLflow
+(`log_figure`), and nothing here knows about MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+IMAGE_SIDE = 28  # pixels
+
+
+def learning_curves(history: Sequence[dict[str, float]], *, title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    epochs = list(range(1, len(history) + 1))
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    for axes, metric in ((loss_axes, "loss"), (acc_axes, "acc")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            key = f"{split}_{metric}"
+            if history and key in history[0]:
+                axes.plot(epochs, [m[key] for m in history], style, markersize=3, label=split)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel("cross-entropy" if metric == "loss" else "accuracy")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    loss_axes.set_title("loss")
+    acc_axes.set_title("accuracy")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], *, title: str = "") -> Figure:
+    """Counts of (true, predicted) pairs; the colour is the share of the true class's samples."""
+    counts = confusion.cpu().long()
+    shares = counts.double() / counts.sum(1, keepdim=True).clamp(min=1)
+    n = len(classes)
+    figure = Figure(figsize=(8, 7), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(shares.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="share of the true class")
+    for row in range(n):
+        for column in range(n):
+            axes.text(column, row, str(int(counts[row, column])), ha="center", va="center", fontsize=8,
+                      color="white" if shares[row, column] > 0.5 else "black")
+    axes.set_xticks(range(n), classes, rotation=45, ha="right")
+    axes.set_yticks(range(n), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title or f"confusion matrix ({int(counts.sum())} images)")
+    return figure
+
+
+def misclassified_grid(pixels: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
+                       classes: Sequence[str], *, limit: int = 36, columns: int = 6) -> Figure:
+    """Up to `limit` misclassified images (pixels 0..255 [N, 784]), each titled true -> predicted."""
+    wrong = (labels.cpu() != predictions.cpu()).nonzero().flatten()[:limit].tolist()
+    rows = max(1, -(-len(wrong) // columns))
+    figure = Figure(figsize=(columns * 1.8, rows * 2.0), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for slot, axes in enumerate(grid.flat):
+        axes.set_axis_off()
+        if slot >= len(wrong):
+            continue
+        i = wrong[slot]
+        axes.imshow(pixels[i].reshape(IMAGE_SIDE, IMAGE_SIDE).cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+        axes.set_title(f"true: {classes[int(labels[i])]}\npred: {classes[int(predictions[i])]}", fontsize=7)
+    figure.suptitle(f"misclassified test images (first {len(wrong)})" if wrong else "no misclassified images")
+    return figure

@@ -1,0 +1,189 @@
+"""Getting models back out of MLflow: the runs table, the best checkpoint fetched and verified,
+the Model Registry champion, and the command line of the MLflow UI.
+
+`fetch_best` trusts nothing it downloads: the checkpoint goes through
+`checkpoint.load_checkpoint` (weights_only=True), and its validation accuracy, recomputed
+on the same split the trainer used (trainer.SPLIT_SEED, the run's val_size), must match
+what the run logged before the file is moved to where the user asked.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from fmnist_core import data as fdata
+from fmnist_core import serving
+from fmnist_core.tracking import (
+    CHECKPOINT_ARTIFACT,
+    TrackingError,
+    find_best_run,
+    first_line,
+    local_artifact_root,
+    resolve_tracking_uri,
+    search_runs,
+    selection_metric,
+    setup,
+)
+from fmnist_core.trainer import SPLIT_SEED
+
+REGISTERED_MODEL = "fmnist-mlp"
+CHAMPION_ALIAS = "champion"
+# Recomputed and logged validation accuracy may differ by this many images: the trainer's
+# batched matmuls and nn.Linear round differently, which can flip a near-tie.
+VAL_TOLERANCE_IMAGES = 2
+
+
+def runs_table(client: MlflowClient, experiment_ids: list[str], *, sweep: str | None = None,
+               limit: int = 20) -> str:
+    """The newest `limit` runs, one line each: status, key params and metrics."""
+    runs = search_runs(client, experiment_ids, sweep=sweep, limit=limit)
+    if not runs:
+        return "no runs" + (f" of sweep {sweep!r}" if sweep else "") + " in this experiment"
+
+    def metric(run: Run, key: str) -> str:
+        value = run.data.metrics.get(key)
+        return "-" if value is None else f"{value:.4f}"
+
+    def sweep_cell(run: Run) -> str:
+        tags = run.data.tags
+        if "sweep" not in tags:
+            return "-"
+        if tags.get("sweep_role") == "parent":
+            return f"{tags['sweep']} (parent)"
+        return f"{tags['sweep']} #{tags.get('trial', '?')}"
+
+    columns = {
+        "run": lambda r: r.info.run_id[:8],
+        "name": lambda r: r.info.run_name or "-",
+        "status": lambda r: r.info.status,
+        "impl": lambda r: r.data.params.get("impl", "-"),
+        "hidden": lambda r: r.data.params.get("hidden_size", "-"),
+        "activation": lambda r: r.data.params.get("activation", "-"),
+        "optimizer": lambda r: r.data.params.get("optimizer", "-"),
+        "lr": lambda r: r.data.params.get("lr", "-"),
+        "epochs": lambda r: metric(r, "best_epoch").split(".")[0] + "/" + r.data.params.get("epochs", "-"),
+        "best_val_acc": lambda r: metric(r, "best_val_acc"),
+        "test_acc": lambda r: metric(r, "test_acc"),
+        "sweep": sweep_cell,
+        "started": lambda r: time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000)),
+    }
+    cells = [list(columns)] + [[str(cell(run)) for cell in columns.values()] for run in runs]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+@dataclass
+class BestRun:
+    run: Run
+    metric: str  # the logged metric it was selected by
+    checkpoint_path: Path
+    logged_val_acc: float
+    recomputed_val_acc: float
+    val_images: int
+    registered: str | None = None  # "name version N (alias champion)" after --register
+
+    def describe(self) -> str:
+        run, tags = self.run, self.run.data.tags
+        lines = [f"Best run {run.info.run_id} ({run.info.run_name}) by {self.metric}, "
+                 f"status {run.info.status}",
+                 f"  checkpoint: {self.checkpoint_path}",
+                 f"  val_acc: logged {self.logged_val_acc:.4f}, recomputed {self.recomputed_val_acc:.4f} "
+                 f"on {self.val_images} validation images",
+                 "  metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.data.metrics.items())),
+                 "  params: " + ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))]
+        if "sweep" in tags:
+            lines.append(f"  sweep: {tags['sweep']} trial {tags.get('trial', '?')}")
+        if self.registered:
+            lines.append(f"  registered: {self.registered}")
+        return "\n".join(lines)
+
+
+def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sweep: str | None = None,
+               metric: str = "val_acc", data_dir=None, register: bool = False) -> BestRun:
+    """Find the best FINISHED run, download its checkpoint, verify it, move it to `out`."""
+    key = selection_metric(metric)
+    run = find_best_run(client, experiment_ids, sweep=sweep, metric=metric)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fmnist-best-") as scratch:
+        try:
+            downloaded = Path(client.download_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT, scratch))
+        except (MlflowException, OSError) as error:
+            raise TrackingError(f"run {run.info.run_id} has no readable {CHECKPOINT_ARTIFACT} artifact "
+                                f"({first_line(error)})") from None
+        model, checkpoint = serving.load_model(downloaded)  # refuses anything but a plain-data checkpoint
+        splits = fdata.load_splits(data_dir, val_size=int(run.data.params["val_size"]), seed=SPLIT_SEED)
+        trained_on = run.data.tags.get("dataset_digest")
+        if trained_on and trained_on != splits.digest:
+            raise TrackingError(f"run {run.info.run_id} was trained on data with digest {trained_on}, "
+                                f"but the data here has digest {splits.digest}; "
+                                f"point --data-dir at the run's data")
+        x = serving.renormalise(splits.val_x, (splits.mean, splits.std), checkpoint.normalization)
+        recomputed = serving.evaluate(model, x, splits.val_y).accuracy
+        logged = run.data.metrics["best_val_acc"]
+        images = splits.val_x.shape[0]
+        if abs(recomputed - logged) * images > VAL_TOLERANCE_IMAGES + 1e-6:
+            raise TrackingError(f"the checkpoint of run {run.info.run_id} scores val_acc {recomputed:.4f} "
+                                f"on the validation split, but the run logged {logged:.4f}; not using it")
+        os.replace(downloaded, out)
+    best = BestRun(run, key, out, logged, recomputed, images)
+    if register:
+        version = register_champion(client, run)
+        best.registered = f"{REGISTERED_MODEL} version {version.version} (alias {CHAMPION_ALIAS})"
+    return best
+
+
+def register_champion(client: MlflowClient, run: Run, name: str = REGISTERED_MODEL):
+    """Register the run's MLflow model as a new version of `name`; point the alias `champion` at it."""
+    outputs = client.get_run(run.info.run_id).outputs
+    model_ids = [output.model_id for output in (outputs.model_outputs if outputs else [])]
+    if not model_ids:
+        raise TrackingError(f"run {run.info.run_id} has no logged MLflow model to register")
+    try:
+        client.create_registered_model(name, description="Fashion-MNIST MLP: 784 pixels 0..255 -> 10 class "
+                                                         "probabilities; alias champion = best by validation")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(
+        name, source=f"models:/{model_ids[0]}", run_id=run.info.run_id, model_id=model_ids[0],
+        tags={"best_val_acc": str(run.data.metrics.get("best_val_acc")),
+              "test_acc": str(run.data.metrics.get("test_acc"))})
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+    return version
+
+
+def ui_command(tracking_uri: str | None, host: str, port: int) -> tuple[list[str], dict[str, str], str, str]:
+    """(argv and environment of `mlflow server` over the store, the store's URI, the experiment id).
+
+    The store and the default experiment exist afterwards, so the UI opens on them.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise TrackingError(f"{uri} is a tracking server already: open it in a browser")
+    _, experiment_id = setup(uri)
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+            "--port", str(port), "--workers", "1"]
+    artifacts = local_artifact_root(uri)
+    if artifacts is not None:  # experiments made in the UI keep their files next to the database too
+        argv += ["--no-serve-artifacts", "--default-artifact-root", artifacts.as_uri()]
+    # The job runner serves GenAI evaluation jobs: a dozen idle processes a training UI does not need.
+    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return argv, environment, uri, experiment_id
+
+
+def ui_runs_url(host: str, port: int, experiment_id: str) -> str:
+    """The page with an experiment's training runs (MLflow 3 otherwise opens on its GenAI pages)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

@@ -1,0 +1,217 @@
+"""End to end through cli.py: best, evaluate, predict, runs, ui errors, and runs killed mid-training."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow import MlflowClient
+from PIL import Image
+
+from cli import cli
+from fmnist_core import serving, tracking
+from fmnist_core.checkpoint import save_checkpoint
+from fmnist_core.config import RunConfig
+from fmnist_core.data import CLASSES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.stderr
+
+
+def test_the_cli_default_experiment_is_the_tracking_default():
+    assert invoke("runs", "--help").output.count(f"[default: {tracking.DEFAULT_EXPERIMENT}]") == 1
+
+
+def test_best_fetches_the_best_finished_checkpoint_which_reproduces_the_logged_test_accuracy(
+        mlflow_store, small_real_splits, tmp_path):
+    runs = {}
+    for impl, lr in (("manual", 0.002), ("torch", 0.05)):  # different lr: different validation accuracy
+        cfg = RunConfig(impl=impl, hidden_size=16, epochs=1, lr=lr, device="cpu")
+        result, run_id = tracking.train_tracked(cfg, splits=small_real_splits, tracking_uri=mlflow_store,
+                                                checkpoint=tmp_path / f"{impl}.pt")
+        runs[run_id] = result
+    best_id = max(runs, key=lambda run_id: runs[run_id].best_val_acc)
+    client, experiment_id = tracking.setup(mlflow_store)
+    failed = tracking.RunLogger.start(client, experiment_id, RunConfig(), run_name="failed-but-higher")
+    client.log_metric(failed.run_id, "best_val_acc", 0.99)
+    failed.end("FAILED", "crashed")
+
+    out = tmp_path / "fetched" / "best.pt"
+    result = invoke("best", "--out", out, "--register", "--tracking-uri", mlflow_store)
+    assert result.exit_code == 0, result.output
+    assert f"Best run {best_id}" in result.stdout and "registered: fmnist-mlp version 1" in result.stdout
+    logged_artifact = client.download_artifacts(best_id, tracking.CHECKPOINT_ARTIFACT, str(tmp_path))
+    assert out.read_bytes() == Path(logged_artifact).read_bytes()
+
+    # Anyone can use it with plain torch: no code of ours below.
+    raw = torch.load(out, weights_only=True)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    renamed = {k.replace("fc1", "0").replace("fc2", "2"): v for k, v in raw["state_dict"].items()}
+    model.load_state_dict(renamed)
+    with torch.no_grad():
+        predictions = model(small_real_splits.test_x).argmax(1)
+    accuracy = (predictions == small_real_splits.test_y).double().mean().item()
+    assert len(small_real_splits.test_y) == 10_000
+    assert accuracy == pytest.approx(client.get_run(best_id).data.metrics["test_acc"], abs=1.01e-4)
+
+    version = client.get_model_version_by_alias("fmnist-mlp", "champion")
+    assert version.run_id == best_id
+
+    evaluated = invoke("evaluate", out)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"test_acc {accuracy:.4f}" in evaluated.stdout
+    assert all(name in evaluated.stdout for name in CLASSES)
+
+    table = invoke("runs", "--tracking-uri", mlflow_store)
+    assert table.exit_code == 0 and "failed-but-higher" in table.stdout and "FAILED" in table.stdout
+    assert sum(run_id[:8] in table.stdout for run_id in runs) == 2
+
+    # A logged validation accuracy that the checkpoint does not reproduce: refused, nothing written.
+    client.log_metric(best_id, "best_val_acc", 0.999, step=99)  # the latest value: highest step
+    tampered = tmp_path / "tampered.pt"
+    assert_one_line_error(invoke("best", "--out", tampered, "--tracking-uri", mlflow_store),
+                          "but the run logged")
+    assert not tampered.exists()
+
+
+class _Payload:
+    """Unpickling this runs `exec`: a file written by it proves that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_a_checkpoint_that_runs_code_when_unpickled_is_refused_everywhere(mlflow_store, tmp_path):
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "checkpoint.pt"
+    torch.save({"format": "fmnist-mlp-checkpoint/1", "state_dict": _Payload(marker)}, evil)
+    png = tmp_path / "shirt.png"
+    Image.new("L", (28, 28)).save(png)
+
+    assert_one_line_error(invoke("evaluate", evil), "refused")
+    assert_one_line_error(invoke("predict", evil, png), "refused")
+
+    client, experiment_id = tracking.setup(mlflow_store)
+    planted = tracking.RunLogger.start(client, experiment_id, RunConfig(), run_name="planted")
+    client.log_metric(planted.run_id, "best_val_acc", 0.95)
+    client.log_artifact(planted.run_id, str(evil))
+    planted.end()
+    out = tmp_path / "best.pt"
+    assert_one_line_error(invoke("best", "--out", out, "--tracking-uri", mlflow_store), "refused")
+    assert not out.exists() and not marker.exists()
+
+
+@pytest.fixture
+def random_checkpoint(tmp_path) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    state = {"fc1.weight": torch.randn(12, 784, generator=generator) * 0.05, "fc1.bias": torch.zeros(12),
+             "fc2.weight": torch.randn(10, 12, generator=generator), "fc2.bias": torch.zeros(10)}
+    return save_checkpoint(tmp_path / "random.pt", state_dict=state,
+                           config=RunConfig(hidden_size=12).as_dict(),
+                           normalization={"mean": 0.2860, "std": 0.3530}, classes=CLASSES, metrics={})
+
+
+def test_predict_names_the_class_the_model_picks_for_each_png(random_checkpoint, tmp_path):
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (3, 28, 28), generator=generator, dtype=torch.uint8)
+    paths = []
+    for i, image in enumerate(pixels):
+        paths.append(tmp_path / f"image{i}.png")
+        Image.fromarray(image.numpy(), mode="L").save(paths[-1])
+    result = invoke("predict", random_checkpoint, *paths)
+    assert result.exit_code == 0, result.output
+    model, _ = serving.load_model(random_checkpoint)
+    normalised = (pixels.reshape(3, 784).float() / 255 - 0.2860) / 0.3530
+    expected = torch.softmax(serving.logits_of(model, normalised), -1)
+    lines = result.stdout.strip().splitlines()
+    for path, line, probabilities in zip(paths, lines, expected, strict=True):
+        assert line == f"{path}: {CLASSES[int(probabilities.argmax())]} ({probabilities.max():.4f})"
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: Image.new("L", (32, 32)).save(p), "is 32x32 pixels, expected 28x28"),
+    (lambda p: Image.new("RGB", (28, 28)).save(p), "mode RGB"),
+    (lambda p: Image.new("L", (28, 28)).save(p, format="JPEG"), "expected a PNG"),
+    (lambda p: p.write_text("not an image"), "cannot read it as a PNG"),
+])
+def test_predict_refuses_images_of_the_wrong_size_or_format(random_checkpoint, tmp_path, make, fragment):
+    path = tmp_path / "image.png"
+    make(path)
+    assert_one_line_error(invoke("predict", random_checkpoint, path), fragment)
+
+
+def test_user_errors_exit_2_with_one_line(mlflow_store, tmp_path):
+    assert_one_line_error(invoke("evaluate", tmp_path / "missing.pt"), "no such checkpoint file")
+    assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt", "--metric", "test_acc"),
+                          "test-set metric")
+    assert_one_line_error(invoke("runs", "--experiment", "nope"), "no experiment 'nope'")
+    tracking.setup(mlflow_store)
+    assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt"), "no FINISHED run")
+    assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt", "--sweep", "it's"), "quotes")
+    assert_one_line_error(invoke("ui", "--tracking-uri", "http://127.0.0.1:9"), "tracking server already")
+    assert not (tmp_path / "b.pt").exists()
+
+
+def _running_run_with_an_epoch(uri: str, process: subprocess.Popen, timeout: float = 240.0) -> str:
+    """Poll the store until the process's run is RUNNING and has logged its first epoch."""
+    client, deadline = MlflowClient(uri), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+        if experiment is not None:
+            runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+            if runs and "val_acc" in runs[0].data.metrics:
+                return runs[0].info.run_id
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"no RUNNING run with a finished epoch appeared in {uri} within {timeout:.0f} s")
+
+
+def test_a_run_killed_mid_training_by_sigterm_or_ctrl_c_ends_killed(make_mlflow_store, tmp_path):
+    """Two real `cli.py train` processes side by side; one gets SIGTERM, the other SIGINT (Ctrl-C)."""
+    def default_sigint():  # a shell that started pytest in the background may have ignored SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    started = {}
+    for name in ("SIGTERM", "SIGINT"):
+        uri = make_mlflow_store(name)
+        command = [sys.executable, "cli.py", "train", "--hidden-size", "8", "--epochs", "50",
+                   "--device", "cpu", "--no-augment-flip", "--batch-size", "256", "--tracking-uri", uri,
+                   "--checkpoint", str(tmp_path / f"{name}.pt")]
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, preexec_fn=default_sigint,
+                                   env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        started[name] = (uri, process)
+    for name, (uri, process) in started.items():
+        run_id = _running_run_with_an_epoch(uri, process)
+        process.send_signal(getattr(signal, name))
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == {"SIGTERM": 143, "SIGINT": 130}[name], stderr
+        assert "marked KILLED" in stderr
+        client = MlflowClient(uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED"
+        assert {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[name] in run.data.tags[tracking.FAILURE_TAG]
+        statuses = [r.info.status for r in client.search_runs([run.info.experiment_id])]
+        assert statuses == ["KILLED"]  # nothing left RUNNING
+    mlflow.set_tracking_uri(None)

@@ -1,0 +1,188 @@
+"""Tracking against a real MLflow store in tmp_path: what a run logs, how it ends, which run is best."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from fmnist_core import serving, tracking
+from fmnist_core.config import RunConfig
+from fmnist_core.trainer import Diverged
+
+TINY = RunConfig(hidden_size=8, epochs=2, batch_size=32, device="cpu", lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    """One short tracked run on synthetic data, shared by the tests that only read it."""
+    from fmnist_core.data import synthetic_splits
+
+    root = tmp_path_factory.mktemp("tracked")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    splits = synthetic_splits(256, 64, 64, seed=0)
+    result, run_id = tracking.train_tracked(TINY, splits=splits, tracking_uri=uri,
+                                            checkpoint=root / "ckpt.pt")
+    mlflow.set_tracking_uri(None)
+    return {"uri": uri, "run_id": run_id, "result": result, "splits": splits, "checkpoint": root / "ckpt.pt"}
+
+
+def test_a_short_run_logs_params_tags_one_value_per_epoch_and_final_metrics(tracked_run):
+    client = MlflowClient(tracked_run["uri"])
+    run, result = client.get_run(tracked_run["run_id"]), tracked_run["result"]
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {k: str(v) for k, v in TINY.as_dict().items()}
+    for name in tracking.EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2], name
+        assert [m.value for m in history] == pytest.approx([epoch[name] for epoch in result.history]), name
+    assert set(run.data.metrics) == set(tracking.EPOCH_METRICS) | set(tracking.FINAL_METRICS)
+    for name, value in result.final_metrics().items():
+        assert run.data.metrics[name] == pytest.approx(value)
+    tags = run.data.tags
+    assert tags["implementation"] == "manual" and tags["device"] == "cpu" and tags["device_name"]
+    assert tags["torch_version"] == torch.__version__ and tags["dataset_digest"] == "synthetic"
+    assert tags["git_dirty"] in ("true", "false", "unknown") and tags["git_commit"]
+    assert tags["stop_reason"] == "completed" and tracking.FAILURE_TAG not in tags
+
+
+def test_a_short_run_logs_figures_per_class_table_and_the_checkpoint(tracked_run, tmp_path):
+    client, run_id = MlflowClient(tracked_run["uri"]), tracked_run["run_id"]
+    files = {a.path for folder in (None, "plots") for a in client.list_artifacts(run_id, folder)}
+    assert {"checkpoint.pt", "per_class_accuracy.json", "plots/learning_curves.png",
+            "plots/confusion_matrix_test.png", "plots/misclassified_test.png"} <= files
+    for name in ("learning_curves", "confusion_matrix_test", "misclassified_test"):
+        png = client.download_artifacts(run_id, f"plots/{name}.png", str(tmp_path))
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    logged = client.download_artifacts(run_id, "checkpoint.pt", str(tmp_path))
+    assert open(logged, "rb").read() == tracked_run["checkpoint"].read_bytes()
+    table_file = client.download_artifacts(run_id, "per_class_accuracy.json", str(tmp_path))
+    table = json.loads(open(table_file).read())
+    rows = table["classes"]
+    assert [row["index"] for row in rows] == list(range(10))
+    assert sum(row["samples"] for row in rows) == len(tracked_run["splits"].test_y)
+    # The table and the logged test_acc come from the same weights: they must agree.
+    accuracy = sum(row["correct"] for row in rows) / sum(row["samples"] for row in rows)
+    assert accuracy == pytest.approx(client.get_run(run_id).data.metrics["test_acc"])
+
+
+def test_the_logged_mlflow_model_predicts_the_classes_of_the_checkpoint(tracked_run):
+    mlflow.set_tracking_uri(tracked_run["uri"])
+    client = MlflowClient(tracked_run["uri"])
+    [output] = client.get_run(tracked_run["run_id"]).outputs.model_outputs
+    model_info = mlflow.models.get_model_info(f"models:/{output.model_id}")
+    assert model_info.signature is not None and model_info.saved_input_example_info is not None
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{tracked_run['run_id']}/model")
+    splits = tracked_run["splits"]
+    pixels = serving.pixels_of(splits.test_x, splits.mean, splits.std).numpy()
+    served = torch.as_tensor(pyfunc.predict(pixels))
+    assert served.shape == (len(pixels), 10)
+    assert torch.allclose(served.sum(1), torch.ones(len(pixels)), atol=1e-5)  # probabilities
+    model, _ = serving.load_model(tracked_run["checkpoint"])
+    assert torch.equal(served.argmax(1), serving.logits_of(model, splits.test_x).argmax(1))
+
+
+def test_a_diverged_run_ends_failed_with_the_reason(mlflow_store, tiny_splits, tmp_path):
+    cfg = RunConfig(hidden_size=8, epochs=2, batch_size=32, device="cpu", lr=1e6, weight_decay=0.0)
+    with pytest.raises(Diverged):
+        tracking.train_tracked(cfg, splits=tiny_splits, tracking_uri=mlflow_store,
+                               checkpoint=tmp_path / "c.pt")
+    [run] = MlflowClient(mlflow_store).search_runs([_experiment_id(mlflow_store)])
+    assert run.info.status == "FAILED"
+    assert "diverged" in run.data.tags[tracking.FAILURE_TAG] and run.data.tags["stop_reason"] == "diverged"
+    assert "checkpoint.pt" not in {a.path for a in MlflowClient(mlflow_store).list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.parametrize("raised, status, reason", [
+    (ValueError("boom"), "FAILED", "ValueError: boom"),
+    (KeyboardInterrupt(), "KILLED", "Ctrl-C"),
+    (tracking.Terminated(), "KILLED", "SIGTERM"),
+])
+def test_every_exit_path_of_a_run_ends_it_with_a_status(mlflow_store, raised, status, reason):
+    client, experiment_id = tracking.setup(mlflow_store)
+    with pytest.raises(type(raised)):
+        with tracking.RunLogger.start(client, experiment_id, TINY) as run:
+            raise raised
+    ended = client.get_run(run.run_id)
+    assert ended.info.status == status and reason in ended.data.tags[tracking.FAILURE_TAG]
+    run.end("FINISHED")  # idempotent: a second end changes nothing
+    assert client.get_run(run.run_id).info.status == status
+
+
+def test_sigterm_inside_handle_sigterm_ends_the_run_killed_and_the_old_handler_returns(mlflow_store):
+    client, experiment_id = tracking.setup(mlflow_store)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(tracking.Terminated):
+        with tracking.handle_sigterm(), tracking.RunLogger.start(client, experiment_id, TINY) as run:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler's exception interrupts the sleep at once
+    assert client.get_run(run.run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_run_can_be_nested_under_a_parent_and_tagged(mlflow_store):
+    client, experiment_id = tracking.setup(mlflow_store)
+    with tracking.RunLogger.start(client, experiment_id, TINY, run_name="parent") as parent:
+        with tracking.RunLogger.start(client, experiment_id, TINY, parent_run_id=parent.run_id,
+                                      tags={"sweep": "s1", "trial": "3"}) as child:
+            child.set_tags({"dataset_digest": "abc"})
+    tags = client.get_run(child.run_id).data.tags
+    assert tags["mlflow.parentRunId"] == parent.run_id and tags["sweep"] == "s1" and tags["trial"] == "3"
+    assert tags["dataset_digest"] == "abc"
+
+
+def _logged_run(client, experiment_id, best_val_acc, status="FINISHED", tags=None, **overrides):
+    run = tracking.RunLogger.start(client, experiment_id, TINY.replace(overrides), tags=tags)
+    run.client.log_metric(run.run_id, "best_val_acc", best_val_acc)
+    if status != "RUNNING":
+        run.end(status)
+    return run.run_id
+
+
+def test_find_best_run_takes_the_best_finished_run_by_validation_only(mlflow_store):
+    client, experiment_id = tracking.setup(mlflow_store)
+    _logged_run(client, experiment_id, 0.80)
+    good = _logged_run(client, experiment_id, 0.85)
+    _logged_run(client, experiment_id, 0.99, "FAILED")
+    _logged_run(client, experiment_id, 0.98, "KILLED")
+    running = _logged_run(client, experiment_id, 0.97, "RUNNING")
+    _logged_run(client, experiment_id, 0.96, val_size=0)  # selected on training accuracy: not comparable
+    _logged_run(client, experiment_id, 0.999, tags={"sweep": "s", "sweep_role": "parent"})
+    in_sweep = _logged_run(client, experiment_id, 0.70, tags={"sweep": "s", "trial": "0"})
+    _logged_run(client, experiment_id, 0.60, tags={"sweep": "s", "trial": "1"})
+    for metric in ("best_val_acc", "val_acc"):
+        assert tracking.find_best_run(client, [experiment_id], metric=metric).info.run_id == good
+    assert tracking.find_best_run(client, [experiment_id], sweep="s").info.run_id == in_sweep
+    with pytest.raises(tracking.TrackingError, match="test-set metric"):
+        tracking.find_best_run(client, [experiment_id], metric="test_acc")
+    with pytest.raises(tracking.TrackingError, match="unknown selection metric"):
+        tracking.find_best_run(client, [experiment_id], metric="train_acc")
+    with pytest.raises(tracking.TrackingError, match="no FINISHED run of sweep 'other'"):
+        tracking.find_best_run(client, [experiment_id], sweep="other")
+    client.set_terminated(running, "KILLED")
+
+
+def test_setup_refuses_a_missing_experiment_unless_asked_to_create_it(mlflow_store):
+    with pytest.raises(tracking.TrackingError, match="no experiment 'nope'"):
+        tracking.setup(mlflow_store, "nope", create=False)
+    client, experiment_id = tracking.setup(mlflow_store, "nope")
+    assert tracking.setup(mlflow_store, "nope", create=False)[1] == experiment_id
+    location = client.get_experiment(experiment_id).artifact_location
+    assert location.startswith(f"file://{tracking.local_artifact_root(mlflow_store)}")
+
+
+def _experiment_id(uri: str) -> str:
+    return MlflowClient(uri).get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id
+
+
+def test_the_default_store_is_sqlite_inside_the_project_mlruns():
+    assert tracking.default_tracking_uri() == f"sqlite:///{tracking.ROOT / 'mlruns' / 'mlflow.db'}"
+    artifacts = tracking.local_artifact_root(tracking.default_tracking_uri())
+    assert artifacts == tracking.ROOT / "mlruns" / "artifacts"
+
