@@ -291,17 +291,23 @@ def synthetic_splits(
     return Splits(train_x, train_y, val_x, val_y, test_x, test_y, MEAN, STD, "synthetic")
 
 
-def _rotate(images: torch.Tensor, angles: torch.Tensor, fill: float) -> torch.Tensor:
-    """Rotate [M, 1, 28, 28] images by `angles` (radians, counter-clockwise as displayed) about the centre.
+def _rotate(images: torch.Tensor, angles: torch.Tensor, fill: float,
+            shifts: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate [M, 1, 28, 28] images by `angles` (radians, counter-clockwise as displayed) about the centre,
+    then move them by `shifts` [M, 2] pixels (x right, y down) if given: one affine resampling.
 
     Bilinear; pixels that come from outside the frame get `fill`. grid_sample pads with 0,
     so we rotate (images - fill) and add fill back, which is exact since interpolation is linear.
     """
     cos, sin = torch.cos(angles), torch.sin(angles)
-    zero = torch.zeros_like(angles)
-    # Output pixel (x, y) samples the input at R (x, y); as y points down, that turns the
-    # picture counter-clockwise by `angle` on screen, like torchvision's rotate.
-    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], -2)
+    # Output pixel (x, y) samples the input at R (x, y) - t; as y points down, that turns the
+    # picture counter-clockwise by `angle` on screen, like torchvision's rotate, and moves it by
+    # t. Grid coordinates span [-1, 1] over 28 pixels, so one pixel is 2/28.
+    offset = torch.zeros(angles.shape[0], 2, dtype=angles.dtype, device=angles.device)
+    if shifts is not None:
+        offset = -shifts.to(angles.dtype) * (2.0 / IMAGE_SIDE)
+    theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], -1),
+                         torch.stack([sin, cos, offset[:, 1]], -1)], -2)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     shifted = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return shifted + fill
@@ -313,25 +319,33 @@ def augment_batch(
     *,
     flip: bool,
     rotate_degrees: float,
+    translate_pixels: int = 0,
     mean: float = MEAN,
     std: float = STD,
 ) -> torch.Tensor:
-    """Randomly flip (p = 0.5) and rotate (uniform in +-rotate_degrees) each sample of x [..., B, 784].
+    """Randomly flip (p = 0.5), rotate (uniform in +-rotate_degrees) and shift (whole pixels,
+    uniform in +-translate_pixels on each axis) each sample of x [..., B, 784].
 
     The whole batch at once on x's device; `generator` must live on that device. Without any
     augmentation x itself is returned and no random numbers are drawn.
     """
     if rotate_degrees < 0:
         raise ValueError(f"rotate_degrees must be >= 0, got {rotate_degrees}")
-    if not flip and rotate_degrees == 0:
+    if not flip and rotate_degrees == 0 and translate_pixels == 0:
         return x
     images = x.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
     count = images.shape[0]
     if flip:
         flipped = torch.rand(count, generator=generator, device=x.device) < 0.5
         images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
-    if rotate_degrees > 0:
-        uniform = torch.rand(count, generator=generator, device=x.device, dtype=x.dtype)
-        angles = (2 * uniform - 1) * math.radians(rotate_degrees)
-        images = _rotate(images, angles, fill=-mean / std)  # -mean/std: a black pixel, normalised
+    if rotate_degrees > 0 or translate_pixels > 0:
+        angles = torch.zeros(count, device=x.device, dtype=x.dtype)
+        if rotate_degrees > 0:
+            uniform = torch.rand(count, generator=generator, device=x.device, dtype=x.dtype)
+            angles = (2 * uniform - 1) * math.radians(rotate_degrees)
+        shifts = None
+        if translate_pixels > 0:
+            shifts = torch.randint(-translate_pixels, translate_pixels + 1, (count, 2), generator=generator,
+                                   device=x.device)
+        images = _rotate(images, angles, fill=-mean / std, shifts=shifts)  # -mean/std: a black pixel
     return images.reshape(x.shape)

@@ -36,7 +36,7 @@ PROGRESS_EVERY = 50  # steps between on_progress calls
 STEP_STATS = ("loss_sum", "correct", "grad_norm", "clipped")  # what learner.train_step returns, per member
 # Fields that must agree between members of one population (they set tensor shapes or the loop).
 SHARED_FIELDS = ("impl", "hidden_size", "activation", "batch_size", "epochs", "schedule", "augment_flip",
-                 "augment_rotate", "val_size", "device", "patience")
+                 "augment_rotate", "augment_translate", "val_size", "device", "patience")
 
 EpochCallback = Callable[[int, dict[str, float]], "bool | None"]
 ProgressCallback = Callable[[int, int], None]
@@ -130,7 +130,7 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
     member_to_seed = torch.tensor([seeds.index(c.seed) for c in configs], device=device)
     order_generators = [torch.Generator().manual_seed(s) for s in seeds]  # CPU: same order on every device
     augment_generators = [torch.Generator(device=device).manual_seed(s + 1) for s in seeds]
-    augmenting = first.augment_flip or first.augment_rotate > 0
+    augmenting = first.augment_flip or first.augment_rotate > 0 or first.augment_translate > 0
 
     for epoch in range(1, first.epochs + 1):
         started = time.perf_counter()
@@ -143,6 +143,7 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
             if augmenting:
                 x = torch.stack([fdata.augment_batch(x[s], g, flip=first.augment_flip,
                                                      rotate_degrees=first.augment_rotate,
+                                                     translate_pixels=first.augment_translate,
                                                      mean=splits.mean, std=splits.std)
                                  for s, g in enumerate(augment_generators)])
             if members > 1:

@@ -294,3 +294,20 @@ def test_random_rotation_keeps_shape_background_and_is_reproducible():
     far_from_square = out.view(3, 64, 28, 28)[..., :6, :]
     assert torch.allclose(far_from_square, torch.full_like(far_from_square, FILL), atol=1e-5)
     assert not torch.equal(out, x)  # rotation by a nonzero angle does move the square's edges
+
+
+def test_translation_moves_each_image_by_whole_pixels_within_the_bound():
+    background = -data.MEAN / data.STD
+    images = torch.full((64, 28, 28), background)
+    images[:, 14, 14] = 3.0  # one bright pixel in the middle
+    out = augment_batch(images.reshape(64, 784), torch.Generator().manual_seed(0), flip=False,
+                        rotate_degrees=0.0, translate_pixels=2).reshape(64, 28, 28)
+    moves = set()
+    for image in out:
+        bright = (image - 3.0).abs() < 1e-5
+        assert bright.sum() == 1  # whole-pixel shifts resample exactly: nothing is blurred
+        row, col = (int(v) for v in bright.nonzero()[0])
+        assert abs(row - 14) <= 2 and abs(col - 14) <= 2
+        assert torch.allclose(image[~bright], torch.tensor(background))
+        moves.add((row - 14, col - 14))
+    assert len(moves) >= 10  # many of the 25 possible shifts occur in 64 draws
