@@ -227,32 +227,87 @@ storage_option = click.option(
               help="Trials of the same shape trained together as one batched computation; 1 turns it off.")
 @click.option("--fresh", is_flag=True,
               help="Delete this sweep's stored Optuna study and start it again (its MLflow runs are kept).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes sharing the study; more than 1 needs --storage postgresql://... "
+                   "and an MLflow server (--tracking-uri http://...). Workers on other machines just run "
+                   "the same command.")
+@click.option("--create", is_flag=True,
+              help="Only create the study (its parent run and queued grid points) and exit; then start "
+                   "workers anywhere with the same NAME, --storage and --tracking-uri.")
+@click.option("--repair", is_flag=True,
+              help="Only recover what stopped workers left: fail and re-queue their stale trials, close "
+                   "their MLflow runs KILLED, close an idle parent run; trains nothing.")
+@click.option("--heartbeat", type=click.IntRange(min=1), metavar="SECONDS", show_default=True,
+              default=10,  # = sweeps.workers.DEFAULT_HEARTBEAT
+              help="Seconds between a worker's heartbeats for its trials (shared storages); a trial "
+                   "without one for 3x this long is failed and re-queued by another worker.")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar, or one line per trial. Default: a bar when stderr is a terminal.")
 @storage_option
 @tracking_uri_option
 @experiment_option
 @data_dir_option
 def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None, timeout: float | None,
-          seeds: int | None, overrides: dict[str, str], population: int, fresh: bool, storage: str | None,
+          seeds: int | None, overrides: dict[str, str], population: int, fresh: bool, workers: int,
+          create: bool, repair: bool, heartbeat: int, progress: bool | None, storage: str | None,
           tracking_uri: str | None, experiment: str, data_dir: Path | None) -> None:
     """Run the sweep NAME (a file in sweeps/, or a path to a YAML definition); re-running resumes it.
 
     Every trial is an Optuna trial and a nested MLflow run under one parent run per study, which
     holds the sweep's figures and a ranked table. `python cli.py sweeps` lists the definitions.
+    Any number of workers (--workers, or this command on other machines) can share a study on
+    PostgreSQL; see README, Scaling out.
     """
-    from fmnist_core.tracking import Terminated
+    from fmnist_core.tracking import Terminated, resolve_tracking_uri
     from sweeps.runner import run_sweep
+    from sweeps.study import default_storage
+    from sweeps.workers import repair_sweep, require_shared_stores, run_local_workers
 
+    if create + repair + (workers > 1) > 1:
+        raise click.BadParameter("use one of --create, --repair and --workers N at a time",
+                                 param_hint="--create")
+    if repair:
+        repair_sweep(name, impl=impl, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
+                     heartbeat=heartbeat)
+        return
     if epochs is not None:
         overrides = dict(overrides, epochs=epochs)
+    settings = dict(impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials, timeout=timeout,
+                    population=population, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
+                    heartbeat=heartbeat)
     try:
-        run_sweep(name, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials, timeout=timeout,
-                  population=population, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
-                  fresh=fresh, data_dir=data_dir)
+        if workers == 1:
+            run_sweep(name, fresh=fresh, data_dir=data_dir, create=create,
+                      progress=sys.stderr.isatty() if progress is None else progress, **settings)
+            return
+        require_shared_stores(storage or default_storage(tracking_uri), resolve_tracking_uri(tracking_uri),
+                              workers)
+        run_sweep(name, fresh=fresh, data_dir=data_dir, create=True, **settings)
+        code = run_local_workers(worker_command(name, data_dir=data_dir, **settings), workers)
     except (KeyboardInterrupt, Terminated) as error:
-        click.echo(f"{'Interrupted' if isinstance(error, KeyboardInterrupt) else 'Terminated'}: the running "
-                   "trials are re-queued and their MLflow runs KILLED; re-run the same command to resume.",
+        code = 130 if isinstance(error, KeyboardInterrupt) else 143
+    if code in (130, 143):
+        click.echo(f"{'Interrupted' if code == 130 else 'Terminated'}: the running trials are re-queued and "
+                   "their MLflow runs KILLED; re-run the same command to resume.", err=True)
+    elif code:
+        click.echo(f"Error: a worker ended with exit code {code}; re-run the same command to resume.",
                    err=True)
-        sys.exit(130 if isinstance(error, KeyboardInterrupt) else 143)
+    sys.exit(code)
+
+
+def worker_command(name: str, *, impl, overrides, seeds, n_trials, timeout, population, storage, tracking_uri,
+                   experiment, heartbeat, data_dir) -> list[str]:
+    """`cli.py sweep` for one of --workers N: the same sweep options, one line per trial instead of a bar.
+    Stores given through the environment ($OPTUNA_STORAGE, $MLFLOW_TRACKING_URI) are inherited from it."""
+    argv = [sys.executable, str(ROOT / "cli.py"), "sweep", name, "--experiment", experiment,
+            "--population", str(population), "--heartbeat", str(heartbeat), "--no-progress"]
+    argv += [f"--set={key}={value}" for key, value in overrides.items()]
+    for flag, value in (("--impl", impl), ("--seeds", seeds), ("--n-trials", n_trials),
+                        ("--timeout", timeout), ("--storage", storage), ("--tracking-uri", tracking_uri),
+                        ("--data-dir", data_dir)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
 
 
 @cli.command()

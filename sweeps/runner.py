@@ -1,9 +1,12 @@
 """The trial loop: ask Optuna for trials, train them (together where they share a shape), tell it.
 
 `run_sweep` is what `python cli.py sweep NAME` calls: load the definition, the data (once)
-and the MLflow store, then for each study of the plan open the study and its parent run,
-`run_trials`, and rebuild the parent's report. `run_trials` is the worker: it only needs an
-open study, so several workers can share one.
+and the MLflow store, then for each study of the plan join the study (creating it, its parent
+run and its queue of grid points if it is new) and `run_trials`. Any number of such workers,
+on any machines, can share a study on PostgreSQL (see workers.py): each takes queued trials,
+trains them and tells Optuna, and leaves when no trial is queued or running anywhere. The
+worker that tells the study's last trial rebuilds the parent's report and closes the parent.
+`--repair` (workers.repair_sweep) recovers what dead workers left behind, without training.
 
 MLflow mapping (one parent run per study, reused when the study resumes; one nested child
 run per trial, tagged sweep=<name>, trial=<number>):
@@ -11,12 +14,16 @@ run per trial, tagged sweep=<name>, trial=<number>):
   PRUNED   -> child KILLED, tag pruned=true;
   FAIL     -> child FAILED with the reason (e.g. divergence); the sweep goes on.
 Ctrl-C or SIGTERM fail the running trials, re-queue them for the next run (Optuna's retry
-callback keeps their grid point), close their runs KILLED and end the sweep.
+callback keeps their grid point), close their runs KILLED and end the worker (the parent run is
+KILLED too unless other workers still have trials running). A worker killed outright is
+recovered by the others through its trials' heartbeats (workers.py).
 
 Population: up to `population` trials are asked at once; those whose configurations share
 trainer.SHARED_FIELDS are trained together by `train_population`, each still its own trial
-and child run. Each sampled configuration of a TPE/random sweep with K seeds is re-queued
-with seeds 1..K-1, so its repeats are asked next and trained alongside it.
+and child run. On a shared storage a worker stops taking trials at the first change of shape,
+so it holds only what it trains together and leaves the rest of the queue to other workers.
+Each sampled configuration of a TPE/random sweep with K seeds is re-queued with seeds
+1..K-1, so its repeats are asked next and trained alongside it.
 """
 
 from __future__ import annotations
@@ -46,12 +53,28 @@ from fmnist_core.trainer import (
     resolve_device,
     train_population,
 )
-from sweeps import report
+from sweeps import report, workers
 from sweeps.definitions import load_definition
-from sweeps.study import PARENT_ATTR, StudyPlan, default_storage, open_study, plan_studies
+from sweeps.study import (
+    PARENT_ATTR,
+    SETTINGS_ATTR,
+    StudyPlan,
+    check_settings,
+    default_storage,
+    enqueue_grid,
+    mark_ready,
+    open_study,
+    plan_studies,
+    study_done,
+    trials_claimed,
+    trials_done,
+    wait_until_ready,
+    without_password,
+)
+from sweeps.workers import Worker
 
 DEFAULT_POPULATION = 8
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating the study
 
 
 @dataclass(frozen=True)
@@ -65,7 +88,7 @@ class Tracker:
 @dataclass
 class Job:
     trial: optuna.Trial
-    config: RunConfig
+    config: RunConfig | None  # None only while being asked
     logger: tracking.RunLogger | None = None
     told: bool = False
     retry_of: int | None = None  # the failed trial this one trains again
@@ -76,37 +99,66 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
               population: int = DEFAULT_POPULATION,
               storage: str | None = None, tracking_uri: str | None = None,
               experiment: str = tracking.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
-              splits: fdata.Splits | None = None, progress: bool = True) -> list[report.Summary]:
-    """Run (or resume) the sweep `name`; returns one ranked summary per study."""
+              splits: fdata.Splits | None = None, progress: bool = True, create: bool = False,
+              heartbeat: int = workers.DEFAULT_HEARTBEAT) -> list[report.Summary]:
+    """Run (or resume, or join) the sweep `name`; returns the ranked summary of each study this worker
+    closed. `create`: only create the studies (parent runs, queued grid points) and return."""
     definition = load_definition(name)
     plans = plan_studies(definition, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials,
                          timeout=timeout)  # every setting checked before anything is loaded or trained
     storage = storage or default_storage(tracking_uri)
-    client, experiment_id = tracking.setup(tracking_uri, experiment)
-    if splits is None:
-        base = plans[0].base
-        splits = fdata.load_splits(data_dir, val_size=base.val_size, seed=SPLIT_SEED,
-                                   device=resolve_device(base.device))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it instead
-    summaries = []
-    for plan in plans:
-        study = open_study(plan, storage, fresh=fresh)
-        with tracking.handle_sigterm():
-            parent = open_parent_run(study, plan, client, experiment_id, splits.digest)
-            with parent:
-                click.echo(f"Sweep {plan.study_name}: {definition.description}\n"
-                           f"  Optuna study in {storage}; MLflow parent run {parent.run_id}")
-                run_trials(study, plan, splits, Tracker(client, experiment_id, parent.run_id, splits.digest),
-                           population=population, progress=progress)
-                summary = report.build_report(study, plan, client, parent.run_id)
-        click.echo(report.ranked_table(summary))
-        summaries.append(summary)
+    with workers.sqlite_guard(storage, tracking.resolve_tracking_uri(tracking_uri)) as exclusive:
+        client, experiment_id = tracking.setup(tracking_uri, experiment)
+        worker = Worker(workers.open_storage(storage, heartbeat), exclusive=exclusive)
+        if splits is None and not create:
+            base = plans[0].base
+            splits = fdata.load_splits(data_dir, val_size=base.val_size, seed=SPLIT_SEED,
+                                       device=resolve_device(base.device))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it instead
+        summaries = []
+        for plan in plans:
+            with tracking.handle_sigterm():
+                study, parent_id, queued = join_study(plan, worker, storage, client, experiment_id,
+                                                      fresh=fresh, owner=create or exclusive)
+                if create:
+                    held = len(study.get_trials(deepcopy=False))
+                    click.echo(f"Study {plan.study_name} ready in {without_password(storage)}: {queued} "
+                               f"trials queued, {held} in all; MLflow parent run {parent_id}. Start workers "
+                               "with the same NAME, --storage and --tracking-uri.")
+                    continue
+                tracker = Tracker(client, experiment_id, parent_id, splits.digest)
+                summary = work(study, plan, splits, tracker, worker, storage, population=population,
+                               progress=progress)
+            if summary is not None:
+                click.echo(report.ranked_table(summary))
+                summaries.append(summary)
     return summaries
 
 
+def join_study(plan: StudyPlan, worker: Worker, storage: str, client, experiment_id: str, *, fresh: bool,
+               owner: bool) -> tuple[optuna.Study, str, int]:
+    """(study, parent run id, trials queued now). The owner (the worker that created the study,
+    `--create`, or the only worker of a SQLite study) makes the parent run and queues the grid,
+    then stores the settings; other workers wait for those, then check them against their own."""
+    study, created = open_study(plan, worker.storage, fresh=fresh)
+    owner = owner or created
+    if not owner and study.user_attrs.get(SETTINGS_ATTR) is None:
+        if not wait_until_ready(study, READY_TIMEOUT):
+            click.echo(f"note: study {plan.study_name} was not finished by the worker creating it within "
+                       f"{READY_TIMEOUT} s; finishing it here", err=True)
+            owner = True
+    check_settings(study, plan, without_password(storage))
+    parent = open_parent_run(study, plan, client, experiment_id)
+    queued = 0
+    if owner:
+        queued = enqueue_grid(study, plan)
+        mark_ready(study, plan)
+    return study, parent.run_id, queued
+
+
 def open_parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id: str,
-                    digest: str) -> tracking.RunLogger:
-    """The study's parent run, reopened when it exists in this experiment, else a new one."""
+                    digest: str | None = None) -> tracking.RunLogger:
+    """The study's parent run when it exists in this experiment, else a new one (RUNNING)."""
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
         try:
@@ -115,70 +167,163 @@ def open_parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id:
             run = None
         usable = run is not None and run.info.lifecycle_stage == "active"
         if usable and run.info.experiment_id == experiment_id:
-            client.update_run(run_id, status="RUNNING")
-            return tracking.RunLogger(client, run_id)
+            return tracking.RunLogger(client, run_id, experiment_id)
     d = plan.definition
-    parent = tracking.RunLogger.start(client, experiment_id, plan.base, run_name=plan.study_name, tags={
-        "sweep": d.name, "sweep_role": "parent", "study": plan.study_name, "sampler": d.sampler,
-        "seeds": plan.seeds, "dataset_digest": digest, "mlflow.note.content": d.description,
-        "swept": ", ".join(sorted(d.fields)) + "; params hold the base the trials vary from"})
+    tags = {"sweep": d.name, "sweep_role": "parent", "study": plan.study_name, "sampler": d.sampler,
+            "seeds": plan.seeds, "mlflow.note.content": d.description,
+            "swept": ", ".join(sorted(d.fields)) + "; params hold the base the trials vary from"}
+    if digest:
+        tags["dataset_digest"] = digest
+    parent = tracking.RunLogger.start(client, experiment_id, plan.base, run_name=plan.study_name, tags=tags)
     study.set_user_attr(PARENT_ATTR, parent.run_id)
     return parent
 
 
-def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker, *,
-               population: int = DEFAULT_POPULATION, progress: bool = True) -> None:
-    """Ask, train and tell until the study's budget or this invocation's timeout is used up."""
+def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker, worker: Worker,
+         storage: str, *, population: int, progress: bool) -> report.Summary | None:
+    """One worker on one study: recover what dead workers left, run trials, and close the sweep if
+    this worker finished it (report, parent FINISHED). Returns the summary when it did."""
+    client, parent_id = tracker.client, tracker.parent_run_id
+    client.update_run(parent_id, status="RUNNING")
+    if "dataset_digest" not in client.get_run(parent_id).data.tags:  # made by `--create`, without data
+        client.set_tag(parent_id, "dataset_digest", tracker.dataset_digest)
+    click.echo(f"Sweep {plan.study_name}: {plan.definition.description}\n"
+               f"  Optuna study in {without_password(storage)}; MLflow parent run {parent_id}; "
+               f"worker {worker.name}")
+    workers.recover(study, worker, client, tracker.experiment_id, parent_id, startup=True)
+    parent = tracking.RunLogger(client, parent_id, tracker.experiment_id)
+    try:
+        closes = run_trials(study, plan, splits, tracker, worker, population=population, progress=progress)
+    except BaseException as error:
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # no other worker at work
+            parent.__exit__(type(error), error, error.__traceback__)
+        raise
+    if not closes:
+        click.echo(f"Worker {worker.name} done; the sweep is closed by the worker that finished it.")
+        return None
+    summary = report.build_report(study, plan, client, parent_id)
+    parent.end("FINISHED")
+    return summary
+
+
+def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker,
+               worker: Worker, *, population: int = DEFAULT_POPULATION, progress: bool = True) -> bool:
+    """Take, train and tell trials until none is queued or running anywhere, the budget is used up or
+    this invocation's timeout passes. Returns True when this worker closes the sweep: it told the
+    last trial, found the study already finished, or timed out with no other worker at work."""
     deadline = time.monotonic() + plan.timeout if plan.timeout else None
     total = plan.total_trials()
     to_go = None if total is None else max(0, total - trials_done(study))
     bar = tqdm(total=to_go, unit="trial", desc=plan.study_name, disable=not progress, dynamic_ncols=True)
-    with bar:
+    trained = waited = False
+    poll = min(5.0, worker.heartbeat or 1.0)  # seconds between looks at the queue while others train
+    with bar, worker.heartbeats():
         while deadline is None or time.monotonic() < deadline:
-            jobs = ask_jobs(study, plan, population, total)
-            if not jobs:
-                break
-            try:
-                for group in by_shape(jobs):
-                    train_group(study, plan, group, splits, tracker)
-                    bar.update(len(group))
-                    best = best_value(study)
-                    if best is not None:
-                        bar.set_postfix({f"best {plan.definition.metric}": f"{best:.4f}"})
-            except BaseException as error:
-                abandon(study, [job for job in jobs if not job.told], error)
-                raise
+            workers.recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
+            jobs = ask_jobs(study, plan, population, total, worker)
+            if jobs:
+                trained = True
+                try:
+                    for group in by_shape(jobs):
+                        train_group(study, plan, group, splits, tracker)
+                        bar.update(len(group))
+                        best = best_value(study)
+                        if best is not None:
+                            bar.set_postfix({f"best {plan.definition.metric}": f"{best:.4f}"})
+                        if not progress:
+                            for job in group:
+                                tqdm.write(outcome_line(study, job, plan, worker))
+                except BaseException as error:
+                    abandon(study, [job for job in jobs if not job.told], error, worker)
+                    raise
+                finally:
+                    worker.release()
+                if study_done(study, plan):
+                    return True  # this worker told the last trial
+                continue
+            if study_done(study, plan):
+                return not trained and not waited  # found finished: close it again (a re-run)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not waited and running:
+                owners = ", ".join(sorted({t.user_attrs.get("worker", "?") for t in running}))
+                tqdm.write(f"{worker.name} waits for {len(running)} trial(s) running on {owners}; a trial "
+                           f"whose worker stops is re-queued after {worker.grace} s without a heartbeat")
+            waited = True
+            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                time.sleep(poll)
+    return not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
-def trials_done(study: optuna.Study) -> int:
-    """Finished trials that count against the budget; a failed trial that was re-queued does not."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(t.state in FINISHED_STATES and t.number not in retried for t in trials)
+def outcome_line(study: optuna.Study, job: Job, plan: StudyPlan, worker: Worker) -> str:
+    """One line per trial where there is no progress bar (several workers, logs)."""
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == job.trial.number)
+    value = "" if frozen.value is None else f": {plan.definition.metric} {frozen.value:.4f}"
+    return f"trial {frozen.number} {frozen.state.name} ({describe(frozen)}){value} [{worker.name}]"
 
 
-def ask_jobs(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None) -> list[Job]:
-    """Up to `limit` new trials with their configurations; re-queued trials come first."""
+def ask_jobs(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None,
+             worker: Worker) -> list[Job]:
+    """Up to `limit` trials with their configurations: queued trials first (grid points, re-queued
+    and repeated trials), then, for TPE/random within the budget, newly sampled ones."""
     jobs: list[Job] = []
-    while len(jobs) < limit and (total is None or trials_done(study) + len(jobs) < total):
-        waiting = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
-        if plan.definition.sampler == "grid" and not waiting and study.sampler.is_exhausted(study):
-            break
-        trial = study.ask()
-        retry_of = waiting[trial.number].system_attrs.get("failed_trial") if trial.number in waiting else None
-        try:
-            config = suggest_config(trial, plan)
-        except ConfigError as error:  # a sampled combination the config refuses: this trial only
-            trial.set_user_attr("failure", str(error))
-            tell(study, trial, None, TrialState.FAIL)
-            tqdm.write(f"trial {trial.number} failed: {error}")
-            continue
-        if plan.seeds > 1 and not plan.seed_axis and "seed" not in trial.user_attrs:
-            for seed in range(1, plan.seeds):  # the repeats of a newly sampled configuration
-                study.enqueue_trial(trial.params, user_attrs={"seed": seed, "repeat_of": trial.number})
-        trial.set_user_attr("seed", config.seed)
-        jobs.append(Job(trial, config, retry_of=retry_of))
+    shared = not worker.exclusive
+    try:
+        while len(jobs) < limit:
+            if shared and jobs and next_shape_differs(study, plan, jobs[0].config):
+                break  # leave it to a worker that is free
+            popped = worker.pop_queued(study)
+            if popped is not None:
+                trial, queued = popped
+                retry_of = queued.system_attrs.get("failed_trial")
+            elif plan.definition.sampler == "grid" or (total is not None and trials_claimed(study) >= total):
+                break
+            else:
+                with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat
+                    warnings.simplefilter("ignore", UserWarning)
+                    trial, retry_of = study.ask(), None
+            worker.hold(study, trial)
+            job = Job(trial, None, retry_of=retry_of)
+            jobs.append(job)
+            trial.set_user_attr("worker", worker.name)
+            try:
+                job.config = suggest_config(trial, plan)
+            except ConfigError as error:  # a sampled combination the config refuses: this trial only
+                jobs.pop()
+                trial.set_user_attr("failure", str(error))
+                tell(study, trial, None, TrialState.FAIL)
+                tqdm.write(f"trial {trial.number} failed: {error}")
+                continue
+            if plan.seeds > 1 and not plan.seed_axis and "seed" not in trial.user_attrs:
+                for seed in range(1, plan.seeds):  # the repeats of a newly sampled configuration
+                    study.enqueue_trial(trial.params, user_attrs={"seed": seed, "repeat_of": trial.number})
+            trial.set_user_attr("seed", job.config.seed)
+            if shared and len(jobs) > 1 and shape(job.config) != shape(jobs[0].config):
+                break  # a newly sampled trial of another shape: trained after the first group
+    except BaseException as error:
+        abandon(study, jobs, error, worker)
+        raise
     return jobs
+
+
+def shape(config: RunConfig) -> tuple:
+    """What population members must share (trainer.SHARED_FIELDS)."""
+    return tuple(getattr(config, f) for f in SHARED_FIELDS)
+
+
+def next_shape_differs(study: optuna.Study, plan: StudyPlan, first: RunConfig) -> bool:
+    """Whether the next queued trial (the one pop_queued would take) cannot join `first`'s population."""
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if not queued:
+        return False  # nothing queued: a new trial is sampled, or the loop ends
+    params = queued[0].system_attrs.get("fixed_params", queued[0].params)
+    overrides = {}
+    for param in plan.definition.space:
+        if param.name in params:
+            overrides.update(param.overrides(params[param.name]))
+    try:
+        return shape(plan.base.replace(overrides, source="queued trial")) != shape(first)
+    except ConfigError:
+        return True
 
 
 def suggest_config(trial: optuna.Trial, plan: StudyPlan) -> RunConfig:
@@ -204,7 +349,7 @@ def by_shape(jobs: list[Job]) -> Iterator[list[Job]]:
     """Jobs grouped by the fields population members must share, in order of first appearance."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        groups.setdefault(tuple(getattr(job.config, f) for f in SHARED_FIELDS), []).append(job)
+        groups.setdefault(shape(job.config), []).append(job)
     yield from groups.values()
 
 
@@ -235,14 +380,13 @@ def train_group(study: optuna.Study, plan: StudyPlan, jobs: list[Job], splits: f
         finish_trial(study, plan, job, result, splits, pruned_at.get(member))
 
 
-def abandon(study: optuna.Study, jobs: list[Job], error: BaseException) -> None:
+def abandon(study: optuna.Study, jobs: list[Job], error: BaseException, worker: Worker) -> None:
     """Interrupted (Ctrl-C, SIGTERM) or broken: close the runs, fail the trials and re-queue them,
-    so that the next run of the sweep trains them again."""
+    so that the next run of the sweep (or another worker) trains them again."""
     for job in jobs:
         if job.logger is not None:  # KILLED for an interrupt, FAILED with the error otherwise
             job.logger.__exit__(type(error), error, error.__traceback__)
-        tell(study, job.trial, None, TrialState.FAIL)
-        requeue(study, job.trial.number)
+        worker.fail_and_requeue(study, job.trial.number)
         job.told = True
 
 
@@ -255,14 +399,6 @@ def trial_tags(plan: StudyPlan, job: Job) -> dict[str, str]:
     if job.retry_of is not None:
         tags["retry_of"] = str(job.retry_of)
     return tags
-
-
-def requeue(study: optuna.Study, number: int) -> None:
-    """Queue a copy of failed trial `number` (same params, grid point and user attrs) to train again."""
-    [frozen] = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
 
 
 def finish_trial(study: optuna.Study, plan: StudyPlan, job: Job, result: TrainResult, splits: fdata.Splits,
@@ -299,16 +435,9 @@ def finish_trial(study: optuna.Study, plan: StudyPlan, job: Job, result: TrainRe
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> None:
-    """study.tell, minus the RuntimeError a GridSampler raises after the last grid point.
-
-    The grid sampler calls study.stop() once every point is done, which is an error outside
-    study.optimize (optuna issue 4121). The trial's state is stored before that, so it is harmless.
-    """
-    try:
-        study.tell(trial, value, state=state, skip_if_finished=True)
-    except RuntimeError as error:
-        if "Study.stop" not in str(error):
-            raise
+    """study.tell; a trial already finished is left as it is: another worker failed it as stale
+    (this worker's heartbeats did not get through) and queued a copy that trains its point again."""
+    study.tell(trial, value, state=state, skip_if_finished=True)
 
 
 def describe(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:

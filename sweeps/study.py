@@ -2,6 +2,14 @@
 
 Kept apart from the trial loop (runner.py) so that creating a study and working on one are
 separate steps: any number of workers can `open_study` the same plan and run trials on it.
+Exactly one of them creates it (the storage's unique study name decides); the others wait
+until the creator has stored the study's settings, which it does last.
+
+A grid is a queue: every grid point (x seed) is enqueued as a WAITING trial when the study is
+created, and workers only take queued trials (runner.ask_jobs), which the storage hands out
+atomically. Optuna's GridSampler is not used for it: it does not count queued trials as
+visited, fails on the last tell of a one-point grid with queued trials, and with several
+workers samples a point that is still running elsewhere again.
 
 A plan is one study: the definition, the base RunConfig (definition base + --set overrides),
 the implementation variant and the number of seeds. The study is named after the sweep and
@@ -12,18 +20,23 @@ trained differently in one study (--fresh replaces the study).
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from fmnist_core import tracking
 from fmnist_core.config import ConfigError, RunConfig
 from sweeps.definitions import DefinitionError, SweepDefinition, check_space, make_pruner
 
 STORAGE_FILE = "optuna.db"
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SETTINGS_ATTR = "settings"  # study user attr: what the study's trials were trained with
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's parent run in MLflow
 
@@ -114,16 +127,19 @@ def default_storage(tracking_uri: str | None = None) -> str:
 def make_sampler(plan: StudyPlan) -> optuna.samplers.BaseSampler:
     d = plan.definition
     if d.sampler == "grid":
-        return optuna.samplers.GridSampler(plan.grid(), seed=0)
+        # Never consulted: every grid trial comes from the queue with all its params fixed.
+        return optuna.samplers.RandomSampler(seed=0)
     if d.sampler == "random":
         return optuna.samplers.RandomSampler(seed=d.sampler_options.get("seed"))
     # constant_liar: trials asked together (a population) are steered apart from each other.
     return optuna.samplers.TPESampler(constant_liar=True, **d.sampler_options)
 
 
-def open_study(plan: StudyPlan, storage: str, *, fresh: bool = False) -> optuna.Study:
-    """Create the plan's study, or load it to resume; `fresh` deletes a stored one first.
+def open_study(plan: StudyPlan, storage, *, fresh: bool = False) -> tuple[optuna.Study, bool]:
+    """(study, created): create the plan's study, or load it when it exists (another worker made it,
+    or the sweep resumes); `fresh` deletes a stored one first.
 
+    Two workers creating at once is safe: the storage refuses the second name, which then loads.
     Its MLflow runs are kept when a study is deleted; a new parent run is made for the new study.
     """
     d = plan.definition
@@ -132,28 +148,102 @@ def open_study(plan: StudyPlan, storage: str, *, fresh: bool = False) -> optuna.
             optuna.delete_study(study_name=plan.study_name, storage=storage)
         except KeyError:
             pass  # nothing stored yet
-    study = optuna.create_study(storage=storage, study_name=plan.study_name, sampler=make_sampler(plan),
-                                pruner=make_pruner(d.pruner, d.pruner_options), direction=d.direction,
-                                load_if_exists=True)
+    sampler, pruner = make_sampler(plan), make_pruner(d.pruner, d.pruner_options)
+    try:
+        return optuna.create_study(storage=storage, study_name=plan.study_name, sampler=sampler,
+                                   pruner=pruner, direction=d.direction), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=plan.study_name, storage=storage, sampler=sampler,
+                                 pruner=pruner), False
+
+
+def check_settings(study: optuna.Study, plan: StudyPlan, storage_label: str) -> bool:
+    """True when the study's stored settings are the plan's, False when none are stored yet;
+    a study trained with other settings is refused rather than mixed."""
     wanted = json.loads(json.dumps(plan.settings()))  # as the storage will give it back
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
-        study.set_user_attr(SETTINGS_ATTR, wanted)
-        study.set_user_attr("sweep", d.name)
-    elif stored != wanted:
-        raise StudyError(f"study {plan.study_name!r} in {_without_password(storage)} was trained with "
-                         f"other settings ({_difference(stored, wanted)}); re-run with the old settings to "
-                         "resume it, or add --fresh to start it again")
-    return study
+        return False
+    if stored != wanted:
+        raise StudyError(f"study {plan.study_name!r} in {storage_label} was trained with other settings "
+                         f"({_difference(stored, wanted)}); re-run with the old settings to resume it, or "
+                         "add --fresh to start it again")
+    return True
 
 
-def load_study(plan: StudyPlan, storage: str) -> optuna.Study:
-    """The plan's stored study (for reports); an error if the sweep never ran."""
+def mark_ready(study: optuna.Study, plan: StudyPlan) -> None:
+    """Store the settings: the last step of creating a study, which other workers wait for."""
+    if study.user_attrs.get(SETTINGS_ATTR) is None:
+        study.set_user_attr("sweep", plan.definition.name)
+        study.set_user_attr(SETTINGS_ATTR, json.loads(json.dumps(plan.settings())))
+
+
+def wait_until_ready(study: optuna.Study, timeout: float) -> bool:
+    """Wait for the worker creating the study to finish (its settings appear); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while study.user_attrs.get(SETTINGS_ATTR) is None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def enqueue_grid(study: optuna.Study, plan: StudyPlan) -> int:
+    """Queue every grid point (x seed) that has no trial yet; returns how many were queued.
+
+    With an n_trials budget below the grid size, a seeded random subset of that size is queued.
+    Only the study's creator (or `--create`) calls this, so two workers never queue the same point.
+    """
+    if plan.definition.sampler != "grid":
+        return 0
+    grid = plan.grid()
+    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    total = plan.total_trials()
+    if total is not None and total < len(points):
+        random.Random(0).shuffle(points)
+        points = points[:total]
+    trials = study.get_trials(deepcopy=False)
+    taken = {_point_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
+    missing = [point for point in points if _point_key(point) not in taken]
+    for point in missing:
+        study.enqueue_trial(point)
+    return len(missing)
+
+
+def trials_done(study: optuna.Study) -> int:
+    """Finished trials that count against the budget; a failed trial that was re-queued does not."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(t.state in FINISHED_STATES and t.number not in retried for t in trials)
+
+
+def trials_claimed(study: optuna.Study) -> int:
+    """Trials that count against the budget once finished: all but the failed ones that were re-queued."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(t.number not in retried for t in trials)
+
+
+def study_done(study: optuna.Study, plan: StudyPlan) -> bool:
+    """Nothing queued or running, and (TPE/random) the budget is used up; a timeout-only budget never is."""
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        return False
+    total = plan.total_trials()
+    return plan.definition.sampler == "grid" or (total is not None and trials_claimed(study) >= total)
+
+
+def _point_key(params: dict) -> tuple:
+    return tuple(sorted((name, repr(value)) for name, value in params.items()))
+
+
+def load_study(plan: StudyPlan, storage, storage_label: str | None = None) -> optuna.Study:
+    """The plan's stored study (for reports and repairs); an error if the sweep never ran."""
     try:
         return optuna.load_study(study_name=plan.study_name, storage=storage, sampler=make_sampler(plan))
     except KeyError:
-        raise StudyError(f"no study {plan.study_name!r} in {_without_password(storage)}; run `python "
-                         f"cli.py sweep {plan.definition.name}` first (same --impl and --storage)") from None
+        where = storage_label or without_password(storage)
+        raise StudyError(f"no study {plan.study_name!r} in {where}; run `python cli.py sweep "
+                         f"{plan.definition.name}` first (same --impl and --storage)") from None
 
 
 def _difference(stored: dict, wanted: dict) -> str:
@@ -168,7 +258,7 @@ def _difference(stored: dict, wanted: dict) -> str:
     return "; ".join(changes)
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     """A storage URL fit for messages and tags: user:password@ removed."""
     scheme, sep, rest = url.partition("://")
     return f"{scheme}{sep}{rest.split('@', 1)[1]}" if "@" in rest.split("/", 1)[0] else url

@@ -80,3 +80,138 @@ def small_real_splits():
     splits = load_splits(val_size=10_000, seed=SPLIT_SEED)
     splits.train_x, splits.train_y = splits.train_x[:3000], splits.train_y[:3000]
     return splits
+
+
+# --- PostgreSQL, docker-compose.yml's command lines, an MLflow server: the many-workers tests --------
+
+POSTGRES = "127.0.0.1:5432"  # the local server, trust authentication (started before sessions and CI)
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+
+def _postgres_admin(statement: str) -> None:
+    import psycopg2
+
+    try:
+        connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    except psycopg2.OperationalError as error:
+        pytest.fail(f"PostgreSQL is not reachable on {POSTGRES} ({error}); start it with "
+                    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`")
+    connection.autocommit = True  # CREATE / DROP DATABASE cannot run in a transaction
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def make_postgres_database():
+    """make_postgres_database(prefix) -> URL of a new empty database on the local PostgreSQL;
+    dropped when the test ends, whatever connections killed workers left behind."""
+    import uuid
+
+    made = []
+
+    def make(prefix: str = "test") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        _postgres_admin(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return f"postgresql://postgres@{POSTGRES}/{name}"
+
+    yield make
+    for name in made:
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def interpolate(text: str, variables: dict[str, str]) -> str:
+    """docker compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}."""
+    import re
+
+    def value(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, argument = match.group(1) or match.group(4), match.group(2), match.group(3)
+        found = variables.get(name)
+        if operator in (":-", "-") and (found is None or (operator == ":-" and not found)):
+            return argument
+        if operator in (":?", "?") and (found is None or (operator == ":?" and not found)):
+            raise KeyError(f"compose needs ${name}: {argument}")
+        return found or ""
+
+    return re.sub(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))", value, text)
+
+
+def env_example() -> dict[str, str]:
+    """The variables of .env.example, as `cp .env.example .env` gives them to docker compose."""
+    pairs = (line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def compose_command(service: str, variables: dict[str, str],
+                    local: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of a docker-compose.yml service, interpolated with `variables`; each
+    (container value -> local value) of `local` is replaced in both, e.g. the host names."""
+    import yaml
+
+    spec = yaml.safe_load(COMPOSE_FILE.read_text())["services"][service]
+    environment = spec.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+
+    def here(text: str) -> str:
+        text = interpolate(str(text), variables)
+        for container, host in (local or {}).items():
+            text = text.replace(container, host)
+        return text
+
+    return [here(arg) for arg in spec["command"]], {key: here(value) for key, value in environment.items()}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """http://127.0.0.1:PORT of an `mlflow server` started with docker-compose.yml's own command
+    line and environment (PostgreSQL backend in a database of its own, artifacts served from a
+    tmp folder, host checks on), shared by the session: each test uses its own experiment."""
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+    import uuid
+
+    database = f"mlflow_{uuid.uuid4().hex[:12]}"
+    _postgres_admin(f'CREATE DATABASE "{database}"')
+    port, artifacts = free_port(), tmp_path_factory.mktemp("mlartifacts")
+    variables = dict(env_example(), POSTGRES_USER="postgres", MLFLOW_DB=database, MLFLOW_WORKERS="1")
+    argv, environment = compose_command("mlflow", variables, {
+        "@postgres:5432/": f"@{POSTGRES}/", "/mlartifacts": str(artifacts), "0.0.0.0": "127.0.0.1"})
+    assert argv[:2] == ["mlflow", "server"] and argv[argv.index("--port") + 1] == "5000"
+    argv[argv.index("--port") + 1] = str(port)
+    log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 - the server's lifetime
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", *argv[1:]], env={**os.environ, **environment},
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=artifacts)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                log_text = (artifacts.parent / "mlflow-server.log").read_text()
+                pytest.fail(f"mlflow server did not start: {log_text}")
+            time.sleep(0.3)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
+    server.wait(timeout=30)
+    log.close()
+    _postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
