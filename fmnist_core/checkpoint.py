@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from fmnist_core.config import first_line
+
 FORMAT = "fmnist-mlp-checkpoint/1"
 INPUT_SIZE = 784
 NUM_CLASSES = 10
@@ -89,10 +91,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{path}: refused: not a plain-data checkpoint "
-            f"(torch.load weights_only=True failed: {first_line})"
+            f"(torch.load weights_only=True failed: {first_line(error)})"
         ) from None
     _validate(payload, path)
     return Checkpoint(

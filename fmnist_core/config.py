@@ -45,6 +45,12 @@ class ConfigError(ValueError):
     """A setting a user chose is invalid; the message says which and what is allowed."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (or its type name): for one-line user-facing errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of one training run; each field's help text says its unit.

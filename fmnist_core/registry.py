@@ -22,11 +22,11 @@ from mlflow.exceptions import MlflowException
 
 from fmnist_core import data as fdata
 from fmnist_core import serving
+from fmnist_core.config import first_line
 from fmnist_core.tracking import (
     CHECKPOINT_ARTIFACT,
     TrackingError,
     find_best_run,
-    first_line,
     local_artifact_root,
     resolve_tracking_uri,
     search_runs,

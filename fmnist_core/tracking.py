@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException
 from fmnist_core import data as fdata
 from fmnist_core import plots, serving
 from fmnist_core.checkpoint import load_checkpoint
-from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core.config import ConfigError, RunConfig, first_line
 from fmnist_core.trainer import SPLIT_SEED, Diverged, TrainResult, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,7 +363,3 @@ def _signals_deferred():
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "experiment"
 
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from fmnist_core import tracking
+from fmnist_core.config import first_line
 from sweeps import report
 from sweeps.definitions import load_definition
 from sweeps.study import (
@@ -213,7 +214,7 @@ class Worker:
                 try:
                     self._beat()
                 except Exception as error:  # the database is away: the next beat may get through
-                    tqdm.write(f"heartbeat not recorded: {tracking.first_line(error)}")
+                    tqdm.write(f"heartbeat not recorded: {first_line(error)}")
 
         self._stop.clear()
         thread = threading.Thread(target=beat_until_stopped, name="optuna-heartbeat", daemon=True)
