@@ -291,24 +291,34 @@ def synthetic_splits(
     return Splits(train_x, train_y, val_x, val_y, test_x, test_y, MEAN, STD, "synthetic")
 
 
-def _rotate(images: torch.Tensor, angles: torch.Tensor, fill: float,
-            shifts: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotate [M, 1, 28, 28] images by `angles` (radians, counter-clockwise as displayed) about the centre,
-    then move them by `shifts` [M, 2] pixels (x right, y down) if given: one affine resampling.
+def _rotate(images: torch.Tensor, angles: torch.Tensor, fill: float, shifts: torch.Tensor | None = None,
+            mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror left-right where `mirror` [M] is True, then rotate [M, 1, 28, 28] images by `angles`
+    (radians, counter-clockwise as displayed) about the centre, then move them by `shifts` [M, 2]
+    pixels (x right, y down): one affine resampling, whatever is switched on.
 
     Bilinear; pixels that come from outside the frame get `fill`. grid_sample pads with 0,
     so we rotate (images - fill) and add fill back, which is exact since interpolation is linear.
     """
+    # Output pixel (x, y) samples the input at R (x, y) - t, mirrored in x; as y points down,
+    # that turns the picture counter-clockwise by `angle` on screen, like torchvision's rotate.
+    # Grid coordinates span [-1, 1] over 28 pixels (one pixel is 2/28), and pixel centres sit
+    # at (2i + 1)/28 - 1, symmetric about 0, so the mirror maps centres onto centres exactly.
     cos, sin = torch.cos(angles), torch.sin(angles)
-    # Output pixel (x, y) samples the input at R (x, y) - t; as y points down, that turns the
-    # picture counter-clockwise by `angle` on screen, like torchvision's rotate, and moves it by
-    # t. Grid coordinates span [-1, 1] over 28 pixels, so one pixel is 2/28.
+    sign = torch.ones_like(angles) if mirror is None else 1 - 2 * mirror.to(angles.dtype)  # -1: mirror
     offset = torch.zeros(angles.shape[0], 2, dtype=angles.dtype, device=angles.device)
     if shifts is not None:
         offset = -shifts.to(angles.dtype) * (2.0 / IMAGE_SIDE)
-    theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], -1),
-                         torch.stack([sin, cos, offset[:, 1]], -1)], -2)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # sample_x = sign (cos x - sin y + t_x),  sample_y = sin x + cos y + t_y, for every member:
+    per_x = torch.stack([sign * cos, sin], dim=1)  # [M, 2]: coefficients of x in (sample_x, sample_y)
+    per_y = torch.stack([-sign * sin, cos], dim=1)
+    constant = offset * torch.stack([sign, torch.ones_like(sign)], dim=1)
+    centres = (torch.arange(IMAGE_SIDE, dtype=angles.dtype, device=angles.device) * 2 + 1) / IMAGE_SIDE - 1
+    # Built as [M, 2, 28, 28] (element-wise work on rows of 28, not pairs), then laid out as
+    # grid_sample's [M, 28, 28, 2]; affine_grid's batched 3x2 products are slow on the CPU.
+    across, down = centres.view(1, 1, 1, -1), centres.view(1, 1, -1, 1)
+    grid = per_x[:, :, None, None] * across + per_y[:, :, None, None] * down + constant[:, :, None, None]
+    grid = grid.permute(0, 2, 3, 1).contiguous()
     shifted = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return shifted + fill
 
@@ -335,17 +345,16 @@ def augment_batch(
         return x
     images = x.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
     count = images.shape[0]
-    if flip:
-        flipped = torch.rand(count, generator=generator, device=x.device) < 0.5
-        images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
-    if rotate_degrees > 0 or translate_pixels > 0:
-        angles = torch.zeros(count, device=x.device, dtype=x.dtype)
-        if rotate_degrees > 0:
-            uniform = torch.rand(count, generator=generator, device=x.device, dtype=x.dtype)
-            angles = (2 * uniform - 1) * math.radians(rotate_degrees)
-        shifts = None
-        if translate_pixels > 0:
-            shifts = torch.randint(-translate_pixels, translate_pixels + 1, (count, 2), generator=generator,
-                                   device=x.device)
-        images = _rotate(images, angles, fill=-mean / std, shifts=shifts)  # -mean/std: a black pixel
+    flipped = torch.rand(count, generator=generator, device=x.device) < 0.5 if flip else None
+    if rotate_degrees == 0 and translate_pixels == 0:  # flips alone: an exact copy, no resampling
+        return torch.where(flipped[:, None, None, None], images.flip(-1), images).reshape(x.shape)
+    angles = torch.zeros(count, device=x.device, dtype=x.dtype)
+    if rotate_degrees > 0:
+        uniform = torch.rand(count, generator=generator, device=x.device, dtype=x.dtype)
+        angles = (2 * uniform - 1) * math.radians(rotate_degrees)
+    shifts = None
+    if translate_pixels > 0:
+        shifts = torch.randint(-translate_pixels, translate_pixels + 1, (count, 2), generator=generator,
+                               device=x.device)
+    images = _rotate(images, angles, fill=-mean / std, shifts=shifts, mirror=flipped)  # -mean/std: black
     return images.reshape(x.shape)

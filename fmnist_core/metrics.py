@@ -7,19 +7,23 @@ so a short last batch weighs exactly as many samples as it holds.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+
+def cross_entropy_parts(logits: torch.Tensor, labels: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy, number of correct predictions and the log-softmax itself.
+
+    `logits` is [..., B, C] and `labels` [..., B]; the sums have shape [...], so a
+    population of P models ([P, B, C]) gets one loss and one count per member. The
+    manual backward reuses the log-softmax (its exp is the softmax) instead of computing it twice.
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)
+    loss_sum = -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)  # CE = -log p[label]
+    correct = (logits.argmax(-1) == labels).sum(-1)
+    return loss_sum, correct, log_probs
 
 
 def loss_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and number of correct predictions over the last two dims.
-
-    `logits` is [..., B, C] and `labels` [..., B]; the results have shape [...], so a
-    population of P models ([P, B, C]) gets one loss and one count per member.
-    """
-    batch_shape = labels.shape
-    flat_loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="none"
-    )
-    loss_sum = flat_loss.reshape(batch_shape).sum(-1)
-    correct = (logits.argmax(-1) == labels).sum(-1)
+    """Summed cross-entropy and number of correct predictions over the last two dims."""
+    loss_sum, correct, _ = cross_entropy_parts(logits, labels)
     return loss_sum, correct

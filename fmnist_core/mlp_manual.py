@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from fmnist_core import inits
 from fmnist_core.config import RunConfig
-from fmnist_core.metrics import loss_and_correct
+from fmnist_core.metrics import cross_entropy_parts
 
 # Each activation's forward h = f(z) next to its derivative f'(z), given z and h = f(z).
 ACTIVATIONS = {
@@ -71,6 +70,7 @@ class ManualMLP:
         self.W2 = stack("fc2.weight", True)  # [P, H, 10]
         self.b2 = stack("fc2.bias", False)  # [P, 1, 10]
         self.cache: dict[str, torch.Tensor | None] = {}
+        self._minus_one = torch.full((1, 1, 1), -1.0, device=self.device, dtype=dtype)
 
     @property
     def population(self) -> int:
@@ -101,14 +101,15 @@ class ManualMLP:
         return z2
 
     @torch.no_grad()
-    def backward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Gradients of each member's MEAN cross-entropy over the batch of the last train forward."""
+    def backward(self, y: torch.Tensor, probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Gradients of each member's MEAN cross-entropy over the batch of the last train forward.
+        `probs`: softmax(z2) if the caller already has it (it is overwritten)."""
         x, z1, h1, mask = self.cache["x"], self.cache["z1"], self.cache["h1"], self.cache["mask"]
         h1_dropped, z2 = self.cache["h1_dropped"], self.cache["z2"]
         batch_size = x.shape[1]
-        probs = torch.softmax(z2, dim=-1)  # p = softmax(z2)
-        onehot = F.one_hot(y, z2.shape[-1]).to(z2.dtype)
-        dz2 = (probs - onehot) / batch_size  # dL/dz2 = (p - onehot(y)) / B
+        probs = torch.softmax(z2, dim=-1) if probs is None else probs  # p = softmax(z2)
+        # dL/dz2 = (p - onehot(y)) / B: subtract 1 at each sample's label, then scale
+        dz2 = probs.scatter_add(-1, y.unsqueeze(-1), self._minus_one.expand(*y.shape, 1)).div_(batch_size)
         dW2 = torch.bmm(h1_dropped.transpose(1, 2), dz2)  # dL/dW2 = h1^T . dz2
         db2 = dz2.sum(1, keepdim=True)  # dL/db2 = sum_b dz2
         dh1 = torch.bmm(dz2, self.W2.transpose(1, 2))  # dL/dh1 = dz2 . W2^T
@@ -177,8 +178,7 @@ class ManualSGD:
         for name, w in self.params.items():
             g = grads["d" + name].addcmul_(self.weight_decay, w)  # L2: dL/dw += wd w
             old_buf = self.buffers[name]
-            buf = old_buf.clone() if frozen is not None else old_buf
-            buf.mul_(momentum).add_(g)  # buf = momentum buf + g
+            buf = torch.addcmul(g, momentum, old_buf, out=old_buf if frozen is None else None)  # m buf + g
             if self.nesterov_kind == "none":
                 step = buf
             elif self.nesterov_kind == "all":
@@ -228,8 +228,8 @@ class ManualLearner:
     @torch.no_grad()
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.model.forward(x.to(self.dtype), train=True, generators=self.generators)
-        loss_sum, correct = loss_and_correct(logits, y)
-        grads = self.model.backward(y)
+        loss_sum, correct, log_probs = cross_entropy_parts(logits, y)
+        grads = self.model.backward(y, probs=log_probs.exp_())  # one log-softmax for loss and gradient
         if self.any_clipping:
             grads, grad_norm, clipped = clip_gradients(grads, self.clip_mode, self.clip_value)
         else:

@@ -5,9 +5,10 @@ computation (`train_population`): a single run is a population of one. Members s
 shape (impl, hidden size, activation, batch size, epochs, schedule kind, augmentation) and
 keep their own hyperparameters, seed, data order, metrics, early stopping and best state.
 
-The dataset lives on the device as tensors; each step gathers a batch by index and
-augments it there. Per-step statistics stay on the device and are read once per epoch,
-so a GPU never waits for the host inside an epoch.
+The dataset lives on the device as tensors; blocks of the epoch's data order are gathered
+by index and augmented there, and each step slices its batch from the block. Per-step
+statistics stay on the device and are read once per epoch, so a GPU never waits for the
+host inside an epoch.
 
 This module knows nothing of MLflow or Optuna. Callers observe it through callbacks:
 `on_epoch(member, metrics) -> bool | None` (return True to stop that member, e.g. a
@@ -17,7 +18,7 @@ pruned trial) and `on_progress(step, total_steps)`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from fmnist_core.schedules import lr_table
 # sweep are compared on identical images.
 SPLIT_SEED = 0
 EVAL_CHUNK = 5000  # samples per evaluation forward pass: bounds memory at large hidden sizes
+BLOCK_SAMPLES = 1024  # training images gathered and augmented at once: cache-sized (epoch_batches)
 PROGRESS_EVERY = 50  # steps between on_progress calls
 STEP_STATS = ("loss_sum", "correct", "grad_norm", "clipped")  # what learner.train_step returns, per member
 # Fields that must agree between members of one population (they set tensor shapes or the loop).
@@ -135,30 +137,26 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
     for epoch in range(1, first.epochs + 1):
         started = time.perf_counter()
         order = torch.stack([torch.randperm(n_train, generator=g) for g in order_generators]).to(device)
-        sums = {k: torch.zeros(members, device=device) for k in STEP_STATS}
-        first_bad_step = torch.full((members,), -1, dtype=torch.long, device=device)
-        for step in range(steps_per_epoch):
-            index = order[:, step * first.batch_size:(step + 1) * first.batch_size]  # [S, B]
-            x, y = train_x[index], train_y[index]  # [S, B, 784], [S, B]
-            if augmenting:
-                x = torch.stack([fdata.augment_batch(x[s], g, flip=first.augment_flip,
-                                                     rotate_degrees=first.augment_rotate,
-                                                     translate_pixels=first.augment_translate,
-                                                     mean=splits.mean, std=splits.std)
-                                 for s, g in enumerate(augment_generators)])
-            if members > 1:
+        # Every step's statistics [steps, STEP_STATS, P], written in place and read once per epoch.
+        per_step = torch.empty(steps_per_epoch, len(STEP_STATS), members, device=device)
+        batches = epoch_batches(train_x, train_y, order, first, augment_generators if augmenting else None,
+                                mean=splits.mean, std=splits.std)
+        for step, (x, y) in enumerate(batches):
+            if len(seeds) == 1 and members > 1:  # one shared batch: a view, no copy per member
+                x, y = x.expand(members, -1, -1), y.expand(members, -1)
+            elif members > 1:
                 x, y = x[member_to_seed], y[member_to_seed]
             global_step = (epoch - 1) * steps_per_epoch + step
             stats = learner.train_step(x, y, lrs[global_step])
-            for key in sums:
-                sums[key] += stats[key].float()
-            bad = ~torch.isfinite(stats["loss_sum"]) & (first_bad_step < 0)
-            first_bad_step = torch.where(bad, step + 1, first_bad_step)
+            torch.stack([stats[key].to(per_step.dtype) for key in STEP_STATS], out=per_step[step])
             if on_progress and (global_step + 1) % PROGRESS_EVERY == 0:
                 on_progress(global_step + 1, first.epochs * steps_per_epoch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - started
+        sums = dict(zip(STEP_STATS, per_step.double().sum(0), strict=True))
+        bad = ~torch.isfinite(per_step[:, 0])  # [steps, P]: non-finite loss
+        first_bad_step = torch.where(bad.any(0), bad.int().argmax(0) + 1, -1)  # 1-based step, -1 = none
 
         bad_steps = first_bad_step.tolist()
         for i in list(active):
@@ -210,6 +208,30 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
         for i in finished:
             results[i].test_loss, results[i].test_acc = test_loss[i], test_acc[i]
     return results
+
+
+def epoch_batches(train_x: torch.Tensor, train_y: torch.Tensor, order: torch.Tensor, cfg: RunConfig,
+                  augment_generators: Sequence[torch.Generator] | None, *, mean: float, std: float
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's batches [S, B, 784], [S, B] for each data-order row of `order` [S, N].
+
+    Images are gathered and augmented BLOCK_SAMPLES at a time and each step takes a slice:
+    a few large operations instead of many small ones per step (on a CPU, augmenting each
+    batch of 64 on its own costs more than the training step).
+    """
+    batch_size = cfg.batch_size
+    block_steps = max(1, BLOCK_SAMPLES // batch_size)
+    for block_start in range(0, order.shape[1], block_steps * batch_size):
+        index = order[:, block_start:block_start + block_steps * batch_size]  # [S, b]
+        block_x, block_y = train_x[index], train_y[index]  # [S, b, 784], [S, b]
+        if augment_generators is not None:
+            block_x = torch.stack([fdata.augment_batch(block_x[s], g, flip=cfg.augment_flip,
+                                                       rotate_degrees=cfg.augment_rotate,
+                                                       translate_pixels=cfg.augment_translate,
+                                                       mean=mean, std=std)
+                                   for s, g in enumerate(augment_generators)])
+        for start in range(0, index.shape[1], batch_size):
+            yield block_x[:, start:start + batch_size], block_y[:, start:start + batch_size]
 
 
 @torch.no_grad()

@@ -311,3 +311,14 @@ def test_translation_moves_each_image_by_whole_pixels_within_the_bound():
         assert torch.allclose(image[~bright], torch.tensor(background))
         moves.add((row - 14, col - 14))
     assert len(moves) >= 10  # many of the 25 possible shifts occur in 64 draws
+
+
+def test_the_flip_folded_into_the_resampling_equals_flipping_first():
+    images = asymmetric_batch(6).view(6, 1, 28, 28)
+    angles = torch.linspace(-0.3, 0.3, 6)
+    shifts = torch.tensor([[1, 0], [0, -2], [2, 2], [0, 0], [-1, 1], [3, -3]])
+    mirror = torch.tensor([True, False, True, True, False, True])
+    folded = data._rotate(images, angles, fill=FILL, shifts=shifts, mirror=mirror)
+    flipped_first = torch.where(mirror[:, None, None, None], images.flip(-1), images)
+    separate = data._rotate(flipped_first, angles, fill=FILL, shifts=shifts)
+    assert torch.allclose(folded, separate, atol=1e-5)

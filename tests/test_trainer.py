@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from fmnist_core import data
+from fmnist_core import data, trainer
 from fmnist_core.checkpoint import load_checkpoint, save_checkpoint
 from fmnist_core.config import ConfigError, RunConfig
 from fmnist_core.metrics import loss_and_correct
@@ -14,6 +14,7 @@ from fmnist_core.mlp_torch import TorchMLP
 from fmnist_core.trainer import (
     Diverged,
     checkpoint_payload,
+    epoch_batches,
     make_learner,
     resolve_device,
     train,
@@ -82,6 +83,31 @@ def test_a_nan_loss_stops_training_with_the_epoch_and_step(splits, impl):
     with pytest.raises(Diverged, match=r"epoch 1, step \d+") as caught:
         train(tiny(impl=impl, lr=1e6, momentum=0.0, nesterov=False, init="normal", init_scale=10.0), splits)
     assert caught.value.epoch == 1 and caught.value.step >= 1
+
+
+def test_epoch_batches_slice_blocks_into_the_batches_of_the_data_order(splits, monkeypatch):
+    monkeypatch.setattr(trainer, "BLOCK_SAMPLES", 150)  # blocks of 2 batches of 64: 600 = 4 full blocks + 88
+    order = torch.stack([torch.randperm(600, generator=torch.Generator().manual_seed(s)) for s in (0, 1)])
+    batches = list(epoch_batches(splits.train_x, splits.train_y, order, tiny(), None, mean=0.0, std=1.0))
+    assert len(batches) == 10 and batches[-1][0].shape == (2, 24, 784)  # ceil(600 / 64), short last batch
+    for step, (x, y) in enumerate(batches):
+        index = order[:, step * 64:(step + 1) * 64]
+        assert torch.equal(x, splits.train_x[index]) and torch.equal(y, splits.train_y[index])
+
+
+@pytest.mark.parametrize("impl", ["manual", "torch"])
+def test_augmented_members_match_separate_training_across_blocks(splits, impl, monkeypatch):
+    monkeypatch.setattr(trainer, "BLOCK_SAMPLES", 128)  # several augmentation blocks per epoch
+    shared = {"impl": impl, "augment_flip": True, "augment_rotate": 10.0, "augment_translate": 1, "epochs": 2}
+    one_seed = [tiny(**shared, lr=0.05, seed=3), tiny(**shared, lr=0.1, seed=3)]  # one batch, expanded
+    two_seeds = [tiny(**shared, lr=0.05, seed=3), tiny(**shared, lr=0.05, seed=4)]  # a batch per seed
+    for configs in (one_seed, two_seeds):
+        together = train_population(configs, splits)
+        for cfg, member in zip(configs, together, strict=True):
+            alone = train(cfg, splits)
+            for epoch_alone, epoch_member in zip(alone.history, member.history, strict=True):
+                for key in ("train_loss", "train_acc", "val_acc"):
+                    assert epoch_member[key] == pytest.approx(epoch_alone[key], rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.parametrize("impl", ["manual", "torch"])
