@@ -108,16 +108,16 @@ class TorchLearner:
     def _stacked_forward(self, x: torch.Tensor, masks: torch.Tensor | None, *,
                          hidden_only: bool = False) -> torch.Tensor:
         """Logits [P, B, 10] (or z1 [P, B, H]) of all members in one batched computation."""
-        W1 = torch.stack([m.fc1.weight for m in self.members])  # [P, H, 784]
-        b1 = torch.stack([m.fc1.bias for m in self.members]).unsqueeze(1)  # [P, 1, H]
+        W1 = _stack([m.fc1.weight for m in self.members])  # [P, H, 784]
+        b1 = _stack([m.fc1.bias for m in self.members]).unsqueeze(1)  # [P, 1, H]
         z1 = torch.baddbmm(b1, x, W1.transpose(1, 2))
         if hidden_only:
             return z1
         h1 = self.act(z1)
         if masks is not None:
             h1 = h1 * masks
-        W2 = torch.stack([m.fc2.weight for m in self.members])  # [P, 10, H]
-        b2 = torch.stack([m.fc2.bias for m in self.members]).unsqueeze(1)  # [P, 1, 10]
+        W2 = _stack([m.fc2.weight for m in self.members])  # [P, 10, H]
+        b2 = _stack([m.fc2.bias for m in self.members]).unsqueeze(1)  # [P, 1, 10]
         return torch.baddbmm(b2, h1, W2.transpose(1, 2))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -185,6 +185,11 @@ class TorchLearner:
         for p in self.members[i].parameters():
             p.requires_grad_(False)  # no grad -> torch.optim skips it and no NaN flows anywhere
             p.grad = None
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, but a view for a single tensor: a run of one copies no weights (nor their gradients)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
 def make_torch_learner(configs: Sequence[RunConfig], device: torch.device, *,
