@@ -154,6 +154,7 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_seconds = time.perf_counter() - started
+        per_step = per_step.cpu()  # one small copy per epoch; float64 sums (MPS has no float64)
         sums = dict(zip(STEP_STATS, per_step.double().sum(0), strict=True))
         bad = ~torch.isfinite(per_step[:, 0])  # [steps, P]: non-finite loss
         first_bad_step = torch.where(bad.any(0), bad.int().argmax(0) + 1, -1)  # 1-based step, -1 = none
