@@ -1,6 +1,6 @@
 """Speed benchmark: ratios measured side by side in one process run.
 
-    python bench/speed.py            # all sections (about 4-5 minutes on 2 CPU cores)
+    python bench/speed.py            # all sections (about 3 minutes on 2 CPU cores)
     python bench/speed.py --quick    # shorter timings, same sections
 
 Sections:
@@ -34,7 +34,7 @@ from fmnist_core.config import RunConfig  # noqa: E402
 from fmnist_core.trainer import SPLIT_SEED, train, train_population  # noqa: E402
 
 ROTATE_DEGREES = 10.0
-PIPELINE_ROUNDS = 3  # interleaved baseline/ours rounds in section 1
+PIPELINE_ROUNDS = 3  # interleaved rounds (baseline/ours, one after another/population) in sections 1 and 3
 
 
 def write_raw_idx(source: Path, target: Path) -> None:
@@ -157,18 +157,24 @@ def section_population(splits: fdata.Splits, quick: bool) -> None:
     subset = dataclasses.replace(splits, train_x=splits.train_x[:10_000 if quick else 25_000],
                                  train_y=splits.train_y[:10_000 if quick else 25_000])
     lrs = [0.005 * 2 ** (k / 2) for k in range(8)]
+    rounds = 1 if quick else PIPELINE_ROUNDS
     for impl in ("manual", "torch"):
         configs = [RunConfig(impl=impl, hidden_size=256, batch_size=64, epochs=1, lr=lr, device="cpu",
                              val_size=splits.val_x.shape[0]) for lr in lrs]
-        started = time.perf_counter()
-        for cfg in configs:
-            train(cfg, subset)
-        sequential = time.perf_counter() - started
-        started = time.perf_counter()
-        train_population(configs, subset)
-        together = time.perf_counter() - started
-        print(f"{impl:6s}: one after another {sequential:6.2f} s, population of 8 {together:6.2f} s, "
-              f"throughput ratio {sequential / together:4.2f}x")
+        ratios = []
+        for round_number in range(1, rounds + 1):  # interleaved, like section 1
+            started = time.perf_counter()
+            for cfg in configs:
+                train(cfg, subset)
+            sequential = time.perf_counter() - started
+            started = time.perf_counter()
+            train_population(configs, subset)
+            together = time.perf_counter() - started
+            ratios.append(sequential / together)
+            print(f"round {round_number}, {impl:6s}: one after another {sequential:6.2f} s, population of 8 "
+                  f"{together:6.2f} s, throughput ratio {ratios[-1]:4.2f}x")
+        print(f"{impl:6s}: population of 8 vs one after another, median of {rounds} round(s): "
+              f"{statistics.median(ratios):4.2f}x")
 
 
 def main() -> None:
