@@ -11,6 +11,8 @@ Sections:
              torch.mm throughput on the forward product's shape.
 3. population  an 8-point learning-rate grid (hidden 256, batch 64) trained as one
              population vs one after another by our own trainer: throughput ratio.
+4. wall      wall time of a default 10-epoch run (hidden 256), both implementations.
+--device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
 Timings go to stdout; nothing here is asserted, so CI never fails on a busy machine.
 """
 
@@ -30,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fmnist_core import data as fdata  # noqa: E402
-from fmnist_core.config import RunConfig  # noqa: E402
-from fmnist_core.trainer import SPLIT_SEED, train, train_population  # noqa: E402
+from fmnist_core.config import ConfigError, RunConfig  # noqa: E402
+from fmnist_core.trainer import SPLIT_SEED, resolve_device, train, train_population  # noqa: E402
 
 ROTATE_DEGREES = 10.0
 PIPELINE_ROUNDS = 3  # interleaved rounds (baseline/ours, one after another/population) in sections 1 and 3
@@ -48,7 +50,7 @@ def write_raw_idx(source: Path, target: Path) -> None:
 
 
 def torchvision_epoch_seconds(train_index: torch.Tensor, max_steps: int | None,
-                              workers: int) -> tuple[float, int]:
+                              workers: int, device: str = "cpu") -> tuple[float, int]:
     """One epoch of the usual tutorial pipeline; returns (seconds, samples seen)."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
@@ -68,11 +70,12 @@ def torchvision_epoch_seconds(train_index: torch.Tensor, max_steps: int | None,
         loader = DataLoader(dataset, batch_size=64, shuffle=True, num_workers=workers,
                             persistent_workers=workers > 0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.ReLU(),
-                                    torch.nn.Linear(256, 10))
+                                    torch.nn.Linear(256, 10)).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
                                     weight_decay=5e-4)
         seen, started = 0, time.perf_counter()
         for step, (images, labels) in enumerate(loader):
+            images, labels = images.to(device), labels.to(device)
             loss = torch.nn.functional.cross_entropy(model(images), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -88,7 +91,7 @@ def ours_epoch_seconds(cfg: RunConfig, splits: fdata.Splits) -> float:
     return result.history[-1]["epoch_seconds"]
 
 
-def section_pipeline(splits: fdata.Splits, quick: bool) -> None:
+def section_pipeline(splits: fdata.Splits, quick: bool, device: str) -> None:
     print("\n== 1. our trainer vs the common torchvision pipeline (hidden 256, batch 64, flip + rotate) ==")
     raw = fdata.load_raw()
     from fmnist_core.trainer import SPLIT_SEED as seed
@@ -98,7 +101,7 @@ def section_pipeline(splits: fdata.Splits, quick: bool) -> None:
     max_steps = 150 if quick else None
     # Two epochs, the second timed: the first also pays one-time warm-up (allocator, kernels).
     cfg = RunConfig(hidden_size=256, batch_size=64, epochs=2, augment_flip=True,
-                    augment_rotate=ROTATE_DEGREES, device="cpu", val_size=splits.val_x.shape[0])
+                    augment_rotate=ROTATE_DEGREES, device=device, val_size=splits.val_x.shape[0])
     # Rounds interleave the two sides, so a slow spell of a shared machine hits both; each
     # round gives ratios, and the summary is their median.
     ratios: dict[str, list[float]] = {"manual": [], "torch": []}
@@ -106,7 +109,7 @@ def section_pipeline(splits: fdata.Splits, quick: bool) -> None:
     for round_number in range(1, rounds + 1):
         baselines = {}
         for workers in (0, 2):
-            seconds, seen = torchvision_epoch_seconds(train_index, max_steps, workers)
+            seconds, seen = torchvision_epoch_seconds(train_index, max_steps, workers, device)
             baselines[workers] = seconds * n_train / seen  # per full epoch
         best_baseline = min(baselines.values())
         print(f"round {round_number}: torchvision DataLoader {baselines[0]:6.2f} s/epoch (num_workers=0), "
@@ -121,7 +124,7 @@ def section_pipeline(splits: fdata.Splits, quick: bool) -> None:
               f"{statistics.median(values):5.1f}x")
 
 
-def section_flops(splits: fdata.Splits, quick: bool) -> None:
+def section_flops(splits: fdata.Splits, quick: bool, device: str) -> None:
     print("\n== 2. achieved training GFLOP/s vs torch.mm (hidden 1024, batch 256) ==")
     hidden, batch = 1024, 256
     # Per sample: forward 2(784H + 10H); backward dW2, dh1, dW1 = 2(10H + 10H + 784H).
@@ -129,37 +132,45 @@ def section_flops(splits: fdata.Splits, quick: bool) -> None:
     subset = splits if not quick else dataclasses.replace(splits, train_x=splits.train_x[:20_000],
                                                           train_y=splits.train_y[:20_000])
     for impl in ("manual", "torch"):
-        mm_gflops = torch_mm_gflops(batch, hidden)  # measured next to each run: the machine's pace drifts
+        mm_gflops = torch_mm_gflops(batch, hidden, device)  # next to each run: the machine's pace drifts
         cfg = RunConfig(impl=impl, hidden_size=hidden, batch_size=batch, epochs=2, augment_flip=False,
-                        device="cpu", val_size=splits.val_x.shape[0])
+                        device=device, val_size=splits.val_x.shape[0])
         seconds = ours_epoch_seconds(cfg, subset)
         gflops = flops_per_sample * subset.train_x.shape[0] / seconds / 1e9
         print(f"torch.mm [{batch}x784]@[784x{hidden}] {mm_gflops:6.1f} GFLOP/s (best of 5); "
               f"ours ({impl:6s}) {gflops:6.1f} GFLOP/s = {100 * gflops / mm_gflops:5.1f}% of it")
 
 
-def torch_mm_gflops(batch: int, hidden: int, repeats: int = 100) -> float:
+def torch_mm_gflops(batch: int, hidden: int, device: str, repeats: int = 100) -> float:
     """The forward product's peak throughput: the best of five timings of `repeats` products."""
-    a, b = torch.randn(batch, 784), torch.randn(784, hidden)
+    a, b = torch.randn(batch, 784, device=device), torch.randn(784, hidden, device=device)
     for _ in range(5):
         a @ b
     best = float("inf")
     for _ in range(5):
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     return 2 * batch * 784 * hidden * repeats / best / 1e9
 
 
-def section_population(splits: fdata.Splits, quick: bool) -> None:
+def synchronize(device: str) -> None:
+    """Wait for queued accelerator work, so that wall-clock timings cover it."""
+    if device != "cpu":
+        torch.accelerator.synchronize()
+
+
+def section_population(splits: fdata.Splits, quick: bool, device: str) -> None:
     print("\n== 3. 8-point learning-rate grid: one population vs one after another (hidden 256, batch 64) ==")
     subset = dataclasses.replace(splits, train_x=splits.train_x[:10_000 if quick else 25_000],
                                  train_y=splits.train_y[:10_000 if quick else 25_000])
     lrs = [0.005 * 2 ** (k / 2) for k in range(8)]
     rounds = 1 if quick else PIPELINE_ROUNDS
     for impl in ("manual", "torch"):
-        configs = [RunConfig(impl=impl, hidden_size=256, batch_size=64, epochs=1, lr=lr, device="cpu",
+        configs = [RunConfig(impl=impl, hidden_size=256, batch_size=64, epochs=1, lr=lr, device=device,
                              val_size=splits.val_x.shape[0]) for lr in lrs]
         ratios = []
         for round_number in range(1, rounds + 1):  # interleaved, like section 1
@@ -177,18 +188,37 @@ def section_population(splits: fdata.Splits, quick: bool) -> None:
               f"{statistics.median(ratios):4.2f}x")
 
 
+def section_wall(splits: fdata.Splits, quick: bool, device: str) -> None:
+    epochs = 2 if quick else 10
+    print(f"\n== 4. wall time of a default run (hidden 256, batch 64, {epochs} epochs, with evaluation) ==")
+    for impl in ("manual", "torch"):
+        started = time.perf_counter()
+        cfg = RunConfig(impl=impl, epochs=epochs, device=device, val_size=splits.val_x.shape[0])
+        result = train(cfg, splits)
+        print(f"ours ({impl:6s}): {epochs} epochs in {time.perf_counter() - started:6.1f} s, "
+              f"test accuracy {result.test_acc:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (partial epochs)")
-    parser.add_argument("--only", choices=("pipeline", "flops", "population"), action="append")
+    parser.add_argument("--only", choices=("pipeline", "flops", "population", "wall"), action="append")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"),
+                        help="where ours and the baseline's model run (its DataLoader stays on the CPU)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    splits = fdata.load_splits(val_size=10_000, seed=SPLIT_SEED, device="cpu")
-    sections = {"pipeline": section_pipeline, "flops": section_flops, "population": section_population}
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as error:
+        parser.error(str(error))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}")
+    splits = fdata.load_splits(val_size=10_000, seed=SPLIT_SEED, device=device)
+    sections = {"pipeline": section_pipeline, "flops": section_flops, "population": section_population,
+                "wall": section_wall}
     for name in args.only or sections:
-        sections[name](splits, args.quick)
+        sections[name](splits, args.quick, device.type)
 
 
 if __name__ == "__main__":
