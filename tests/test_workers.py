@@ -31,11 +31,11 @@ from sweeps.study import StudyError, default_storage, enqueue_grid, open_study, 
 WORKER_TIMEOUT = 150  # seconds; a sweep here takes well under a minute
 
 
-def grid_file(tmp_path, hidden_sizes: list[int], lrs: list[float], name: str = "tiny_grid"):
+def grid_file(tmp_path, hidden_sizes: list[int], lrs: list[float], name: str = "tiny_grid", epochs: int = 1):
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         description: tiny {len(hidden_sizes) * len(lrs)}-point grid for the workers tests
-        base: {{impl: torch, epochs: 1, batch_size: 500, val_size: 1000}}
+        base: {{impl: torch, epochs: {epochs}, batch_size: 500, val_size: 1000}}
         space:
           hidden_size: {hidden_sizes}
           lr: {lrs}
@@ -196,7 +196,8 @@ def test_a_worker_killed_mid_trial_is_recovered_by_another(tmp_path, mlflow_serv
 def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_path, mlflow_server,
                                                                           make_postgres_database):
     storage = make_postgres_database("optuna")
-    sweep = grid_file(tmp_path, [8, 16], [0.05, 0.1])
+    # Several epochs a trial, so that Ctrl-C lands while a trial trains, not after it finished.
+    sweep = grid_file(tmp_path, [8, 16], [0.05, 0.1], epochs=6)
     argv = worker_argv(sweep, storage, mlflow_server, "interrupted", "--workers", "2")
     parent_process = start(argv, tmp_path, "interrupted")
 
