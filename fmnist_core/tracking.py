@@ -150,6 +150,9 @@ class RunLogger:
         return logger
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        """Set or overwrite tags. log_batch, not set_tag: workers that tag one run at once (the parent,
+        a dead worker's run) race to insert a key; MLflow's SQL store retries log_batch on that
+        conflict, while set_tag's insert fails with a unique-key violation."""
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
@@ -196,7 +199,7 @@ class RunLogger:
             return
         with _signals_deferred():  # a second Ctrl-C must not leave the run RUNNING halfway through
             if reason:
-                self.client.set_tag(self.run_id, FAILURE_TAG, reason[:_TAG_LIMIT])
+                self.set_tags({FAILURE_TAG: reason[:_TAG_LIMIT]})
             self.client.set_terminated(self.run_id, status)
             self._ended = True
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import click
 import optuna
 from matplotlib.figure import Figure
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
@@ -151,8 +152,7 @@ def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str) -> S
         tags = {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id"),
                 "best_checkpoint": best.user_attrs.get("checkpoint"),
                 "best_params": ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())}
-        for key, value in tags.items():
-            client.set_tag(run_id, key, str(value))
+        client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # race-safe
     return summary
 
 

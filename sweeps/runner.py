@@ -185,13 +185,12 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     this worker finished it (report, parent FINISHED). Returns the summary when it did."""
     client, parent_id = tracker.client, tracker.parent_run_id
     client.update_run(parent_id, status="RUNNING")
-    if "dataset_digest" not in client.get_run(parent_id).data.tags:  # made by `--create`, without data
-        client.set_tag(parent_id, "dataset_digest", tracker.dataset_digest)
+    parent = tracking.RunLogger(client, parent_id, tracker.experiment_id)
+    parent.set_tags({"dataset_digest": tracker.dataset_digest})  # `--create` made it without data
     click.echo(f"Sweep {plan.study_name}: {plan.definition.description}\n"
                f"  Optuna study in {without_password(storage)}; MLflow parent run {parent_id}; "
                f"worker {worker.name}")
     workers.recover(study, worker, client, tracker.experiment_id, parent_id, startup=True)
-    parent = tracking.RunLogger(client, parent_id, tracker.experiment_id)
     try:
         closes = run_trials(study, plan, splits, tracker, worker, population=population, progress=progress)
     except BaseException as error:

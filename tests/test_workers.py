@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import uuid
 
 import optuna
 import pytest
@@ -233,6 +235,47 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
     _, children, parent = children_and_parent(mlflow_server, "interrupted")
     assert parent.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+def test_workers_that_tag_one_run_at_once_all_get_through(mlflow_server):
+    """Every worker tags the parent run as it starts (`dataset_digest`), and two workers may close the
+    same dead worker's run (a reason tag). On PostgreSQL concurrent inserts of one tag break the tags'
+    unique key: set_tag then fails (a worker of the compose test once exited 1 on it). Four threads
+    at a barrier, ten runs: every call must return and the run end with the tags."""
+    client = MlflowClient(mlflow_server)
+    experiment = client.create_experiment(f"tag-race-{uuid.uuid4().hex[:8]}")
+
+    def at_once(action) -> list[Exception]:
+        barrier, errors = threading.Barrier(4), []
+
+        def call() -> None:
+            barrier.wait()
+            try:
+                action()
+            except Exception as error:  # noqa: BLE001 - collected, asserted by the caller
+                errors.append(error)
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return errors
+
+    def tags(run_id: str):  # each thread a worker: a RunLogger of its own on the same run
+        return lambda: tracking.RunLogger(client, run_id, experiment).set_tags({"dataset_digest": "d1"})
+
+    def closes(run_id: str):
+        return lambda: tracking.RunLogger(client, run_id, experiment).end("KILLED", "worker lost")
+
+    for _ in range(10):
+        run_id = client.create_run(experiment).info.run_id
+        assert at_once(tags(run_id)) == []
+        assert at_once(closes(run_id)) == []
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED"
+        tags = run.data.tags
+        assert tags["dataset_digest"] == "d1" and tags[tracking.FAILURE_TAG] == "worker lost"
 
 
 def test_several_workers_on_the_embedded_sqlite_stores_are_refused_in_one_line():
