@@ -207,15 +207,16 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
         return [t for t in trials(storage, "tiny_grid-torch") if t.state == TrialState.RUNNING
                 and "mlflow_run_id" in t.user_attrs]
 
-    wait_for(training, what="a trial in training")
+    in_training = {t.number for t in wait_for(training, what="a trial in training")}
     parent_process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the --workers process forwards it
     assert parent_process.wait(timeout=60) == 130, output(parent_process)
     assert "Interrupted: the running trials are re-queued" in output(parent_process)
 
     stopped = trials(storage, "tiny_grid-torch")
     assert not [t for t in stopped if t.state == TrialState.RUNNING]
-    # Usually the trials in training are failed and re-queued. Not asserted to be non-empty: in
-    # about half of quiet-machine runs none is FAIL afterwards (cause not yet found; see issue notes).
+    # A trial in training when the signal was sent is failed and re-queued, or had just finished.
+    state = {t.number: t.state for t in stopped}
+    assert {state[n] for n in in_training} <= {TrialState.FAIL, TrialState.COMPLETE}, state
     failed = [t for t in stopped if t.state == TrialState.FAIL]
     client, children, parent = children_and_parent(mlflow_server, "interrupted")
     for trial in failed:  # each failed trial is queued again with its params, and its run KILLED
