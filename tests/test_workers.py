@@ -275,8 +275,8 @@ def test_workers_that_tag_one_run_at_once_all_get_through(mlflow_server):
         assert at_once(closes(run_id)) == []
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
-        tags = run.data.tags
-        assert tags["dataset_digest"] == "d1" and tags[tracking.FAILURE_TAG] == "worker lost"
+        found = run.data.tags
+        assert found["dataset_digest"] == "d1" and found[tracking.FAILURE_TAG] == "worker lost"
 
 
 def test_several_workers_on_the_embedded_sqlite_stores_are_refused_in_one_line():
