@@ -360,22 +360,32 @@ def run_local_workers(argv: list[str], count: int) -> int:
 
     Each child has a session of its own, so a Ctrl-C in the terminal reaches it exactly once,
     forwarded from here (twice would cut short the clean-up of its first). SIGTERM is forwarded too.
+    The forwarding handlers are set before the children start: a child inherits SIG_IGN where this
+    process ignores a signal (a script's `cmd &` starts it with SIGINT ignored), and would then
+    carry on through the forwarded Ctrl-C; a handled signal starts out default in the child.
     The CPU cores are shared out ($OMP_NUM_THREADS, unless set): torch would give each child all of
     them, and N processes spinning on the same cores train many times slower than one.
     """
     environment = dict(os.environ)
     environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
-    children = [subprocess.Popen(argv, start_new_session=True, env=environment) for _ in range(count)]
+    children: list[subprocess.Popen] = []
     received: list[int] = []
+    reached = 0  # how many of `children` the last forwarded signal went to
 
     def forward(signum, frame) -> None:
+        nonlocal reached
         received.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
+        reached = len(children)
 
     previous = {number: signal.signal(number, forward) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
+        while len(children) < count and not received:  # none started after a Ctrl-C
+            children.append(subprocess.Popen(argv, start_new_session=True, env=environment))
+        for child in children[reached:] if received else ():  # started while the signal came
+            child.send_signal(received[-1])
         codes = [child.wait() for child in children]
     finally:
         for number, handler in previous.items():

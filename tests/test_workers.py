@@ -195,6 +195,37 @@ def test_a_worker_killed_mid_trial_is_recovered_by_another(tmp_path, mlflow_serv
     assert "0 stale trial(s) failed and re-queued; 0 running, 0 queued" in repair.stdout
 
 
+CHILD = """
+import os, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+(out / f"{os.getpid()}.ready").touch()
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    (out / f"{os.getpid()}.interrupted").touch()
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_reaches_local_workers_when_the_sweep_was_started_with_sigint_ignored(tmp_path):
+    """A script's `cmd &` starts cmd with SIGINT ignored, and children inherit that. The `--workers`
+    process forwards Ctrl-C to its workers, so they must start with SIGINT handled, or they train on
+    while it reports the sweep interrupted. Workers here: tiny Python programs that wait for it."""
+    harness = ("import sys; from sweeps.workers import run_local_workers; "
+               f"sys.exit(run_local_workers([sys.executable, '-c', {CHILD!r}, {str(tmp_path)!r}], 2))")
+    process = subprocess.Popen([sys.executable, "-c", harness], cwd=ROOT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("*.ready"))) == 2, timeout=60, what="two workers started")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        process.kill()  # after a failure; nothing once it has exited
+    ready = {path.stem for path in tmp_path.glob("*.ready")}
+    assert {path.stem for path in tmp_path.glob("*.interrupted")} == ready  # each worker got Ctrl-C once
+
+
 def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_path, mlflow_server,
                                                                           make_postgres_database):
     storage = make_postgres_database("optuna")
