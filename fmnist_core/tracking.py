@@ -139,7 +139,7 @@ class RunLogger:
         all_tags.update({k: str(v) for k, v in (tags or {}).items()})
         logger, run_name = None, run_name or default_run_name(cfg)
         try:
-            with _signals_deferred():  # Ctrl-C here surfaces once `logger` exists, so the run gets closed
+            with signals_deferred():  # Ctrl-C here surfaces once `logger` exists, so the run gets closed
                 run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
                 logger = cls(client, run.info.run_id, experiment_id)
             client.log_batch(logger.run_id, params=[Param(k, str(v)) for k, v in cfg.as_dict().items()])
@@ -197,7 +197,7 @@ class RunLogger:
             raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
         if self._ended:
             return
-        with _signals_deferred():  # a second Ctrl-C must not leave the run RUNNING halfway through
+        with signals_deferred():  # a second Ctrl-C must not leave the run RUNNING halfway through
             if reason:
                 self.set_tags({FAILURE_TAG: reason[:_TAG_LIMIT]})
             self.client.set_terminated(self.run_id, status)
@@ -346,7 +346,7 @@ def device_name(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def _signals_deferred():
+def signals_deferred():
     """SIGINT and SIGTERM that arrive in the block are recorded, then raised again when it ends."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield

@@ -270,26 +270,21 @@ def ask_jobs(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None
         while len(jobs) < limit:
             if shared and jobs and next_shape_differs(study, plan, jobs[0].config):
                 break  # leave it to a worker that is free
-            popped = worker.pop_queued(study)
-            if popped is not None:
-                trial, queued = popped
-                retry_of = queued.system_attrs.get("failed_trial")
-            elif plan.definition.sampler == "grid" or (total is not None and trials_claimed(study) >= total):
-                break
-            else:
-                with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat
-                    warnings.simplefilter("ignore", UserWarning)
-                    trial, retry_of = study.ask(), None
-            worker.hold(study, trial)
-            job = Job(trial, None, retry_of=retry_of)
-            jobs.append(job)
+            # Taking a trial (now RUNNING) and listing it in `jobs` are one step for Ctrl-C: abandon()
+            # re-queues the listed ones, and one taken but not listed would stay RUNNING.
+            with tracking.signals_deferred():
+                job = take_trial(study, plan, total, worker)
+                if job is None:
+                    break
+                jobs.append(job)
+            trial = job.trial
             trial.set_user_attr("worker", worker.name)
             try:
                 job.config = suggest_config(trial, plan)
             except ConfigError as error:  # a sampled combination the config refuses: this trial only
-                jobs.pop()
                 trial.set_user_attr("failure", str(error))
                 tell(study, trial, None, TrialState.FAIL)
+                jobs.pop()  # after tell: a Ctrl-C in between re-queues nothing (a told trial stays)
                 tqdm.write(f"trial {trial.number} failed: {error}")
                 continue
             if plan.seeds > 1 and not plan.seed_axis and "seed" not in trial.user_attrs:
@@ -302,6 +297,23 @@ def ask_jobs(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None
         abandon(study, jobs, error, worker)
         raise
     return jobs
+
+
+def take_trial(study: optuna.Study, plan: StudyPlan, total: int | None, worker: Worker) -> Job | None:
+    """The next queued trial, else (TPE/random, within the budget) a newly sampled one, held by this
+    worker; None when there is none to take."""
+    popped = worker.pop_queued(study)
+    if popped is not None:
+        trial, queued = popped
+        retry_of = queued.system_attrs.get("failed_trial")
+    elif plan.definition.sampler == "grid" or (total is not None and trials_claimed(study) >= total):
+        return None
+    else:
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat
+            warnings.simplefilter("ignore", UserWarning)
+            trial, retry_of = study.ask(), None
+    worker.hold(study, trial)
+    return Job(trial, None, retry_of=retry_of)
 
 
 def shape(config: RunConfig) -> tuple:
@@ -368,10 +380,11 @@ def train_group(study: optuna.Study, plan: StudyPlan, jobs: list[Job], splits: f
         return False
 
     for job in jobs:
-        job.logger = tracking.RunLogger.start(
-            tracker.client, tracker.experiment_id, job.config, parent_run_id=tracker.parent_run_id,
-            run_name=f"{plan.study_name}-t{job.trial.number:03d}",
-            tags=dict(trial_tags(plan, job), dataset_digest=tracker.dataset_digest))
+        with tracking.signals_deferred():  # a run made is a run abandon() can close: one step for Ctrl-C
+            job.logger = tracking.RunLogger.start(
+                tracker.client, tracker.experiment_id, job.config, parent_run_id=tracker.parent_run_id,
+                run_name=f"{plan.study_name}-t{job.trial.number:03d}",
+                tags=dict(trial_tags(plan, job), dataset_digest=tracker.dataset_digest))
         job.trial.set_user_attr("mlflow_run_id", job.logger.run_id)
         job.trial.set_user_attr("population", len(jobs))  # epoch_seconds is the whole population's
     results = train_population([job.config for job in jobs], splits, on_epoch=on_epoch)

@@ -354,6 +354,33 @@ def test_a_sqlite_sweep_recovers_what_a_killed_worker_left_on_its_next_run(tmp_p
     assert len(summary.rows) == 2
 
 
+def test_a_ctrl_c_just_as_a_worker_takes_a_trial_re_queues_it(tmp_path):
+    """The trial a worker takes is RUNNING in the storage before the worker lists it as its own; a
+    Ctrl-C landing in between left it RUNNING (seen with two workers under Ctrl-C). Here the SIGINT
+    comes the moment the first queued trial turns RUNNING: it must end FAIL with a queued copy."""
+    path = tmp_path / "grid.yaml"
+    path.write_text("description: g\nspace: {hidden_size: [8, 16]}\n")
+    storage = workers.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    [plan] = plan_studies(load_definition(path))
+    study, _ = open_study(plan, storage)
+    enqueue_grid(study, plan)
+    worker = workers.Worker(storage, exclusive=True)
+    take = worker.pop_queued
+
+    def interrupted_pop(study):
+        taken = take(study)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, right after the trial became RUNNING
+        return taken
+
+    worker.pop_queued = interrupted_pop
+    with pytest.raises(KeyboardInterrupt):
+        runner.ask_jobs(study, plan, 8, None, worker)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[0] == TrialState.FAIL and TrialState.RUNNING not in states.values()
+    [copy] = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == 0]
+    assert copy.state == TrialState.WAITING and copy.system_attrs["fixed_params"] == {"hidden_size": 8}
+
+
 def test_the_grid_is_queued_once_and_a_budget_queues_a_seeded_subset(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text("description: g\nspace: {hidden_size: [8, 16, 32], lr: [0.1, 0.2]}\n")
