@@ -250,13 +250,21 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
     assert {state[n] for n in in_training} <= {TrialState.FAIL, TrialState.COMPLETE}, state
     failed = [t for t in stopped if t.state == TrialState.FAIL]
     client, children, parent = children_and_parent(mlflow_server, "interrupted")
+    reasons = {r.data.tags["trial"]: r.data.tags.get(tracking.FAILURE_TAG) for r in children}
+    story = [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("worker"),
+              reasons.get(str(t.number))) for t in stopped]
     for trial in failed:  # each failed trial is queued again with its params, and its run KILLED
         [copy] = [t for t in stopped if t.system_attrs.get("failed_trial") == trial.number]
-        assert copy.state == TrialState.WAITING and copy.params == trial.params
+        assert copy.params == trial.params, story
+        reason = "interrupted (Ctrl-C / SIGINT)"
         if "mlflow_run_id" in trial.user_attrs:
             run = client.get_run(trial.user_attrs["mlflow_run_id"])
-            assert run.info.status == "KILLED"
-            assert run.data.tags[tracking.FAILURE_TAG] == "interrupted (Ctrl-C / SIGINT)"
+            assert run.info.status == "KILLED", story
+            reason = run.data.tags[tracking.FAILURE_TAG]
+        if reason.startswith("interrupted"):
+            assert copy.state == TrialState.WAITING, story  # no worker is left to take it
+        else:  # failed before, its heartbeats starved on a busy machine; another worker took the copy
+            assert "stopped during trial" in reason, story
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert parent.info.status == "KILLED"
 
