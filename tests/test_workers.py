@@ -256,12 +256,13 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
     for trial in failed:  # each failed trial is queued again with its params, and its run KILLED
         [copy] = [t for t in stopped if t.system_attrs.get("failed_trial") == trial.number]
         assert copy.params == trial.params, story
-        reason = "interrupted (Ctrl-C / SIGINT)"
+        interrupted = "interrupted (Ctrl-C / SIGINT)"
+        reason = interrupted
         if "mlflow_run_id" in trial.user_attrs:
             run = client.get_run(trial.user_attrs["mlflow_run_id"])
             assert run.info.status == "KILLED", story
             reason = run.data.tags[tracking.FAILURE_TAG]
-        if reason.startswith("interrupted"):
+        if reason == interrupted:
             assert copy.state == TrialState.WAITING, story  # no worker is left to take it
         else:  # failed before, its heartbeats starved on a busy machine; another worker took the copy
             assert "stopped during trial" in reason, story
