@@ -1,0 +1,207 @@
+"""sweeps/evidence.py: known values of intervals and tests, verdicts on constructed sweeps, conclusion text.
+
+The per-image vectors are made here: a base vector of right/wrong answers, and variants of it that lose
+or gain a chosen number of images, so each case's true difference is known by construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sweeps.evidence import (
+    BOOTSTRAP,
+    MCNEMAR,
+    WELCH,
+    ConfigResult,
+    bootstrap_accuracies,
+    compare_to_best,
+    conclusion,
+    holm,
+    mcnemar_exact,
+    wilson_interval,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def base_vector(n: int, accuracy: float, seed: int = 0) -> np.ndarray:
+    vector = np.zeros(n, dtype=bool)
+    vector[np.random.default_rng(seed).choice(n, size=round(n * accuracy), replace=False)] = True
+    return vector
+
+
+def flipped(vector: np.ndarray, lose: int, gain: int, seed: int) -> np.ndarray:
+    """`vector` with `lose` of its right images made wrong and `gain` of its wrong images made right."""
+    rng = np.random.default_rng(seed)
+    out = vector.copy()
+    out[rng.choice(np.flatnonzero(vector), size=lose, replace=False)] = False
+    out[rng.choice(np.flatnonzero(~vector), size=gain, replace=False)] = True
+    return out
+
+
+# Newcombe (1998), "Two-sided confidence intervals for the single proportion: comparison of seven
+# methods", Statistics in Medicine 17:857-872, worked examples for the Wilson score method without
+# continuity correction: 81/263 -> 0.2553-0.3662, 15/148 -> 0.0624-0.1605, 0/20 -> 0-0.1611,
+# 1/29 -> 0.0061-0.1718. For 0/n the upper limit is z^2/(n+z^2): 3.8415/13.8415 = 0.2775 at n = 10.
+@pytest.mark.parametrize("correct, n, expected", [
+    (81, 263, (0.2553, 0.3662)), (15, 148, (0.0624, 0.1605)), (0, 20, (0.0, 0.1611)),
+    (1, 29, (0.0061, 0.1718)), (0, 10, (0.0, 0.2775)), (10, 10, (0.7225, 1.0)),
+])
+def test_wilson_interval_matches_published_values(correct, n, expected):
+    low, high = wilson_interval(correct, n)
+    assert (round(low, 4), round(high, 4)) == expected
+    assert 0.0 <= low <= correct / n <= high <= 1.0
+
+
+def test_wilson_interval_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="correct"):
+        wilson_interval(11, 10)
+
+
+def test_mcnemar_identical_predictions_give_p_one():
+    vector = base_vector(10_000, 0.9)
+    test = mcnemar_exact(vector, vector.copy())
+    assert (test.a_only, test.b_only, test.p_value) == (0, 0, 1.0)
+
+
+def test_mcnemar_300_more_right_of_10000_is_clearly_significant():
+    b = base_vector(10_000, 0.88)
+    a = flipped(b, lose=150, gain=450, seed=1)  # a is right on 300 more images, 600 discordant in all
+    test = mcnemar_exact(a, b)
+    assert (test.a_only, test.b_only) == (450, 150)
+    assert test.p_value < 1e-6
+    assert mcnemar_exact(b, a).p_value == pytest.approx(test.p_value)  # two-sided: order does not matter
+
+
+def test_mcnemar_small_imbalance_is_not_significant():
+    b = base_vector(10_000, 0.9)
+    test = mcnemar_exact(flipped(b, lose=20, gain=18, seed=2), b)
+    assert (test.a_only, test.b_only) == (18, 20)
+    assert test.p_value > 0.5
+
+
+def test_holm_known_example_is_monotone_and_capped():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]
+    assert holm([]) == []
+
+
+def one_seed_sweep() -> list[ConfigResult]:
+    best = base_vector(10_000, 0.90)
+    # 256 loses 300 images net; 512 and 2048 differ from the best by 2 and 5 images among ~40 and ~270
+    return [
+        ConfigResult("hidden_size=256", [flipped(best, lose=400, gain=100, seed=3)], cost=1.1, test_acc=0.87),
+        ConfigResult("hidden_size=1024", [best], cost=1.9, test_acc=0.8952),
+        ConfigResult("hidden_size=512", [flipped(best, lose=20, gain=18, seed=4)], cost=1.4, test_acc=0.894),
+        ConfigResult("hidden_size=2048", [flipped(best, lose=139, gain=134, seed=5)], cost=3.2,
+                     test_acc=0.896),
+    ]
+
+
+def test_one_seed_sweep_uses_mcnemar_and_holm():
+    verdicts = compare_to_best(one_seed_sweep())
+    by_label = {v.label: v for v in verdicts}
+    assert verdicts[0].label == "hidden_size=1024" and verdicts[0].verdict == "best"
+    assert verdicts[0].interval_kind == "Wilson" and verdicts[0].interval == pytest.approx(
+        wilson_interval(9000, 10_000))
+    assert by_label["hidden_size=2048"].discordant == (134, 139)
+    assert by_label["hidden_size=2048"].difference_images == pytest.approx(-5)
+    assert {label: v.verdict for label, v in by_label.items()} == {
+        "hidden_size=1024": "best", "hidden_size=512": "within noise", "hidden_size=2048": "within noise",
+        "hidden_size=256": "worse"}
+    tested = [v for v in verdicts[1:]]
+    assert all(v.method == MCNEMAR and "training noise" in v.note for v in tested)
+    assert [v.p_adjusted for v in tested] == pytest.approx(holm([v.p_value for v in tested]))
+
+
+def test_one_seed_conclusion_names_best_ties_cheapest_and_caveat():
+    text = conclusion(compare_to_best(one_seed_sweep()), "Which hidden size?")
+    assert text.startswith("Which hidden size? hidden_size=1024 has the best validation accuracy, 0.9000 "
+                           "(95% Wilson 0.894-0.906).")
+    within = text[text.index("Within noise of it:"):text.index("Worse:")]
+    assert "hidden_size=512" in within and "hidden_size=2048" in within and "hidden_size=256" not in within
+    assert "134 images only it got right vs 139 only the best" in within
+    assert ("Worse: hidden_size=256 (-0.0300, 100 images only it got right vs 400 only the best, p<0.001"
+            in text)
+    assert "Cheapest within noise: hidden_size=512 at 1.4 s/epoch, usually the one to use." in text
+    assert "Test accuracy of the pick: 0.8940; of the best: 0.8952 (reported, not used to choose)." in text
+    assert "One seed per configuration" in text and "--seeds 3" in text
+
+
+def seeded(label: str, base: np.ndarray, shifts: list[int], cost: float, seed: int) -> ConfigResult:
+    """One seed per shift around `base`: it loses (shift < 0) or gains images, plus 30 swapped both ways."""
+    vectors = [flipped(base, lose=30 + max(0, -shift), gain=30 + max(0, shift), seed=seed + i)
+               for i, shift in enumerate(shifts)]
+    return ConfigResult(label, vectors, cost=cost)
+
+
+def test_seeds_clear_difference_is_worse_and_identical_is_within_noise():
+    base = base_vector(5000, 0.9)
+    best = seeded("best", base, [0, 2, -2], cost=2.0, seed=10)
+    configs = [best, seeded("clearly worse", base, [-100, -104, -96], cost=1.0, seed=20),
+               ConfigResult("same vectors", best.correct, cost=1.5)]
+    verdicts = {v.label: v for v in compare_to_best(configs)}
+    assert verdicts["best"].verdict == "best" and verdicts["best"].interval_kind == "t over seeds"
+    assert verdicts["clearly worse"].verdict == "worse" and verdicts["clearly worse"].method == BOOTSTRAP
+    assert verdicts["clearly worse"].difference_images == pytest.approx(-100, abs=1e-6)
+    assert verdicts["same vectors"].verdict == "within noise" and verdicts["same vectors"].p_value == 1.0
+
+
+def test_seed_scatter_widens_the_bootstrap():
+    """The same 60-image gap is 'worse' when the seeds agree and 'within noise' when seeds scatter by
+    +-150 images: the bootstrap sees training noise, not only which images were drawn."""
+    base = base_vector(5000, 0.9)
+    steady = compare_to_best([seeded("a", base, [0, 1, -1], 1.0, 30),
+                              seeded("b", base, [-60, -59, -61], 1.0, 40)])
+    scattered = compare_to_best([seeded("a", base, [0, 150, -150], 1.0, 30),
+                                 seeded("b", base, [-60, 90, -210], 1.0, 40)])
+    assert steady[1].difference == pytest.approx(scattered[1].difference)
+    assert steady[1].verdict == "worse"
+    assert scattered[1].verdict == "within noise" and scattered[1].p_value > 0.2
+
+
+def test_bootstrap_is_deterministic_under_the_same_seed():
+    base = base_vector(2000, 0.9)
+    groups = [np.stack(seeded("x", base, shifts, 1.0, seed).correct)
+              for shifts, seed in (([0, 5], 50), ([-9, 4], 60))]
+    first = bootstrap_accuracies(groups, resamples=500, seed=7)
+    assert first.shape == (2, 500)
+    assert np.array_equal(first, bootstrap_accuracies(groups, resamples=500, seed=7))
+    assert not np.array_equal(first, bootstrap_accuracies(groups, resamples=500, seed=8))
+
+
+def test_seeded_conclusion_names_the_bootstrap_and_not_the_one_seed_caveat():
+    base = base_vector(5000, 0.9)
+    verdicts = compare_to_best([seeded("a", base, [0, 2, -2], 2.0, 10),
+                                seeded("b", base, [-1, 1, 0], 1.0, 20)])
+    text = conclusion(verdicts, "Which is best")
+    assert text.startswith("Which is best. a has the best validation accuracy")
+    assert "95% t-interval over 3 seeds" in text and "paired bootstrap" in text
+    assert "Cheapest within noise: b at 1 s/epoch" in text and "One seed per configuration" not in text
+
+
+def test_runs_without_vectors_fall_back_to_welch_or_say_why_not_tested():
+    configs = [ConfigResult("old best", cost=1.0, accuracies=[0.901, 0.899, 0.900]),
+               ConfigResult("old worse", cost=1.0, accuracies=[0.850, 0.852, 0.851]),
+               ConfigResult("old tie", cost=0.5, accuracies=[0.900, 0.898, 0.902]),
+               ConfigResult("old single", cost=0.2, accuracies=[0.89])]
+    verdicts = {v.label: v for v in compare_to_best(configs)}
+    assert verdicts["old worse"].method == WELCH and verdicts["old worse"].verdict == "worse"
+    assert verdicts["old tie"].verdict == "within noise"
+    single = verdicts["old single"]
+    assert single.verdict == "not tested" and single.p_value is None and "one seed" in single.note
+    assert single.interval_kind == "none" and math.isnan(single.interval[0])
+    tested = [verdicts["old worse"], verdicts["old tie"]]  # Holm over the tested comparisons only
+    assert [v.p_adjusted for v in tested] == pytest.approx(holm([v.p_value for v in tested]))
+    assert "Not tested: old single (one seed" in conclusion(list(verdicts.values()), "Old runs?")
+
+
+def test_inputs_a_user_can_get_wrong_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="not both or neither"):
+        ConfigResult("nothing", cost=1.0)
+    with pytest.raises(ValueError, match="same validation images"):
+        compare_to_best([ConfigResult("a", [base_vector(100, 0.9)]),
+                         ConfigResult("b", [base_vector(99, 0.9)])])
