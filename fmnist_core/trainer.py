@@ -26,6 +26,7 @@ import torch
 
 from fmnist_core import data as fdata
 from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core.learner import Learner
 from fmnist_core.metrics import loss_and_correct
 from fmnist_core.schedules import lr_table
 
@@ -83,14 +84,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_learner(configs: Sequence[RunConfig], device: torch.device):
+def make_learner(configs: Sequence[RunConfig], device: torch.device) -> Learner:
+    """The learner of the population's implementation (members share `impl`)."""
+    learner: Learner
     if configs[0].impl == "manual":
         from fmnist_core.mlp_manual import make_manual_learner
 
-        return make_manual_learner(list(configs), device)
-    from fmnist_core.mlp_torch import make_torch_learner
+        learner = make_manual_learner(list(configs), device)
+    else:
+        from fmnist_core.mlp_torch import make_torch_learner
 
-    return make_torch_learner(list(configs), device)
+        learner = make_torch_learner(list(configs), device)
+    return learner
 
 
 def train(cfg: RunConfig, splits: fdata.Splits | None = None, *, data_dir=None,
@@ -113,102 +118,145 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
     for name in SHARED_FIELDS:
         if len({getattr(c, name) for c in configs}) > 1:
             raise ConfigError(f"population members must share {name}; group the configurations by it")
-    first = configs[0]
-    device = resolve_device(first.device)
+    device = resolve_device(configs[0].device)
     if splits is None:
-        splits = fdata.load_splits(data_dir, val_size=first.val_size, seed=SPLIT_SEED, device=device)
-    train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
-    members = len(configs)
-    n_train = train_x.shape[0]
-    steps_per_epoch = -(-n_train // first.batch_size)
-    # lr of every member at every step, on the device: [T, P]
-    lrs = torch.stack([lr_table(c, steps_per_epoch) for c in configs], dim=1).to(device, torch.float32)
-    learner = make_learner(configs, device)
-    results = [TrainResult(config=c, device=str(device)) for c in configs]
-    active = list(range(members))
+        splits = fdata.load_splits(data_dir, val_size=configs[0].val_size, seed=SPLIT_SEED, device=device)
+    run = _PopulationRun(configs, splits, device)
+    for epoch in range(1, configs[0].epochs + 1):
+        per_step, epoch_seconds = run.train_epoch(epoch, on_progress)
+        run.stop_diverged(epoch, per_step)
+        if not run.active:
+            break
+        for i, metrics in run.epoch_metrics(epoch, per_step, epoch_seconds).items():
+            run.select_best(i, epoch, metrics)
+            run.stop_if_done(i, epoch, metrics, on_epoch)
+        if not run.active:
+            break
+    run.test_best()
+    return run.results
 
-    # Members with the same seed share data order and augmentation draws: one batch each.
-    seeds = sorted({c.seed for c in configs})
-    member_to_seed = torch.tensor([seeds.index(c.seed) for c in configs], device=device)
-    order_generators = [torch.Generator().manual_seed(s) for s in seeds]  # CPU: same order on every device
-    augment_generators = [torch.Generator(device=device).manual_seed(s + 1) for s in seeds]
-    augmenting = first.augment_flip or first.augment_rotate > 0 or first.augment_translate > 0
 
-    for epoch in range(1, first.epochs + 1):
+class _PopulationRun:
+    """The state of one `train_population` call and the named steps of its epoch loop."""
+
+    def __init__(self, configs: list[RunConfig], splits: fdata.Splits, device: torch.device) -> None:
+        self.configs, self.splits, self.device = configs, splits, device
+        self.shared = first = configs[0]  # holds the SHARED_FIELDS of every member
+        self.train_x, self.train_y = splits.train_x.to(device), splits.train_y.to(device)
+        self.n_train = self.train_x.shape[0]
+        self.steps_per_epoch = -(-self.n_train // first.batch_size)
+        # lr of every member at every step, on the device: [T, P]
+        self.lrs = torch.stack([lr_table(c, self.steps_per_epoch) for c in configs], dim=1
+                               ).to(device, torch.float32)
+        self.learner = make_learner(configs, device)
+        self.results = [TrainResult(config=c, device=str(device)) for c in configs]
+        self.active = list(range(len(configs)))  # members still training, in index order
+        # Members with the same seed share data order and augmentation draws: one batch each.
+        self.seeds = sorted({c.seed for c in configs})
+        self.member_to_seed = torch.tensor([self.seeds.index(c.seed) for c in configs], device=device)
+        # On the CPU: the same data order on every device.
+        self.order_generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        augmenting = first.augment_flip or first.augment_rotate > 0 or first.augment_translate > 0
+        self.augment_generators = ([torch.Generator(device=device).manual_seed(s + 1) for s in self.seeds]
+                                   if augmenting else None)
+
+    def train_epoch(self, epoch: int, on_progress: ProgressCallback | None) -> tuple[torch.Tensor, float]:
+        """One pass over the training split: per-step statistics [steps, STEP_STATS, P] on the
+        CPU, and the epoch's wall time in seconds."""
         started = time.perf_counter()
-        order = torch.stack([torch.randperm(n_train, generator=g) for g in order_generators]).to(device)
-        # Every step's statistics [steps, STEP_STATS, P], written in place and read once per epoch.
-        per_step = torch.empty(steps_per_epoch, len(STEP_STATS), members, device=device)
-        batches = epoch_batches(train_x, train_y, order, first, augment_generators if augmenting else None,
-                                mean=splits.mean, std=splits.std)
+        members, steps = len(self.configs), self.steps_per_epoch
+        order = torch.stack([torch.randperm(self.n_train, generator=g) for g in self.order_generators]
+                            ).to(self.device)
+        # Written in place on the device, read once per epoch.
+        per_step = torch.empty(steps, len(STEP_STATS), members, device=self.device)
+        batches = epoch_batches(self.train_x, self.train_y, order, self.shared, self.augment_generators,
+                                mean=self.splits.mean, std=self.splits.std)
         for step, (x, y) in enumerate(batches):
-            if len(seeds) == 1 and members > 1:  # one shared batch: a view, no copy per member
+            if len(self.seeds) == 1 and members > 1:  # one shared batch: a view, no copy per member
                 x, y = x.expand(members, -1, -1), y.expand(members, -1)
             elif members > 1:
-                x, y = x[member_to_seed], y[member_to_seed]
-            global_step = (epoch - 1) * steps_per_epoch + step
-            stats = learner.train_step(x, y, lrs[global_step])
+                x, y = x[self.member_to_seed], y[self.member_to_seed]
+            global_step = (epoch - 1) * steps + step
+            stats = self.learner.train_step(x, y, self.lrs[global_step])
             torch.stack([stats[key].to(per_step.dtype) for key in STEP_STATS], out=per_step[step])
             if on_progress and (global_step + 1) % PROGRESS_EVERY == 0:
-                on_progress(global_step + 1, first.epochs * steps_per_epoch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_seconds = time.perf_counter() - started
-        per_step = per_step.cpu()  # one small copy per epoch; float64 sums (MPS has no float64)
-        sums = dict(zip(STEP_STATS, per_step.double().sum(0), strict=True))
+                on_progress(global_step + 1, self.shared.epochs * steps)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return per_step.cpu(), time.perf_counter() - started  # one small copy per epoch
+
+    def stop_diverged(self, epoch: int, per_step: torch.Tensor) -> None:
+        """Fail and freeze every active member whose loss was NaN or Inf at some step of the epoch."""
         bad = ~torch.isfinite(per_step[:, 0])  # [steps, P]: non-finite loss
         first_bad_step = torch.where(bad.any(0), bad.int().argmax(0) + 1, -1)  # 1-based step, -1 = none
-
         bad_steps = first_bad_step.tolist()
-        for i in list(active):
+        for i in list(self.active):
             if bad_steps[i] >= 0:
-                results[i].stop_reason = "diverged"
-                results[i].error = Diverged(epoch, bad_steps[i])
-                learner.freeze_member(i)
-                active.remove(i)
-        if not active:
-            break
-        val = evaluate_learner(learner, splits.val_x, splits.val_y) if first.val_size else None
-        dead = dead_unit_fraction(learner, splits.val_x if first.val_size else train_x[:EVAL_CHUNK])
-        host = {k: v.tolist() for k, v in sums.items()}
-        for i in list(active):
+                self.results[i].stop_reason = "diverged"
+                self.results[i].error = Diverged(epoch, bad_steps[i])
+                self._freeze(i)
+
+    def epoch_metrics(self, epoch: int, per_step: torch.Tensor, epoch_seconds: float
+                      ) -> dict[int, dict[str, float]]:
+        """The metrics of the epoch of every active member: training statistics, lr, timing,
+        dead units and, with a validation split, validation loss and accuracy."""
+        sums = {k: v.tolist() for k, v in zip(STEP_STATS, per_step.double().sum(0), strict=True)}  # float64
+        splits, has_validation = self.splits, bool(self.shared.val_size)
+        val = evaluate_learner(self.learner, splits.val_x, splits.val_y) if has_validation else None
+        dead = dead_unit_fraction(self.learner, splits.val_x if has_validation else self.train_x[:EVAL_CHUNK])
+        last_step = epoch * self.steps_per_epoch - 1
+        n_train, steps = self.n_train, self.steps_per_epoch
+        by_member = {}
+        for i in self.active:
             metrics = {
-                "train_loss": host["loss_sum"][i] / n_train,
-                "train_acc": host["correct"][i] / n_train,
-                "lr": float(lrs[global_step, i]),
+                "train_loss": sums["loss_sum"][i] / n_train,
+                "train_acc": sums["correct"][i] / n_train,
+                "lr": float(self.lrs[last_step, i]),
                 "epoch_seconds": epoch_seconds,
                 "samples_per_second": n_train / epoch_seconds,
-                "grad_norm": host["grad_norm"][i] / steps_per_epoch,
-                "clip_fraction": host["clipped"][i] / steps_per_epoch,
+                "grad_norm": sums["grad_norm"][i] / steps,
+                "clip_fraction": sums["clipped"][i] / steps,
                 "dead_relu_fraction": dead[i],
             }
             if val is not None:
                 metrics["val_loss"], metrics["val_acc"] = val[0][i], val[1][i]
-            results[i].history.append(metrics)
-            score = metrics.get("val_acc", metrics["train_acc"])  # no validation set: select on train
-            if results[i].best_state is None or score > results[i].best_val_acc:
-                results[i].best_epoch, results[i].best_val_acc = epoch, score
-                results[i].best_state = learner.member_state(i)
-            stop = bool(on_epoch(i, dict(metrics, epoch=epoch))) if on_epoch else False
-            if stop:
-                results[i].stop_reason = "stopped_by_callback"
-            elif configs[i].patience and epoch - results[i].best_epoch >= configs[i].patience:
-                results[i].stop_reason = "early_stopped"
-            if stop or results[i].stop_reason == "early_stopped":
-                learner.freeze_member(i)
-                active.remove(i)
-        if not active:
-            break
+            by_member[i] = metrics
+        return by_member
 
-    # Test metrics use each member's best-validation weights.
-    finished = [i for i, r in enumerate(results) if r.best_state is not None]
-    for i in finished:
-        learner.load_member_state(i, results[i].best_state)
-    if finished:
-        test_loss, test_acc = evaluate_learner(learner, splits.test_x, splits.test_y)
+    def select_best(self, i: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Record the epoch in member i's history; keep its weights if the epoch is its best."""
+        result = self.results[i]
+        result.history.append(metrics)
+        score = metrics.get("val_acc", metrics["train_acc"])  # no validation set: select on train
+        if result.best_state is None or score > result.best_val_acc:
+            result.best_epoch, result.best_val_acc = epoch, score
+            result.best_state = self.learner.member_state(i)
+
+    def stop_if_done(self, i: int, epoch: int, metrics: dict[str, float], on_epoch: EpochCallback | None
+                     ) -> None:
+        """Show the epoch to the callback; stop member i if the callback asks or its patience ran out."""
+        result, patience = self.results[i], self.configs[i].patience
+        stop = bool(on_epoch(i, dict(metrics, epoch=epoch))) if on_epoch else False
+        if stop:
+            result.stop_reason = "stopped_by_callback"
+        elif patience and epoch - result.best_epoch >= patience:
+            result.stop_reason = "early_stopped"
+        if stop or result.stop_reason == "early_stopped":
+            self._freeze(i)
+
+    def test_best(self) -> None:
+        """Test metrics of every member that finished an epoch, with the weights of its best epoch."""
+        finished = [i for i, r in enumerate(self.results) if r.best_state is not None]
         for i in finished:
-            results[i].test_loss, results[i].test_acc = test_loss[i], test_acc[i]
-    return results
+            self.learner.load_member_state(i, self.results[i].best_state)
+        if finished:
+            test_loss, test_acc = evaluate_learner(self.learner, self.splits.test_x, self.splits.test_y)
+            for i in finished:
+                self.results[i].test_loss, self.results[i].test_acc = test_loss[i], test_acc[i]
+
+    def _freeze(self, i: int) -> None:
+        self.learner.freeze_member(i)
+        self.active.remove(i)
 
 
 def epoch_batches(train_x: torch.Tensor, train_y: torch.Tensor, order: torch.Tensor, cfg: RunConfig,
@@ -236,7 +284,7 @@ def epoch_batches(train_x: torch.Tensor, train_y: torch.Tensor, order: torch.Ten
 
 
 @torch.no_grad()
-def evaluate_learner(learner, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
     """Mean loss and accuracy of every member on (x, y), in chunks."""
     loss_sum = correct = 0
     for start in range(0, x.shape[0], EVAL_CHUNK):
@@ -249,7 +297,7 @@ def evaluate_learner(learner, x: torch.Tensor, y: torch.Tensor) -> tuple[list[fl
 
 
 @torch.no_grad()
-def dead_unit_fraction(learner, x: torch.Tensor) -> list[float]:
+def dead_unit_fraction(learner: Learner, x: torch.Tensor) -> list[float]:
     """Fraction of hidden units whose pre-activation is <= 0 for every sample of x (a dead ReLU)."""
     alive = None
     for start in range(0, x.shape[0], EVAL_CHUNK):

@@ -1,0 +1,64 @@
+"""What the trainer needs from a learner: the `Learner` protocol.
+
+A learner holds a POPULATION of P independent models of one shape (784 -> H -> 10) and
+trains them as one batched computation; member i owns slice i of every batched tensor.
+Two classes satisfy it structurally, without inheriting from it:
+`mlp_manual.ManualLearner` (hand-written backprop and SGD) and `mlp_torch.TorchLearner`
+(autograd and torch.optim). The trainer (`trainer.make_learner`) builds one and talks to it
+only through these members, so a third implementation needs nothing else.
+
+Shapes: P = population, B = samples in a batch, H = hidden units, C = 10 classes.
+Inputs are normalised pixels, (x/255 - mean)/std, flattened to 784 values, float32.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """A population of P MLPs that the trainer steps, evaluates, snapshots and freezes."""
+
+    population: int
+    """P: the number of members; member indices are 0..P-1 in the order of their configs."""
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One SGD (or Adam) step of every member that is not frozen.
+
+        x: float [P, B, 784]; y: int64 labels [P, B]; lr: float [P], this step's learning rate
+        of each member (on the CPU or the learner's device). Returns, per member, tensors of
+        shape [P] on the learner's device (read by the host once per epoch, not per step):
+        `loss_sum` (cross-entropy summed over the B samples, in nats, before the update),
+        `correct` (how many of the B samples the pre-update logits classify right),
+        `grad_norm` (global L2 norm of the gradient before clipping) and `clipped`
+        (1.0 where clipping changed the gradient, else 0.0). A frozen member's loss and
+        counts are still reported; its weights do not change.
+        """
+        ...
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluation forward, no dropout and no gradient: x [P, B, 784] -> logits [P, B, 10]."""
+        ...
+
+    def hidden_preactivations(self, x: torch.Tensor) -> torch.Tensor:
+        """z1 = x W1 + b1 before the activation, no gradient: x [P, B, 784] -> [P, B, H]."""
+        ...
+
+    def member_state(self, i: int) -> dict[str, torch.Tensor]:
+        """A copy of member i's weights in the nn.Linear layout, float32 on the CPU:
+        fc1.weight [H, 784], fc1.bias [H], fc2.weight [10, H], fc2.bias [10]. Later steps
+        do not change the copy."""
+        ...
+
+    def load_member_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite member i's weights with `state` (layout of `member_state`); optimizer
+        state and the frozen flag are left as they are."""
+        ...
+
+    def freeze_member(self, i: int) -> None:
+        """Stop updating member i for good (it diverged or stopped); the others train on,
+        and nothing of member i (a NaN included) reaches them."""
+        ...
