@@ -66,7 +66,7 @@ tracking_uri_option = click.option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
     help="MLflow store or server. Default: $MLFLOW_TRACKING_URI, else the embedded sqlite store in mlruns/.")
 experiment_option = click.option(
-    "--experiment", default="fmnist", show_default=True,  # = fmnist_core.tracking.DEFAULT_EXPERIMENT
+    "--experiment", default="fmnist", show_default=True,  # = fmnist_tracking.runs.DEFAULT_EXPERIMENT
     help="MLflow experiment name.")
 
 
@@ -86,11 +86,12 @@ def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | No
 
     cfg = RunConfig(**settings)
     if not track:
-        from fmnist_core.console import train_with_progress
+        from fmnist_tracking.console import train_with_progress
 
         train_with_progress(cfg, data_dir=data_dir, checkpoint=checkpoint)
         return
-    from fmnist_core.tracking import Terminated, train_tracked
+    from fmnist_tracking.run_log import train_tracked
+    from fmnist_tracking.signals import Terminated
 
     try:
         train_tracked(cfg, data_dir=data_dir, tracking_uri=tracking_uri, experiment=experiment,
@@ -115,7 +116,7 @@ def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | No
 @tracking_uri_option
 def ui(host: str, port: int, tracking_uri: str | None) -> None:
     """Start the MLflow UI on the tracking store (the embedded one by default) and print its address."""
-    from fmnist_core.registry import ui_command, ui_runs_url
+    from fmnist_tracking.registry import ui_command, ui_runs_url
 
     argv, environment, uri, experiment_id = ui_command(tracking_uri, host, port)
     click.echo(f"MLflow UI over {uri}: {ui_runs_url(host, port, experiment_id)} (Ctrl-C stops it)")
@@ -130,8 +131,8 @@ def ui(host: str, port: int, tracking_uri: str | None) -> None:
 @experiment_option
 def runs(sweep: str | None, limit: int, tracking_uri: str | None, experiment: str) -> None:
     """A table of runs, newest first: status, key params and metrics."""
-    from fmnist_core.registry import runs_table
-    from fmnist_core.tracking import setup
+    from fmnist_tracking.registry import runs_table
+    from fmnist_tracking.store import setup
 
     client, experiment_id = setup(tracking_uri, experiment, create=False)
     click.echo(runs_table(client, [experiment_id], sweep=sweep, limit=limit))
@@ -152,8 +153,8 @@ def runs(sweep: str | None, limit: int, tracking_uri: str | None, experiment: st
 def best(sweep: str | None, metric: str, out: Path, register: bool, data_dir: Path | None,
          tracking_uri: str | None, experiment: str) -> None:
     """Fetch the best FINISHED run's checkpoint, check it against the logged validation accuracy."""
-    from fmnist_core.registry import fetch_best
-    from fmnist_core.tracking import selection_metric, setup
+    from fmnist_tracking.registry import fetch_best
+    from fmnist_tracking.store import selection_metric, setup
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     selection_metric(metric)  # a test metric is refused before anything is looked up
@@ -258,7 +259,8 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
     Any number of workers (--workers, or this command on other machines) can share a study on
     PostgreSQL; see README, Scaling out.
     """
-    from fmnist_core.tracking import Terminated, resolve_tracking_uri
+    from fmnist_tracking.signals import Terminated
+    from fmnist_tracking.store import resolve_tracking_uri
     from sweeps.runner import run_sweep
     from sweeps.study import default_storage
     from sweeps.workers import repair_sweep, require_shared_stores, run_local_workers

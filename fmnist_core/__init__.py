@@ -1,4 +1,7 @@
-"""Fashion-MNIST core: data, two MLP implementations, inits and the trainer.
+"""Fashion-MNIST training core: config, data, inits, two MLP implementations, trainer, checkpoints.
 
-Nothing in this package imports MLflow or Optuna; tracking plugs in through callbacks.
+It imports torch (and torchvision's IDX reader) and the standard library only: nothing of
+MLflow, Optuna, matplotlib or the command line (tests/test_layers.py checks every module in a
+fresh interpreter). Tracking plugs in through the trainer's callbacks; the MLflow side lives
+beside it in `fmnist_tracking`.
 """

@@ -24,8 +24,8 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-from fmnist_core import tracking
 from fmnist_core.config import ConfigError
+from fmnist_tracking import store
 from sweeps.definitions import load_definition
 from sweeps.study import PARENT_ATTR, StudyPlan, default_storage, load_study, plan_studies
 
@@ -84,11 +84,11 @@ def within_noise(best: list[float], other: list[float]) -> bool | None:
 
 def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None,
                     tracking_uri: str | None = None,
-                    experiment: str = tracking.DEFAULT_EXPERIMENT) -> list[Summary]:
+                    experiment: str = store.DEFAULT_EXPERIMENT) -> list[Summary]:
     """`python cli.py report NAME`: the parent runs' figures and tables, made again from the studies."""
     plans = plan_studies(load_definition(name), impl=impl)
     storage = storage or default_storage(tracking_uri)
-    client, _ = tracking.setup(tracking_uri, experiment, create=False)
+    client, _ = store.setup(tracking_uri, experiment, create=False)
     summaries = []
     for plan in plans:
         study = load_study(plan, storage)

@@ -42,7 +42,6 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from fmnist_core import data as fdata
-from fmnist_core import tracking
 from fmnist_core.checkpoint import save_checkpoint
 from fmnist_core.config import ConfigError, RunConfig
 from fmnist_core.trainer import (
@@ -53,6 +52,7 @@ from fmnist_core.trainer import (
     resolve_device,
     train_population,
 )
+from fmnist_tracking import run_log, signals, store
 from sweeps import report, workers
 from sweeps.definitions import load_definition
 from sweeps.study import (
@@ -89,7 +89,7 @@ class Tracker:
 class Job:
     trial: optuna.Trial
     config: RunConfig | None  # None only while being asked
-    logger: tracking.RunLogger | None = None
+    logger: run_log.RunLogger | None = None
     told: bool = False
     retry_of: int | None = None  # the failed trial this one trains again
 
@@ -98,7 +98,7 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
               seeds: int | None = None, n_trials: int | None = None, timeout: float | None = None,
               population: int = DEFAULT_POPULATION,
               storage: str | None = None, tracking_uri: str | None = None,
-              experiment: str = tracking.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
+              experiment: str = store.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
               splits: fdata.Splits | None = None, progress: bool = True, create: bool = False,
               heartbeat: int = workers.DEFAULT_HEARTBEAT) -> list[report.Summary]:
     """Run (or resume, or join) the sweep `name`; returns the ranked summary of each study this worker
@@ -107,8 +107,8 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
     plans = plan_studies(definition, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials,
                          timeout=timeout)  # every setting checked before anything is loaded or trained
     storage = storage or default_storage(tracking_uri)
-    with workers.sqlite_guard(storage, tracking.resolve_tracking_uri(tracking_uri)) as exclusive:
-        client, experiment_id = tracking.setup(tracking_uri, experiment)
+    with workers.sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
+        client, experiment_id = store.setup(tracking_uri, experiment)
         worker = Worker(workers.open_storage(storage, heartbeat), exclusive=exclusive)
         if splits is None and not create:
             base = plans[0].base
@@ -117,7 +117,7 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it instead
         summaries = []
         for plan in plans:
-            with tracking.handle_sigterm():
+            with signals.handle_sigterm():
                 study, parent_id, queued = join_study(plan, worker, storage, client, experiment_id,
                                                       fresh=fresh, owner=create or exclusive)
                 if create:
@@ -157,7 +157,7 @@ def join_study(plan: StudyPlan, worker: Worker, storage: str, client, experiment
 
 
 def open_parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id: str,
-                    digest: str | None = None) -> tracking.RunLogger:
+                    digest: str | None = None) -> run_log.RunLogger:
     """The study's parent run when it exists in this experiment, else a new one (RUNNING)."""
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
@@ -167,14 +167,14 @@ def open_parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id:
             run = None
         usable = run is not None and run.info.lifecycle_stage == "active"
         if usable and run.info.experiment_id == experiment_id:
-            return tracking.RunLogger(client, run_id, experiment_id)
+            return run_log.RunLogger(client, run_id, experiment_id)
     d = plan.definition
     tags = {"sweep": d.name, "sweep_role": "parent", "study": plan.study_name, "sampler": d.sampler,
             "seeds": plan.seeds, "mlflow.note.content": d.description,
             "swept": ", ".join(sorted(d.fields)) + "; params hold the base the trials vary from"}
     if digest:
         tags["dataset_digest"] = digest
-    parent = tracking.RunLogger.start(client, experiment_id, plan.base, run_name=plan.study_name, tags=tags)
+    parent = run_log.RunLogger.start(client, experiment_id, plan.base, run_name=plan.study_name, tags=tags)
     study.set_user_attr(PARENT_ATTR, parent.run_id)
     return parent
 
@@ -185,7 +185,7 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     this worker finished it (report, parent FINISHED). Returns the summary when it did."""
     client, parent_id = tracker.client, tracker.parent_run_id
     client.update_run(parent_id, status="RUNNING")
-    parent = tracking.RunLogger(client, parent_id, tracker.experiment_id)
+    parent = run_log.RunLogger(client, parent_id, tracker.experiment_id)
     parent.set_tags({"dataset_digest": tracker.dataset_digest})  # `--create` made it without data
     click.echo(f"Sweep {plan.study_name}: {plan.definition.description}\n"
                f"  Optuna study in {without_password(storage)}; MLflow parent run {parent_id}; "
@@ -272,7 +272,7 @@ def ask_jobs(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None
                 break  # leave it to a worker that is free
             # Taking a trial (now RUNNING) and listing it in `jobs` are one step for Ctrl-C: abandon()
             # re-queues the listed ones, and one taken but not listed would stay RUNNING.
-            with tracking.signals_deferred():
+            with signals.signals_deferred():
                 job = take_trial(study, plan, total, worker)
                 if job is None:
                     break
@@ -380,8 +380,8 @@ def train_group(study: optuna.Study, plan: StudyPlan, jobs: list[Job], splits: f
         return False
 
     for job in jobs:
-        with tracking.signals_deferred():  # a run made is a run abandon() can close: one step for Ctrl-C
-            job.logger = tracking.RunLogger.start(
+        with signals.signals_deferred():  # a run made is a run abandon() can close: one step for Ctrl-C
+            job.logger = run_log.RunLogger.start(
                 tracker.client, tracker.experiment_id, job.config, parent_run_id=tracker.parent_run_id,
                 run_name=f"{plan.study_name}-t{job.trial.number:03d}",
                 tags=dict(trial_tags(plan, job), dataset_digest=tracker.dataset_digest))
@@ -434,12 +434,12 @@ def finish_trial(study: optuna.Study, plan: StudyPlan, job: Job, result: TrainRe
         values = [m[plan.definition.metric] for m in history]
         value = max(values) if plan.definition.direction == "maximize" else min(values)
         with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
-            path = save_checkpoint(Path(scratch, tracking.CHECKPOINT_ARTIFACT),
+            path = save_checkpoint(Path(scratch, run_log.CHECKPOINT_ARTIFACT),
                                    **checkpoint_payload(result, splits))
             logger.log_result(result, splits, path)
         for key, metric_value in result.final_metrics().items():
             trial.set_user_attr(key, metric_value)
-        trial.set_user_attr("checkpoint", f"runs:/{logger.run_id}/{tracking.CHECKPOINT_ARTIFACT}")
+        trial.set_user_attr("checkpoint", f"runs:/{logger.run_id}/{run_log.CHECKPOINT_ARTIFACT}")
         logger.end("FINISHED")
         state = TrialState.COMPLETE
     tell(study, trial, value, state)

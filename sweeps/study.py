@@ -31,8 +31,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fmnist_core import tracking
 from fmnist_core.config import ConfigError, RunConfig
+from fmnist_tracking import store
 from sweeps.definitions import DefinitionError, SweepDefinition, check_space, make_pruner
 
 STORAGE_FILE = "optuna.db"
@@ -117,9 +117,9 @@ def plan_studies(definition: SweepDefinition, *, impl: str | None = None,
 
 def default_storage(tracking_uri: str | None = None) -> str:
     """SQLite `optuna.db` next to MLflow's SQLite database (mlruns/ by default)."""
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = store.resolve_tracking_uri(tracking_uri)
     folder = Path(uri.removeprefix("sqlite:///")).resolve().parent if uri.startswith("sqlite:///") \
-        else tracking.STORE_DIR
+        else store.STORE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / STORAGE_FILE}"
 

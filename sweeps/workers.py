@@ -33,8 +33,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from fmnist_core import tracking
 from fmnist_core.config import first_line
+from fmnist_tracking import run_log, store
 from sweeps import report
 from sweeps.definitions import load_definition
 from sweeps.study import (
@@ -305,7 +305,7 @@ def close_orphan_runs(study: optuna.Study, client, experiment_id: str,
         trial = trials.get(int(number)) if number.isdigit() else None
         if trial is not None and trial.state == TrialState.RUNNING:
             continue
-        logger = tracking.RunLogger(client, run.info.run_id, experiment_id)
+        logger = run_log.RunLogger(client, run.info.run_id, experiment_id)
         if trial is not None and trial.state == TrialState.COMPLETE:  # everything was logged before tell
             logger.end("FINISHED")
         else:
@@ -318,13 +318,13 @@ def close_orphan_runs(study: optuna.Study, client, experiment_id: str,
 
 
 def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | None = None,
-                 tracking_uri: str | None = None, experiment: str = tracking.DEFAULT_EXPERIMENT,
+                 tracking_uri: str | None = None, experiment: str = store.DEFAULT_EXPERIMENT,
                  heartbeat: int = DEFAULT_HEARTBEAT) -> None:
     """`--repair`: recover the trials and runs of dead workers and close an idle parent run, no training."""
     plans = plan_studies(load_definition(name), impl=impl)
     storage = storage or default_storage(tracking_uri)
-    with sqlite_guard(storage, tracking.resolve_tracking_uri(tracking_uri)) as exclusive:
-        client, experiment_id = tracking.setup(tracking_uri, experiment, create=False)
+    with sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
+        client, experiment_id = store.setup(tracking_uri, experiment, create=False)
         worker = Worker(open_storage(storage, heartbeat), exclusive=exclusive)
         for plan in plans:
             study = load_study(plan, worker.storage, without_password(storage))
@@ -344,7 +344,7 @@ def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | No
             parent = client.get_run(parent_id) if parent_id else None
             if parent is None or parent.info.status != "RUNNING":
                 continue
-            logger = tracking.RunLogger(client, parent_id, experiment_id)
+            logger = run_log.RunLogger(client, parent_id, experiment_id)
             if not waiting and study_done(study, plan):
                 report.build_report(study, plan, client, parent_id)
                 logger.end("FINISHED")

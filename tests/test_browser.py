@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fmnist_core import tracking
 from fmnist_core.config import RunConfig
+from fmnist_tracking import run_log, store
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -59,11 +59,11 @@ def test_the_mlflow_ui_shows_the_runs_and_a_metric_chart(mlflow_store, tmp_path)
         pytest.fail(f"Chromium is missing at {CHROMIUM}: run `make browser` to install it")
     from playwright.sync_api import sync_playwright
 
-    client, experiment_id = tracking.setup(mlflow_store)
+    client, experiment_id = store.setup(mlflow_store)
     run_ids = []
     for name, hidden, lr in zip(RUN_NAMES, (16, 32, 64), (0.1, 0.05, 0.01), strict=True):
         cfg = RunConfig(hidden_size=hidden, lr=lr, epochs=3, device="cpu")
-        with tracking.RunLogger.start(client, experiment_id, cfg, run_name=name) as run:
+        with run_log.RunLogger.start(client, experiment_id, cfg, run_name=name) as run:
             for epoch in (1, 2, 3):
                 run.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 0.7 + 0.05 * epoch + lr})
         run_ids.append(run.run_id)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from fmnist_core import tracking
+from fmnist_tracking import store
 from sweeps.definitions import list_definitions
 
 
@@ -56,8 +56,8 @@ def test_sweep_report_and_best_on_real_data(tmp_path, mlflow_store):
     assert result.exit_code == 0, result.output
     assert "tiny_cli-torch: ranked by mean val_acc" in result.output and "| 1 |" in result.output
 
-    client, experiment_id = tracking.setup(mlflow_store, "cli-sweep")
-    runs = tracking.search_runs(client, [experiment_id], sweep="tiny_cli")
+    client, experiment_id = store.setup(mlflow_store, "cli-sweep")
+    runs = store.search_runs(client, [experiment_id], sweep="tiny_cli")
     [parent] = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
     children = [r for r in runs if r.data.tags.get("sweep_role") != "parent"]
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]

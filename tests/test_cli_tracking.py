@@ -17,10 +17,11 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from cli import cli
-from fmnist_core import serving, tracking
+from fmnist_core import serving
 from fmnist_core.checkpoint import save_checkpoint
 from fmnist_core.config import RunConfig
 from fmnist_core.data import CLASSES
+from fmnist_tracking import run_log, store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,7 @@ def assert_one_line_error(result, fragment: str) -> None:
 
 
 def test_the_cli_default_experiment_is_the_tracking_default():
-    assert invoke("runs", "--help").output.count(f"[default: {tracking.DEFAULT_EXPERIMENT}]") == 1
+    assert invoke("runs", "--help").output.count(f"[default: {store.DEFAULT_EXPERIMENT}]") == 1
 
 
 def test_best_fetches_the_best_finished_checkpoint_which_reproduces_the_logged_test_accuracy(
@@ -44,12 +45,12 @@ def test_best_fetches_the_best_finished_checkpoint_which_reproduces_the_logged_t
     runs = {}
     for impl, lr in (("manual", 0.002), ("torch", 0.05)):  # different lr: different validation accuracy
         cfg = RunConfig(impl=impl, hidden_size=16, epochs=1, lr=lr, device="cpu")
-        result, run_id = tracking.train_tracked(cfg, splits=small_real_splits, tracking_uri=mlflow_store,
+        result, run_id = run_log.train_tracked(cfg, splits=small_real_splits, tracking_uri=mlflow_store,
                                                 checkpoint=tmp_path / f"{impl}.pt")
         runs[run_id] = result
     best_id = max(runs, key=lambda run_id: runs[run_id].best_val_acc)
-    client, experiment_id = tracking.setup(mlflow_store)
-    failed = tracking.RunLogger.start(client, experiment_id, RunConfig(), run_name="failed-but-higher")
+    client, experiment_id = store.setup(mlflow_store)
+    failed = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="failed-but-higher")
     client.log_metric(failed.run_id, "best_val_acc", 0.99)
     failed.end("FAILED", "crashed")
 
@@ -57,7 +58,7 @@ def test_best_fetches_the_best_finished_checkpoint_which_reproduces_the_logged_t
     result = invoke("best", "--out", out, "--register", "--tracking-uri", mlflow_store)
     assert result.exit_code == 0, result.output
     assert f"Best run {best_id}" in result.stdout and "registered: fmnist-mlp version 1" in result.stdout
-    logged_artifact = client.download_artifacts(best_id, tracking.CHECKPOINT_ARTIFACT, str(tmp_path))
+    logged_artifact = client.download_artifacts(best_id, run_log.CHECKPOINT_ARTIFACT, str(tmp_path))
     assert out.read_bytes() == Path(logged_artifact).read_bytes()
 
     # Anyone can use it with plain torch: no code of ours below.
@@ -111,8 +112,8 @@ def test_a_checkpoint_that_runs_code_when_unpickled_is_refused_everywhere(mlflow
     assert_one_line_error(invoke("evaluate", evil), "refused")
     assert_one_line_error(invoke("predict", evil, png), "refused")
 
-    client, experiment_id = tracking.setup(mlflow_store)
-    planted = tracking.RunLogger.start(client, experiment_id, RunConfig(), run_name="planted")
+    client, experiment_id = store.setup(mlflow_store)
+    planted = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="planted")
     client.log_metric(planted.run_id, "best_val_acc", 0.95)
     client.log_artifact(planted.run_id, str(evil))
     planted.end()
@@ -165,7 +166,7 @@ def test_user_errors_exit_2_with_one_line(mlflow_store, tmp_path):
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt", "--metric", "test_acc"),
                           "test-set metric")
     assert_one_line_error(invoke("runs", "--experiment", "nope"), "no experiment 'nope'")
-    tracking.setup(mlflow_store)
+    store.setup(mlflow_store)
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt"), "no FINISHED run")
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt", "--sweep", "it's"), "quotes")
     assert_one_line_error(invoke("ui", "--tracking-uri", "http://127.0.0.1:9"), "tracking server already")
@@ -177,7 +178,7 @@ def _running_run_with_an_epoch(uri: str, process: subprocess.Popen, timeout: flo
     client, deadline = MlflowClient(uri), time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+        experiment = client.get_experiment_by_name(store.DEFAULT_EXPERIMENT)
         if experiment is not None:
             runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
             if runs and "val_acc" in runs[0].data.metrics:
@@ -211,7 +212,7 @@ def test_a_run_killed_mid_training_by_sigterm_or_ctrl_c_ends_killed(make_mlflow_
         client = MlflowClient(uri)
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
-        assert {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[name] in run.data.tags[tracking.FAILURE_TAG]
+        assert {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[name] in run.data.tags[run_log.FAILURE_TAG]
         statuses = [r.info.status for r in client.search_runs([run.info.experiment_id])]
         assert statuses == ["KILLED"]  # nothing left RUNNING
     mlflow.set_tracking_uri(None)

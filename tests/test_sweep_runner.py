@@ -13,7 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fmnist_core import tracking, trainer
+from fmnist_core import trainer
+from fmnist_tracking import run_log, store
 from sweeps import report, runner
 from sweeps.definitions import DefinitionError
 from sweeps.study import StudyError
@@ -48,8 +49,8 @@ def definition(tmp_path, text: str, name: str = "tiny"):
 
 
 def runs_of(stores, sweep: str):
-    client, experiment_id = tracking.setup(stores["tracking_uri"], stores["experiment"])
-    found = tracking.search_runs(client, [experiment_id], sweep=sweep)
+    client, experiment_id = store.setup(stores["tracking_uri"], stores["experiment"])
+    found = store.search_runs(client, [experiment_id], sweep=sweep)
     parents = [r for r in found if r.data.tags.get("sweep_role") == "parent"]
     children = sorted((r for r in found if r.data.tags.get("sweep_role") != "parent"),
                       key=lambda r: int(r.data.tags["trial"]))
@@ -89,9 +90,9 @@ def test_grid_sweep_gives_a_parent_and_a_finished_child_per_point(tmp_path, stor
             "sweep/epoch_seconds_vs_hidden_size.png", "sweep/optuna_optimization_history.png",
             "sweep/summary.csv", "sweep/summary.md"} <= artifacts
     # ... and names the best trial, which is what `best --sweep` finds
-    best = tracking.find_best_run(client, [parent.info.experiment_id], sweep="tiny")
+    best = store.find_best_run(client, [parent.info.experiment_id], sweep="tiny")
     assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert parent.data.tags["best_checkpoint"] == f"runs:/{best.info.run_id}/{tracking.CHECKPOINT_ARTIFACT}"
+    assert parent.data.tags["best_checkpoint"] == f"runs:/{best.info.run_id}/{run_log.CHECKPOINT_ARTIFACT}"
     assert summary.best_trial.user_attrs["mlflow_run_id"] == best.info.run_id
     assert len(summary.rows) == 2 and summary.rows[0].vs_best == "best"
 
@@ -151,7 +152,7 @@ def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(tmp_path, stores, t
     status = {float(c.data.params["lr"]): c for c in children}
     assert status[0.05].info.status == "FINISHED"
     assert status[100000.0].info.status == "FAILED"
-    assert "diverged" in status[100000.0].data.tags[tracking.FAILURE_TAG]
+    assert "diverged" in status[100000.0].data.tags[run_log.FAILURE_TAG]
     states = {t.params["lr"]: t.state for t in study_of(stores, "tiny-manual").trials}
     assert states == {0.05: TrialState.COMPLETE, 100000.0: TrialState.FAIL}
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from fmnist_core import serving, tracking
+from fmnist_core import serving
 from fmnist_core.config import RunConfig
 from fmnist_core.trainer import Diverged
+from fmnist_tracking import run_log, signals, store
 
 TINY = RunConfig(hidden_size=8, epochs=2, batch_size=32, device="cpu", lr=0.05)
 
@@ -27,7 +28,7 @@ def tracked_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     splits = synthetic_splits(256, 64, 64, seed=0)
-    result, run_id = tracking.train_tracked(TINY, splits=splits, tracking_uri=uri,
+    result, run_id = run_log.train_tracked(TINY, splits=splits, tracking_uri=uri,
                                             checkpoint=root / "ckpt.pt")
     mlflow.set_tracking_uri(None)
     return {"uri": uri, "run_id": run_id, "result": result, "splits": splits, "checkpoint": root / "ckpt.pt"}
@@ -38,18 +39,18 @@ def test_a_short_run_logs_params_tags_one_value_per_epoch_and_final_metrics(trac
     run, result = client.get_run(tracked_run["run_id"]), tracked_run["result"]
     assert run.info.status == "FINISHED"
     assert run.data.params == {k: str(v) for k, v in TINY.as_dict().items()}
-    for name in tracking.EPOCH_METRICS:
+    for name in run_log.EPOCH_METRICS:
         history = client.get_metric_history(run.info.run_id, name)
         assert [m.step for m in history] == [1, 2], name
         assert [m.value for m in history] == pytest.approx([epoch[name] for epoch in result.history]), name
-    assert set(run.data.metrics) == set(tracking.EPOCH_METRICS) | set(tracking.FINAL_METRICS)
+    assert set(run.data.metrics) == set(run_log.EPOCH_METRICS) | set(run_log.FINAL_METRICS)
     for name, value in result.final_metrics().items():
         assert run.data.metrics[name] == pytest.approx(value)
     tags = run.data.tags
     assert tags["implementation"] == "manual" and tags["device"] == "cpu" and tags["device_name"]
     assert tags["torch_version"] == torch.__version__ and tags["dataset_digest"] == "synthetic"
     assert tags["git_dirty"] in ("true", "false", "unknown") and tags["git_commit"]
-    assert tags["stop_reason"] == "completed" and tracking.FAILURE_TAG not in tags
+    assert tags["stop_reason"] == "completed" and run_log.FAILURE_TAG not in tags
 
 
 def test_a_short_run_logs_figures_per_class_table_and_the_checkpoint(tracked_run, tmp_path):
@@ -91,35 +92,35 @@ def test_the_logged_mlflow_model_predicts_the_classes_of_the_checkpoint(tracked_
 def test_a_diverged_run_ends_failed_with_the_reason(mlflow_store, tiny_splits, tmp_path):
     cfg = RunConfig(hidden_size=8, epochs=2, batch_size=32, device="cpu", lr=1e6, weight_decay=0.0)
     with pytest.raises(Diverged):
-        tracking.train_tracked(cfg, splits=tiny_splits, tracking_uri=mlflow_store,
+        run_log.train_tracked(cfg, splits=tiny_splits, tracking_uri=mlflow_store,
                                checkpoint=tmp_path / "c.pt")
     [run] = MlflowClient(mlflow_store).search_runs([_experiment_id(mlflow_store)])
     assert run.info.status == "FAILED"
-    assert "diverged" in run.data.tags[tracking.FAILURE_TAG] and run.data.tags["stop_reason"] == "diverged"
+    assert "diverged" in run.data.tags[run_log.FAILURE_TAG] and run.data.tags["stop_reason"] == "diverged"
     assert "checkpoint.pt" not in {a.path for a in MlflowClient(mlflow_store).list_artifacts(run.info.run_id)}
 
 
 @pytest.mark.parametrize("raised, status, reason", [
     (ValueError("boom"), "FAILED", "ValueError: boom"),
     (KeyboardInterrupt(), "KILLED", "Ctrl-C"),
-    (tracking.Terminated(), "KILLED", "SIGTERM"),
+    (signals.Terminated(), "KILLED", "SIGTERM"),
 ])
 def test_every_exit_path_of_a_run_ends_it_with_a_status(mlflow_store, raised, status, reason):
-    client, experiment_id = tracking.setup(mlflow_store)
+    client, experiment_id = store.setup(mlflow_store)
     with pytest.raises(type(raised)):
-        with tracking.RunLogger.start(client, experiment_id, TINY) as run:
+        with run_log.RunLogger.start(client, experiment_id, TINY) as run:
             raise raised
     ended = client.get_run(run.run_id)
-    assert ended.info.status == status and reason in ended.data.tags[tracking.FAILURE_TAG]
+    assert ended.info.status == status and reason in ended.data.tags[run_log.FAILURE_TAG]
     run.end("FINISHED")  # idempotent: a second end changes nothing
     assert client.get_run(run.run_id).info.status == status
 
 
 def test_sigterm_inside_handle_sigterm_ends_the_run_killed_and_the_old_handler_returns(mlflow_store):
-    client, experiment_id = tracking.setup(mlflow_store)
+    client, experiment_id = store.setup(mlflow_store)
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(tracking.Terminated):
-        with tracking.handle_sigterm(), tracking.RunLogger.start(client, experiment_id, TINY) as run:
+    with pytest.raises(signals.Terminated):
+        with signals.handle_sigterm(), run_log.RunLogger.start(client, experiment_id, TINY) as run:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(10)  # the handler's exception interrupts the sleep at once
     assert client.get_run(run.run_id).info.status == "KILLED"
@@ -127,9 +128,9 @@ def test_sigterm_inside_handle_sigterm_ends_the_run_killed_and_the_old_handler_r
 
 
 def test_a_run_can_be_nested_under_a_parent_and_tagged(mlflow_store):
-    client, experiment_id = tracking.setup(mlflow_store)
-    with tracking.RunLogger.start(client, experiment_id, TINY, run_name="parent") as parent:
-        with tracking.RunLogger.start(client, experiment_id, TINY, parent_run_id=parent.run_id,
+    client, experiment_id = store.setup(mlflow_store)
+    with run_log.RunLogger.start(client, experiment_id, TINY, run_name="parent") as parent:
+        with run_log.RunLogger.start(client, experiment_id, TINY, parent_run_id=parent.run_id,
                                       tags={"sweep": "s1", "trial": "3"}) as child:
             child.set_tags({"dataset_digest": "abc"})
     tags = client.get_run(child.run_id).data.tags
@@ -138,7 +139,7 @@ def test_a_run_can_be_nested_under_a_parent_and_tagged(mlflow_store):
 
 
 def _logged_run(client, experiment_id, best_val_acc, status="FINISHED", tags=None, **overrides):
-    run = tracking.RunLogger.start(client, experiment_id, TINY.replace(overrides), tags=tags)
+    run = run_log.RunLogger.start(client, experiment_id, TINY.replace(overrides), tags=tags)
     run.client.log_metric(run.run_id, "best_val_acc", best_val_acc)
     if status != "RUNNING":
         run.end(status)
@@ -146,7 +147,7 @@ def _logged_run(client, experiment_id, best_val_acc, status="FINISHED", tags=Non
 
 
 def test_find_best_run_takes_the_best_finished_run_by_validation_only(mlflow_store):
-    client, experiment_id = tracking.setup(mlflow_store)
+    client, experiment_id = store.setup(mlflow_store)
     _logged_run(client, experiment_id, 0.80)
     good = _logged_run(client, experiment_id, 0.85)
     _logged_run(client, experiment_id, 0.99, "FAILED")
@@ -157,32 +158,32 @@ def test_find_best_run_takes_the_best_finished_run_by_validation_only(mlflow_sto
     in_sweep = _logged_run(client, experiment_id, 0.70, tags={"sweep": "s", "trial": "0"})
     _logged_run(client, experiment_id, 0.60, tags={"sweep": "s", "trial": "1"})
     for metric in ("best_val_acc", "val_acc"):
-        assert tracking.find_best_run(client, [experiment_id], metric=metric).info.run_id == good
-    assert tracking.find_best_run(client, [experiment_id], sweep="s").info.run_id == in_sweep
-    with pytest.raises(tracking.TrackingError, match="test-set metric"):
-        tracking.find_best_run(client, [experiment_id], metric="test_acc")
-    with pytest.raises(tracking.TrackingError, match="unknown selection metric"):
-        tracking.find_best_run(client, [experiment_id], metric="train_acc")
-    with pytest.raises(tracking.TrackingError, match="no FINISHED run of sweep 'other'"):
-        tracking.find_best_run(client, [experiment_id], sweep="other")
+        assert store.find_best_run(client, [experiment_id], metric=metric).info.run_id == good
+    assert store.find_best_run(client, [experiment_id], sweep="s").info.run_id == in_sweep
+    with pytest.raises(store.TrackingError, match="test-set metric"):
+        store.find_best_run(client, [experiment_id], metric="test_acc")
+    with pytest.raises(store.TrackingError, match="unknown selection metric"):
+        store.find_best_run(client, [experiment_id], metric="train_acc")
+    with pytest.raises(store.TrackingError, match="no FINISHED run of sweep 'other'"):
+        store.find_best_run(client, [experiment_id], sweep="other")
     client.set_terminated(running, "KILLED")
 
 
 def test_setup_refuses_a_missing_experiment_unless_asked_to_create_it(mlflow_store):
-    with pytest.raises(tracking.TrackingError, match="no experiment 'nope'"):
-        tracking.setup(mlflow_store, "nope", create=False)
-    client, experiment_id = tracking.setup(mlflow_store, "nope")
-    assert tracking.setup(mlflow_store, "nope", create=False)[1] == experiment_id
+    with pytest.raises(store.TrackingError, match="no experiment 'nope'"):
+        store.setup(mlflow_store, "nope", create=False)
+    client, experiment_id = store.setup(mlflow_store, "nope")
+    assert store.setup(mlflow_store, "nope", create=False)[1] == experiment_id
     location = client.get_experiment(experiment_id).artifact_location
-    assert location.startswith(f"file://{tracking.local_artifact_root(mlflow_store)}")
+    assert location.startswith(f"file://{store.local_artifact_root(mlflow_store)}")
 
 
 def _experiment_id(uri: str) -> str:
-    return MlflowClient(uri).get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id
+    return MlflowClient(uri).get_experiment_by_name(store.DEFAULT_EXPERIMENT).experiment_id
 
 
 def test_the_default_store_is_sqlite_inside_the_project_mlruns():
-    assert tracking.default_tracking_uri() == f"sqlite:///{tracking.ROOT / 'mlruns' / 'mlflow.db'}"
-    artifacts = tracking.local_artifact_root(tracking.default_tracking_uri())
-    assert artifacts == tracking.ROOT / "mlruns" / "artifacts"
+    assert store.default_tracking_uri() == f"sqlite:///{store.ROOT / 'mlruns' / 'mlflow.db'}"
+    artifacts = store.local_artifact_root(store.default_tracking_uri())
+    assert artifacts == store.ROOT / "mlruns" / "artifacts"
 

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from cli import cli
-from fmnist_core import tracking
+from fmnist_tracking import run_log, store
 from sweeps import runner, workers
 from sweeps.definitions import load_definition
 from sweeps.study import StudyError, default_storage, enqueue_grid, open_study, plan_studies
@@ -147,7 +147,7 @@ def test_compose_topology_workers_finish_an_8_point_grid_exactly_once(tmp_path, 
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1]
-        assert tracking.CHECKPOINT_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert run_log.CHECKPOINT_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/summary.csv"}
 
 
@@ -182,11 +182,11 @@ def test_a_worker_killed_mid_trial_is_recovered_by_another(tmp_path, mlflow_serv
         assert retried[0].params == killed.params
         run = client.get_run(killed.user_attrs["mlflow_run_id"])
         assert run.info.status == "KILLED"  # closed by the survivor, not left RUNNING
-        assert f"worker {owner} stopped during trial {killed.number}" in run.data.tags[tracking.FAILURE_TAG]
+        assert f"worker {owner} stopped during trial {killed.number}" in run.data.tags[run_log.FAILURE_TAG]
     assert "lost its heartbeat" in output(survivor)
     assert parent.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]
-    best = tracking.find_best_run(client, [parent.info.experiment_id], sweep="tiny_grid")
+    best = store.find_best_run(client, [parent.info.experiment_id], sweep="tiny_grid")
     assert best.info.run_id not in {t.user_attrs["mlflow_run_id"] for t in killed_trials}
 
     repair = subprocess.run(worker_argv(sweep, storage, mlflow_server, "killed", "--repair"), cwd=ROOT,
@@ -250,7 +250,7 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
     assert {state[n] for n in in_training} <= {TrialState.FAIL, TrialState.COMPLETE}, state
     failed = [t for t in stopped if t.state == TrialState.FAIL]
     client, children, parent = children_and_parent(mlflow_server, "interrupted")
-    reasons = {r.data.tags["trial"]: r.data.tags.get(tracking.FAILURE_TAG) for r in children}
+    reasons = {r.data.tags["trial"]: r.data.tags.get(run_log.FAILURE_TAG) for r in children}
     story = [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("worker"),
               reasons.get(str(t.number))) for t in stopped]
     for trial in failed:  # each failed trial is queued again with its params, and its run KILLED
@@ -261,7 +261,7 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
         if "mlflow_run_id" in trial.user_attrs:
             run = client.get_run(trial.user_attrs["mlflow_run_id"])
             assert run.info.status == "KILLED", story
-            reason = run.data.tags[tracking.FAILURE_TAG]
+            reason = run.data.tags[run_log.FAILURE_TAG]
         if reason == interrupted:
             assert copy.state == TrialState.WAITING, story  # no worker is left to take it
         else:  # failed before, its heartbeats starved on a busy machine; another worker took the copy
@@ -304,10 +304,10 @@ def test_workers_that_tag_one_run_at_once_all_get_through(mlflow_server):
         return errors
 
     def tags(run_id: str):  # each thread a worker: a RunLogger of its own on the same run
-        return lambda: tracking.RunLogger(client, run_id, experiment).set_tags({"dataset_digest": "d1"})
+        return lambda: run_log.RunLogger(client, run_id, experiment).set_tags({"dataset_digest": "d1"})
 
     def closes(run_id: str):
-        return lambda: tracking.RunLogger(client, run_id, experiment).end("KILLED", "worker lost")
+        return lambda: run_log.RunLogger(client, run_id, experiment).end("KILLED", "worker lost")
 
     for _ in range(10):
         run_id = client.create_run(experiment).info.run_id
@@ -316,7 +316,7 @@ def test_workers_that_tag_one_run_at_once_all_get_through(mlflow_server):
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
         found = run.data.tags
-        assert found["dataset_digest"] == "d1" and found[tracking.FAILURE_TAG] == "worker lost"
+        assert found["dataset_digest"] == "d1" and found[run_log.FAILURE_TAG] == "worker lost"
 
 
 def test_several_workers_on_the_embedded_sqlite_stores_are_refused_in_one_line():
@@ -349,7 +349,7 @@ def test_a_sqlite_sweep_recovers_what_a_killed_worker_left_on_its_next_run(tmp_p
     worker = workers.Worker(workers.open_storage(stores["storage"]), exclusive=True)
     study, _ = open_study(plan, worker.storage)
     trial, _ = worker.pop_queued(study)
-    client, experiment_id = tracking.setup(mlflow_store, "orphans")
+    client, experiment_id = store.setup(mlflow_store, "orphans")
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     orphan = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent_id, "sweep": "tiny",
                                                    "trial": str(trial.number), "sweep_role": "trial"})
@@ -359,7 +359,7 @@ def test_a_sqlite_sweep_recovers_what_a_killed_worker_left_on_its_next_run(tmp_p
     assert sorted(t.params["hidden_size"] for t in finished if t.state == TrialState.COMPLETE) == [8, 16]
     assert [t.state for t in finished if t.number == trial.number] == [TrialState.FAIL]
     closed = client.get_run(orphan.info.run_id)
-    assert closed.info.status == "KILLED" and "stopped during trial" in closed.data.tags[tracking.FAILURE_TAG]
+    assert closed.info.status == "KILLED" and "stopped during trial" in closed.data.tags[run_log.FAILURE_TAG]
     assert len(summary.rows) == 2
 
 

@@ -23,8 +23,9 @@ from mlflow.exceptions import MlflowException
 from fmnist_core import data as fdata
 from fmnist_core import serving
 from fmnist_core.config import first_line
-from fmnist_core.tracking import (
-    CHECKPOINT_ARTIFACT,
+from fmnist_core.trainer import SPLIT_SEED
+from fmnist_tracking.run_log import CHECKPOINT_ARTIFACT
+from fmnist_tracking.store import (
     TrackingError,
     find_best_run,
     local_artifact_root,
@@ -33,7 +34,6 @@ from fmnist_core.tracking import (
     selection_metric,
     setup,
 )
-from fmnist_core.trainer import SPLIT_SEED
 
 REGISTERED_MODEL = "fmnist-mlp"
 CHAMPION_ALIAS = "champion"

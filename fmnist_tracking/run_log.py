@@ -1,0 +1,170 @@
+"""One MLflow run per training: params and tags at the start, metrics per epoch, artifacts at the end.
+
+The trainer knows nothing of MLflow; `RunLogger` plugs into it as the `on_epoch` callback
+and logs the result afterwards. It talks to MLflow through `MlflowClient` with explicit run
+ids, never the fluent active-run API, because a sweep keeps several runs open at once
+(population training).
+
+Status: a run ends FINISHED, FAILED (with a `failure_reason` tag, e.g. divergence) or KILLED
+(Ctrl-C, SIGTERM under `signals.handle_sigterm`). `with RunLogger.start(...)` never leaves it RUNNING.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from fmnist_core import data as fdata
+from fmnist_core import serving
+from fmnist_core.checkpoint import load_checkpoint
+from fmnist_core.config import RunConfig
+from fmnist_core.trainer import SPLIT_SEED, Diverged, TrainResult, resolve_device
+from fmnist_tracking import export, plots
+from fmnist_tracking.signals import Terminated, handle_sigterm, signals_deferred
+from fmnist_tracking.store import DEFAULT_EXPERIMENT, device_name, git_state, setup
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
+                 "samples_per_second", "grad_norm", "clip_fraction", "dead_relu_fraction")
+FINAL_METRICS = ("test_loss", "test_acc", "best_epoch", "best_val_acc")
+CHECKPOINT_ARTIFACT = "checkpoint.pt"
+MODEL_NAME = "model"  # the MLflow model inside each run: runs:/<run_id>/model
+FAILURE_TAG = "failure_reason"
+_TAG_LIMIT = 5000  # characters kept of a failure reason (MLflow caps tag values at 8000)
+
+
+class RunLogger:
+    """One MLflow run: params and tags at the start, metrics per epoch, artifacts at the end."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str | None = None):
+        """Wrap an existing run (`start` makes a new one); the experiment id is looked up when not given."""
+        self.client, self.run_id = client, run_id
+        self.experiment_id = experiment_id or client.get_run(run_id).info.experiment_id
+        self._ended = False
+
+    @classmethod
+    def start(cls, client: MlflowClient, experiment_id: str, cfg: RunConfig, *, run_name: str | None = None,
+              tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> RunLogger:
+        device = resolve_device(cfg.device)  # an unavailable device fails here, before a run exists
+        commit, dirty = git_state()
+        all_tags = {"implementation": cfg.impl, "device": str(device), "device_name": device_name(device),
+                    "torch_version": torch.__version__, "git_commit": commit, "git_dirty": dirty,
+                    "mlflow.source.name": "fmnist_core", "mlflow.source.type": "LOCAL"}
+        if commit != "unknown":
+            all_tags["mlflow.source.git.commit"] = commit  # shown by the MLflow UI
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        logger, run_name = None, run_name or default_run_name(cfg)
+        try:
+            with signals_deferred():  # Ctrl-C here surfaces once `logger` exists, so the run gets closed
+                run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+                logger = cls(client, run.info.run_id, experiment_id)
+            client.log_batch(logger.run_id, params=[Param(k, str(v)) for k, v in cfg.as_dict().items()])
+        except BaseException as error:
+            if logger is not None:  # the run exists: close it with the reason
+                logger.__exit__(type(error), error, error.__traceback__)
+            raise
+        return logger
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set or overwrite tags. log_batch, not set_tag: workers that tag one run at once (the parent,
+        a dead worker's run) race to insert a key; MLflow's SQL store retries log_batch on that
+        conflict, while set_tag's insert fails with a unique-key violation."""
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_epoch(self, metrics: dict[str, float]) -> None:
+        """Every metric of one epoch in one call, at step = metrics["epoch"]."""
+        step, now = int(metrics["epoch"]), int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
+                                                    for k, v in metrics.items() if k != "epoch"])
+
+    def log_result(self, result: TrainResult, splits: fdata.Splits, checkpoint_path: Path) -> None:
+        """Final metrics, figures, per-class accuracy, the checkpoint and the MLflow model."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, result.best_epoch)
+                                  for k, v in result.final_metrics().items()],
+            tags=[RunTag("stop_reason", result.stop_reason)])
+        checkpoint = load_checkpoint(checkpoint_path)
+        model = serving.plain_model(checkpoint.state_dict, result.config.activation)
+        test = serving.evaluate(model, splits.test_x, splits.test_y)
+        cfg = result.config
+        title = f"{cfg.impl} MLP 784-{cfg.hidden_size}-10, {cfg.activation}, lr {cfg.lr:g}"
+        self.client.log_figure(self.run_id, plots.learning_curves(result.history, title=title),
+                               "plots/learning_curves.png")
+        confusion = plots.confusion_matrix(test.confusion, splits.classes,
+                                           title=f"test set, best epoch {result.best_epoch}")
+        self.client.log_figure(self.run_id, confusion, "plots/confusion_matrix_test.png")
+        pixels = serving.pixels_of(splits.test_x, splits.mean, splits.std)
+        self.client.log_figure(self.run_id, plots.misclassified_grid(pixels, splits.test_y, test.predictions,
+                                                                     splits.classes),
+                               "plots/misclassified_test.png")
+        self.client.log_dict(self.run_id, {"split": "test", "accuracy": test.accuracy,
+                                           "classes": serving.per_class_table(test, splits.classes)},
+                             "per_class_accuracy.json")
+        with tempfile.TemporaryDirectory(prefix="fmnist-ckpt-") as scratch:
+            shutil.copyfile(checkpoint_path, Path(scratch, CHECKPOINT_ARTIFACT))
+            self.client.log_artifact(self.run_id, str(Path(scratch, CHECKPOINT_ARTIFACT)))
+        export.log_mlflow_model(self.client, self.experiment_id, self.run_id, checkpoint, pixels[:5].numpy(),
+                                 name=MODEL_NAME)
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """Close the run as FINISHED, FAILED or KILLED; a second call does nothing."""
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+        if self._ended:
+            return
+        with signals_deferred():  # a second Ctrl-C must not leave the run RUNNING halfway through
+            if reason:
+                self.set_tags({FAILURE_TAG: reason[:_TAG_LIMIT]})
+            self.client.set_terminated(self.run_id, status)
+            self._ended = True
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is None:
+            self.end("FINISHED")
+        elif isinstance(error, Diverged):
+            self.set_tags({"stop_reason": "diverged"})
+            self.end("FAILED", str(error))  # "training diverged: non-finite loss at epoch E, step S"
+        elif isinstance(error, KeyboardInterrupt):
+            self.end("KILLED", "interrupted (Ctrl-C / SIGINT)")
+        elif isinstance(error, Terminated):
+            self.end("KILLED", "terminated (SIGTERM)")
+        else:
+            self.end("FAILED", f"{type(error).__name__}: {error}")
+        return False
+
+
+def train_tracked(cfg: RunConfig, *, data_dir=None, tracking_uri: str | None = None,
+                  experiment: str = DEFAULT_EXPERIMENT, checkpoint: Path | None = None,
+                  splits: fdata.Splits | None = None, run_name: str | None = None,
+                  tags: dict[str, str] | None = None) -> tuple[TrainResult, str]:
+    """`cli.py train`: train with a progress bar, every epoch and the result logged to one run."""
+    from fmnist_tracking.console import train_with_progress
+
+    client, experiment_id = setup(tracking_uri, experiment)
+    if splits is None:  # loaded before the run starts: missing data is an error, not a FAILED run
+        device = resolve_device(cfg.device)
+        splits = fdata.load_splits(data_dir, val_size=cfg.val_size, seed=SPLIT_SEED, device=device)
+    with handle_sigterm(), RunLogger.start(client, experiment_id, cfg, run_name=run_name,
+                                           tags={"dataset_digest": splits.digest, **(tags or {})}) as run:
+        click.echo(f"MLflow run {run.run_id} in experiment {experiment!r} ({client.tracking_uri})")
+        result, path = train_with_progress(cfg, checkpoint=checkpoint, splits=splits, on_epoch=run.log_epoch)
+        run.log_result(result, splits, path)
+    return result, run.run_id
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    return f"{cfg.impl}-h{cfg.hidden_size}-{cfg.activation}-lr{cfg.lr:g}-seed{cfg.seed}"
+
+

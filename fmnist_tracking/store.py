@@ -1,0 +1,171 @@
+"""The MLflow store: where it is, the experiment, searching runs, the best run, run provenance.
+
+Store: by default a SQLite database `mlruns/mlflow.db` at the project root, with artifacts in
+`mlruns/artifacts/<experiment>` (MLflow 3 refuses a plain `./mlruns` file store).
+`--tracking-uri` / $MLFLOW_TRACKING_URI point everything at another store or a tracking server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from fmnist_core.config import ConfigError, first_line
+
+ROOT = Path(__file__).resolve().parent.parent
+STORE_DIR = ROOT / "mlruns"
+DEFAULT_EXPERIMENT = "fmnist"
+# Without it the MLflow 3 UI opens an experiment on its GenAI pages, not on the training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# Metrics a model may be selected by (all on the validation split) -> the logged metric.
+SELECTION_METRICS = {"best_val_acc": "best_val_acc", "val_acc": "best_val_acc"}
+
+
+class TrackingError(ConfigError):
+    """A tracking request cannot be served (no such experiment, no finished run, ...); says what to do."""
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{STORE_DIR / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def local_artifact_root(tracking_uri: str) -> Path | None:
+    """`artifacts/` next to a SQLite database; None for servers and other databases (they decide)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
+
+
+def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, *,
+          create: bool = True) -> tuple[MlflowClient, str]:
+    """(client, experiment id); creates the store and, if `create`, the experiment.
+
+    Also makes this the process-wide MLflow URI: `mlflow.pytorch.log_model`, model loading
+    and registration resolve the store globally.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    artifacts = local_artifact_root(uri)
+    if artifacts is not None:
+        artifacts.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None and create:
+            location = (artifacts / _slug(experiment)).as_uri() if artifacts is not None else None
+            kind = {EXPERIMENT_KIND_TAG: "custom_model_development"}
+            try:
+                return client, client.create_experiment(experiment, artifact_location=location, tags=kind)
+            except MlflowException as error:  # created meanwhile by a parallel process
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = client.get_experiment_by_name(experiment)
+    except MlflowException as error:
+        raise TrackingError(f"cannot use the MLflow store {uri}: {first_line(error)}") from None
+    if found is None:
+        raise TrackingError(f"no experiment {experiment!r} in {uri}; train a model first "
+                            f"(python cli.py train) or choose another --experiment")
+    if found.lifecycle_stage != "active":
+        raise TrackingError(f"experiment {experiment!r} is deleted; restore it (mlflow experiments restore "
+                            f"--experiment-id {found.experiment_id}) or choose another --experiment")
+    return client, found.experiment_id
+
+
+def selection_metric(metric: str) -> str:
+    """The logged metric behind a selection metric name; test metrics are refused."""
+    if metric.startswith("test"):
+        raise TrackingError(f"{metric!r} is a test-set metric: the test set is only reported, never used "
+                            f"to pick a model; use {' or '.join(SELECTION_METRICS)}")
+    if metric not in SELECTION_METRICS:
+        raise TrackingError(f"unknown selection metric {metric!r}; choose a validation metric: "
+                            f"{', '.join(SELECTION_METRICS)}")
+    return SELECTION_METRICS[metric]
+
+
+def search_runs(client: MlflowClient, experiment_ids: list[str], *, sweep: str | None = None,
+                extra_filter: str = "", order_by: list[str] | None = None,
+                limit: int | None = None) -> list[Run]:
+    """Runs of the experiments, optionally of one sweep (tag `sweep`), newest first by default."""
+    filters = [f for f in (extra_filter,) if f]
+    if sweep is not None:
+        if "'" in sweep or "\\" in sweep:
+            raise TrackingError(f"sweep name {sweep!r} may not contain quotes or backslashes")
+        filters.append(f"tags.sweep = '{sweep}'")
+    found, token = [], None
+    while limit is None or len(found) < limit:
+        page = client.search_runs(experiment_ids, " and ".join(filters),
+                                  order_by=order_by or ["attributes.start_time DESC"],
+                                  max_results=1000 if limit is None else min(1000, limit - len(found)),
+                                  page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    return found
+
+
+def find_best_run(client: MlflowClient, experiment_ids: list[str], *, sweep: str | None = None,
+                  metric: str = "best_val_acc") -> Run:
+    """The FINISHED run with the highest validation metric (ties: the earlier run); parent runs excluded.
+
+    FAILED, KILLED and RUNNING runs never qualify, nor do runs without a validation split.
+    """
+    key = selection_metric(metric)
+    candidates = search_runs(client, experiment_ids, sweep=sweep,
+                             extra_filter=f"attributes.status = 'FINISHED' and metrics.{key} >= 0 "
+                                          f"and params.val_size != '0'",
+                             order_by=[f"metrics.{key} DESC", "attributes.start_time ASC"])
+    for run in candidates:
+        if run.data.tags.get("sweep_role") != "parent":
+            return run
+    where = f" of sweep {sweep!r}" if sweep else ""
+    raise TrackingError(f"no FINISHED run{where} with {key} in this experiment; train one first "
+                        f"(python cli.py train) or check --experiment / --tracking-uri")
+
+
+@functools.cache
+def git_state() -> tuple[str, str]:
+    """(commit, "true"/"false" for a dirty tree) of the project; ("unknown", "unknown") outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return "unknown", "unknown"
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown", "unknown"
+    return head.stdout.strip(), "true" if status.stdout.strip() else "false"
+
+
+@functools.cache
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "experiment"
+
