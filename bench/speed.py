@@ -12,6 +12,8 @@ Sections:
 3. population  an 8-point learning-rate grid (hidden 256, batch 64) trained as one
              population vs one after another by our own trainer: throughput ratio.
 4. wall      wall time of a default 10-epoch run (hidden 256), both implementations.
+5. step      one training step at the seed's settings (hidden 256, batch 64, one member): the
+             five matrix products alone vs each learner's train_step, in ms and as ratios.
 --device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
 Timings go to stdout; nothing here is asserted, so CI never fails on a busy machine.
 """
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -199,11 +202,72 @@ def section_wall(splits: fdata.Splits, quick: bool, device: str) -> None:
               f"test accuracy {result.test_acc:.4f}")
 
 
+STEP_ROUNDS = 9  # interleaved rounds of section 5; each times STEP_REPEATS steps of each candidate
+STEP_REPEATS = 200
+
+
+def section_step(splits: fdata.Splits, quick: bool, device: str) -> None:
+    """Per-operation overhead of a step: its time over the time of its matrix products alone.
+
+    The products are the forward x W1 [64x784]@[784x256] and h1 W2 [64x256]@[256x10], and the
+    backward dW2 = h1^T dz2, dh1 = dz2 W2^T, dW1 = x^T dz1 with the same shapes: all the
+    arithmetic a step cannot avoid. Everything else a step spends is overhead.
+    """
+    del splits  # random batches: the data's values do not change the work of a step
+    from fmnist_core.trainer import make_learner
+
+    hidden, batch = 256, 64
+    print(f"\n== 5. one training step (hidden {hidden}, batch {batch}, one member) vs its matrix products ==")
+    generator = torch.Generator().manual_seed(0)
+    xs = torch.randn(8, 1, batch, 784, generator=generator).to(device)  # a few batches, cycled
+    ys = torch.randint(0, 10, (8, 1, batch), generator=generator).to(device)
+    lr = torch.tensor([0.05])  # on the CPU, as torch.optim wants it (see TorchLearner.train_step)
+    x, w1 = xs[0, 0], torch.randn(784, hidden, device=device) * 0.03
+    h1, w2, dz2 = torch.randn(batch, hidden, device=device), torch.randn(hidden, 10, device=device), \
+        torch.randn(batch, 10, device=device)
+    dz1 = torch.randn(batch, hidden, device=device)
+
+    def products(step: int) -> None:
+        x @ w1, h1 @ w2  # forward
+        h1.t() @ dz2, dz2 @ w2.t(), x.t() @ dz1  # backward: dW2, dh1, dW1
+
+    candidates = {"matrix products": products}
+    for impl in ("manual", "torch"):
+        learner = make_learner([RunConfig(impl=impl, hidden_size=hidden, batch_size=batch, device=device)],
+                               torch.device(device))
+        candidates[f"{impl} train_step"] = partial(_learner_step, learner, xs, ys, lr)
+
+    repeats, rounds = (STEP_REPEATS // 4, 3) if quick else (STEP_REPEATS, STEP_ROUNDS)
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for run_step in candidates.values():  # warm-up: allocator, kernels, lazy initialisation
+        for step in range(repeats):
+            run_step(step)
+    for _ in range(rounds):  # interleaved, so a slow spell of a shared machine hits every candidate
+        for name, run_step in candidates.items():
+            synchronize(device)
+            started = time.perf_counter()
+            for step in range(repeats):
+                run_step(step)
+            synchronize(device)
+            times[name].append((time.perf_counter() - started) / repeats * 1e3)  # ms per step
+    print(f"median of {rounds} rounds of {repeats} steps, {torch.get_num_threads()} threads; "
+          "[min, max] over rounds; ratios are to the same round's products")
+    for name, values in times.items():
+        ratios = [v / products_ms for v, products_ms in zip(values, times["matrix products"], strict=True)]
+        print(f"{name:20s} {statistics.median(values):6.3f} ms  [{min(values):6.3f}, {max(values):6.3f}]"
+              f"   {statistics.median(ratios):4.2f}x the products  [{min(ratios):4.2f}, {max(ratios):4.2f}]")
+
+
+def _learner_step(learner, xs: torch.Tensor, ys: torch.Tensor, lr: torch.Tensor, step: int) -> None:
+    learner.train_step(xs[step % len(xs)], ys[step % len(ys)], lr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (partial epochs)")
-    parser.add_argument("--only", choices=("pipeline", "flops", "population", "wall"), action="append")
+    parser.add_argument("--only", choices=("pipeline", "flops", "population", "wall", "step"),
+                        action="append")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"),
                         help="where ours and the baseline's model run (its DataLoader stays on the CPU)")
     args = parser.parse_args()
@@ -216,7 +280,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}")
     splits = fdata.load_splits(val_size=10_000, seed=SPLIT_SEED, device=device)
     sections = {"pipeline": section_pipeline, "flops": section_flops, "population": section_population,
-                "wall": section_wall}
+                "wall": section_wall, "step": section_step}
     for name in args.only or sections:
         sections[name](splits, args.quick, device.type)
 
