@@ -16,13 +16,14 @@ A definition is data (see `hidden_size.yaml` for a commented example):
     budget       {n_trials: N, timeout: seconds}: totals for the study (grid: defaults to the grid)
     plot         {x: a space name, log_x: bool}: the parameter the sweep's figures put on the x axis
 
-Everything is checked on load, including every grid point as a RunConfig, so a typo
-fails before any training with a message naming the file and the field.
+definition_schema.py holds that schema as pydantic models (unknown keys and wrong types are
+refused); here the field names, values and every grid point are tried as RunConfigs, so a typo
+fails before any training, in one line naming the file and the field. `repr(param)` is stored in
+each Optuna study and compared on resume: keep Param's fields as they are.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +32,15 @@ from typing import Any
 import yaml
 
 from fmnist_core.config import ConfigError, RunConfig, coerce, field_names
+from sweeps.definition_schema import METRICS, Axis, DefinitionError, make_pruner, read_file
+
+# The public API; DefinitionError and make_pruner live with the schema and are re-exported here.
+__all__ = ["DefinitionError", "Param", "SweepDefinition", "check_space", "list_definitions",
+           "load_definition", "make_pruner", "parse_definition"]
 
 SWEEP_DIR = Path(__file__).resolve().parent
-SAMPLERS = {"grid": (), "random": ("seed",), "tpe": ("seed", "n_startup_trials")}
-PRUNERS = ("none", "median", "percentile", "threshold", "successive_halving", "hyperband")
-METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
-TOP_KEYS = ("description", "base", "space", "sampler", "pruner", "objective", "seeds", "budget", "plot")
 # All trials of a sweep share one data split, loaded once: these cannot vary per trial.
 UNSWEEPABLE = ("val_size", "device")
-
-
-class DefinitionError(ConfigError):
-    """A sweep file is malformed; the message names the file and the field."""
 
 
 @dataclass(frozen=True)
@@ -116,93 +114,36 @@ def load_definition(name_or_path: str | Path) -> SweepDefinition:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise DefinitionError(f"{path}: not valid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise DefinitionError(f"{path}: not valid YAML: {getattr(error, 'problem', None) or error}{at}") \
+            from None
     return parse_definition(raw, name=path.stem, path=path)
 
 
 def parse_definition(raw: Any, *, name: str, path: Path) -> SweepDefinition:
+    """A definition from the YAML's data; DefinitionError naming `path` and the field if malformed."""
     def fail(where: str, problem: str) -> DefinitionError:
         return DefinitionError(f"{path}: {where}: {problem}")
 
-    if not isinstance(raw, dict):
-        raise fail("top level", "expected a mapping of " + ", ".join(TOP_KEYS))
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise fail(", ".join(map(str, unknown)), f"unknown key; allowed keys: {', '.join(TOP_KEYS)}")
-    description = raw.get("description")
-    if not isinstance(description, str) or not description.strip():
-        raise fail("description", "required: one line saying what the sweep asks")
-
-    base = _mapping(raw.get("base") or {}, "base", fail)
-    base_config = _config_or_fail(RunConfig(), base, "base", fail)
-
-    sampler, sampler_options = _kind_and_options(raw.get("sampler", "grid"), "sampler", SAMPLERS, fail)
-    for option, value in sampler_options.items():
-        if option not in SAMPLERS[sampler]:
-            raise fail(f"sampler.{option}", f"unknown option for {sampler}; allowed: "
-                                            f"{', '.join(SAMPLERS[sampler]) or 'none'}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise fail(f"sampler.{option}", f"must be a non-negative integer, got {value!r}")
-    pruner, pruner_options = _kind_and_options(raw.get("pruner", "none"), "pruner", PRUNERS, fail)
-    if pruner != "none":
-        try:
-            make_pruner(pruner, pruner_options)
-        except (TypeError, ValueError) as error:
-            raise fail("pruner", f"{pruner} rejects {pruner_options}: {error}") from None
-
-    objective = _mapping(raw.get("objective") or {}, "objective", fail)
-    if set(objective) - {"metric", "direction"}:
-        raise fail("objective", "allowed keys are metric and direction")
-    metric = objective.get("metric", "val_acc")
-    if metric not in METRICS:
-        raise fail("objective.metric", f"{metric!r} is not one of {', '.join(METRICS)}")
-    direction = objective.get("direction", METRICS[metric])
-    if direction not in ("maximize", "minimize"):
-        raise fail("objective.direction", f"{direction!r} is not maximize or minimize")
-
-    seeds = raw.get("seeds", 1)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise fail("seeds", f"must be a positive integer, got {seeds!r}")
-    budget = _mapping(raw.get("budget") or {}, "budget", fail)
-    if set(budget) - {"n_trials", "timeout"}:
-        raise fail("budget", "allowed keys are n_trials and timeout")
-    n_trials, timeout = budget.get("n_trials"), budget.get("timeout")
-    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
-        raise fail("budget.n_trials", f"must be a positive integer, got {n_trials!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or timeout <= 0):
-        raise fail("budget.timeout", f"must be a positive number of seconds, got {timeout!r}")
-    if sampler != "grid" and n_trials is None and timeout is None:
-        raise fail("budget", f"a {sampler} sweep needs n_trials or timeout, or it would never end")
-
-    space_raw = _mapping(raw.get("space"), "space", fail)
-    if not space_raw:
-        raise fail("space", "required: at least one parameter to vary")
-    space = tuple(_parse_param(str(key), value, sampler, base_config, fail)
-                  for key, value in space_raw.items())
-    claimed: dict[str, str] = {}
-    for param in space:
-        for field_name in param.fields():
-            if field_name in claimed:
-                raise fail(f"space.{param.name}", f"sets {field_name}, which space.{claimed[field_name]} "
-                                                  "also sets")
-            claimed[field_name] = param.name
-    if seeds > 1 and "seed" in claimed:
-        raise fail("seeds", "space already varies seed; use one or the other")
-
-    plot = _mapping(raw.get("plot") or {}, "plot", fail)
-    if set(plot) - {"x", "log_x"}:
-        raise fail("plot", "allowed keys are x and log_x")
+    schema = read_file(raw, path)
+    base_config = _config_or_fail(RunConfig(), schema.base, "base", fail)
+    space = tuple(_param(key, axis, schema.sampler.type, fail) for key, axis in schema.space.items())
+    _check_each_field_varied_once(space, schema.seeds, fail)
+    sampler, budget, objective = schema.sampler, schema.budget, schema.objective
+    if sampler.type != "grid" and budget.n_trials is None and budget.timeout is None:
+        raise fail("budget", f"a {sampler.type} sweep needs n_trials or timeout, or it would never end")
     swept = [p.name for p in space if p.name != "seed"]
-    plot_x = plot.get("x", swept[0] if len(swept) == 1 else None)
+    plot_x = schema.plot.x if "x" in schema.plot.model_fields_set else swept[0] if len(swept) == 1 else None
     if plot_x is not None and plot_x not in {p.name for p in space}:
         raise fail("plot.x", f"{plot_x!r} is not a name in space")
-
     definition = SweepDefinition(
-        name=name, path=path, description=description.strip(), base=base, space=space, sampler=sampler,
-        sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options, metric=metric,
-        direction=direction, seeds=seeds, n_trials=n_trials, timeout=timeout, plot_x=plot_x,
-        plot_log_x=bool(plot.get("log_x", False)),
+        name=name, path=path, description=schema.description, base=schema.base, space=space,
+        sampler=sampler.type, sampler_options=sampler.model_dump(exclude={"type"}, exclude_none=True),
+        pruner=schema.pruner.type, pruner_options=dict(schema.pruner.model_extra),
+        metric=objective.metric, direction=objective.direction or METRICS[objective.metric],
+        seeds=schema.seeds, n_trials=budget.n_trials, timeout=budget.timeout, plot_x=plot_x,
+        plot_log_x=schema.plot.log_x,
     )
     check_space(definition, base_config)
     return definition
@@ -228,72 +169,50 @@ def check_space(definition: SweepDefinition, base_config: RunConfig) -> None:
         _config_or_fail(base_config, overrides, f"space (grid point {named})", fail)
 
 
-def make_pruner(kind: str, options: dict[str, Any]):
-    import optuna
-
-    classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-               "percentile": optuna.pruners.PercentilePruner, "threshold": optuna.pruners.ThresholdPruner,
-               "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-               "hyperband": optuna.pruners.HyperbandPruner}
-    cls = classes[kind]
-    inspect.signature(cls).bind(**options)  # TypeError names an unknown or missing option
-    return cls(**options)
-
-
-def _parse_param(name: str, value: Any, sampler: str, base_config: RunConfig, fail) -> Param:
-    """Types and shapes only; check_space tries the values as RunConfigs."""
+def _param(name: str, axis: Axis, sampler: str, fail) -> Param:
+    """A space entry as a Param, its values of the RunConfig field's type; check_space tries them."""
     where = f"space.{name}"
-    if isinstance(value, dict) and "bundles" in value:
-        if set(value) != {"bundles"}:
-            raise fail(where, "a bundle axis holds only `bundles: {name: {field: value, ...}}`")
-        bundles = _mapping(value["bundles"], f"{where}.bundles", fail)
-        if not bundles:
-            raise fail(f"{where}.bundles", "empty: list at least one bundle")
-        checked = {}
-        for label, overrides in bundles.items():
-            overrides = _mapping(overrides, f"{where}.bundles.{label}", fail)
-            checked[str(label)] = {k: _field_value(k, v, f"{where}.bundles.{label}.{k}", fail)
-                                   for k, v in overrides.items()}
-        return Param(name, choices=tuple(checked), bundles=checked)
+    if axis.bundles is not None:
+        bundles = {label: {key: _field_value(key, value, f"{where}.bundles.{label}.{key}", fail)
+                           for key, value in overrides.items()} for label, overrides in axis.bundles.items()}
+        return Param(name, choices=tuple(bundles), bundles=bundles)
     if name not in field_names():
         raise fail(where, f"unknown config field; known fields: {', '.join(field_names())} "
                           "(or give `bundles:` to name a set of overrides)")
-    if name in UNSWEEPABLE:
-        raise fail(where, "cannot vary between trials: every trial of a sweep shares one data split and "
-                          "device; set it in base or with --set")
-    if isinstance(value, list):
-        if not value:
-            raise fail(where, "empty list: give at least one value")
-        choices = tuple(_field_value(name, v, where, fail) for v in value)
+    if axis.values is not None:
+        choices = tuple(_field_value(name, value, where, fail) for value in axis.values)
         if len(set(choices)) != len(choices):
-            raise fail(where, f"repeats a value: {list(value)}")
+            raise fail(where, f"repeats a value: {axis.values}")
         return Param(name, choices=choices)
-    if isinstance(value, dict):
-        if sampler == "grid":
-            raise fail(where, "a grid sampler needs a list of values, not a range")
-        if set(value) - {"low", "high", "log", "step"} or not {"low", "high"} <= set(value):
-            raise fail(where, "a range is {low, high} with optional log: true/false and step")
-        kind = type(getattr(base_config, name))
-        if kind not in (int, float):
-            raise fail(where, f"{name} is not numeric: give a list of choices instead of a range")
-        low, high = (_field_value(name, value[k], f"{where}.{k}", fail) for k in ("low", "high"))
-        log, step = value.get("log", False), value.get("step")
-        if not isinstance(log, bool):
-            raise fail(f"{where}.log", f"must be true or false, got {log!r}")
-        if not low < high:
-            raise fail(where, f"low ({low}) must be below high ({high})")
-        if log and low <= 0:
-            raise fail(where, f"a log range needs low > 0, got {low}")
-        bad_step = isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0
-        if step is not None and (log or bad_step):
-            raise fail(f"{where}.step", "must be a positive number, and cannot go with log: true")
-        return Param(name, low=low, high=high, log=log, step=step, integer=kind is int)
-    raise fail(where, f"expected a list of values or a {{low, high}} range, got {value!r}")
+    if sampler == "grid":
+        raise fail(where, "a grid sampler needs a list of values, not a range")
+    kind = type(getattr(RunConfig(), name))
+    if kind not in (int, float):
+        raise fail(where, f"{name} is not numeric: give a list of choices instead of a range")
+    low, high, step = (None if value is None else _field_value(name, value, f"{where}.{end}", fail)
+                       for end, value in (("low", axis.low), ("high", axis.high), ("step", axis.step)))
+    return Param(name, low=low, high=high, log=axis.log, step=step, integer=kind is int)
+
+
+def _check_each_field_varied_once(space: tuple[Param, ...], seeds: int, fail) -> None:
+    claimed: dict[str, str] = {}  # RunConfig field -> the space entry that sets it
+    for param in space:
+        for field_name in param.fields():
+            if field_name in claimed:
+                raise fail(f"space.{param.name}", f"sets {field_name}, which space.{claimed[field_name]} "
+                                                  "also sets")
+            claimed[field_name] = param.name
+    if seeds > 1 and "seed" in claimed:
+        raise fail("seeds", "space already varies seed; use one or the other")
 
 
 def _field_value(name: str, value: Any, where: str, fail) -> Any:
+    """`value` as the type of RunConfig field `name`, which must exist and may vary between trials."""
     if name not in field_names():
         raise fail(where, f"unknown config field {name!r}; known fields: {', '.join(field_names())}")
+    if name in UNSWEEPABLE:
+        raise fail(where, "cannot vary between trials: every trial of a sweep shares one data split and "
+                          "device; set it in base or with --set")
     try:
         return coerce(name, value, type(getattr(RunConfig(), name)))
     except ConfigError as error:
@@ -305,21 +224,3 @@ def _config_or_fail(base_config: RunConfig, overrides: dict[str, Any], where: st
         return base_config.replace(overrides, source=where)
     except ConfigError as error:
         raise fail(where, str(error).removeprefix(f"{where}: ")) from None
-
-
-def _kind_and_options(value: Any, where: str, allowed, fail) -> tuple[str, dict[str, Any]]:
-    if isinstance(value, str):
-        kind, options = value, {}
-    elif isinstance(value, dict) and "type" in value:
-        kind, options = value["type"], {k: v for k, v in value.items() if k != "type"}
-    else:
-        raise fail(where, f"expected one of {', '.join(allowed)} or {{type: ..., options}}, got {value!r}")
-    if kind not in allowed:
-        raise fail(where, f"unknown {where} {kind!r}; choose one of: {', '.join(allowed)}")
-    return kind, options
-
-
-def _mapping(value: Any, where: str, fail) -> dict:
-    if not isinstance(value, dict):
-        raise fail(where, f"expected a mapping, got {value!r}")
-    return value

@@ -46,6 +46,7 @@ def test_search_is_a_pruned_tpe_study_over_the_promised_parameters():
 
 
 D = "description: x\n"
+TPE = D + "sampler: tpe\nbudget: {n_trials: 2}\n"
 
 
 @pytest.mark.parametrize("body, fragments", [
@@ -70,6 +71,20 @@ D = "description: x\n"
     (D + "space: {clip_mode: [none], c: {bundles: {a: {clip_mode: norm}}}}\n", ["space.c", "also sets"]),
     ("space: {lr: [0.1]}\n", ["description", "required"]),
     (D + "space: {lr: [0.1]\n", ["not valid YAML"]),
+    # unknown keys and wrong types, at any depth, name the dotted field
+    (D + "budget: {trials: 2}\nspace: {lr: [0.1]}\n", ["budget.trials", "unknown key", "n_trials, timeout"]),
+    (TPE + "space: {lr: {low: 0.1, high: 1, lg: true}}\n", ["space.lr.lg", "unknown key"]),
+    (D + "seeds: '2'\nspace: {lr: [0.1]}\n", ["seeds", "positive integer", "'2'"]),
+    (D + "budget: {n_trials: 2.5}\nspace: {lr: [0.1]}\n", ["budget.n_trials", "positive integer"]),
+    (D + "plot: {log_x: 1}\nspace: {lr: [0.1]}\n", ["plot.log_x", "true or false"]),
+    (TPE + "space: {lr: {low: x, high: 1}}\n", ["space.lr.low", "a number"]),
+    (TPE + "space: {lr: {low: 1, high: 0.1}}\n", ["space.lr", "below high"]),
+    (TPE + "space: {hidden_size: {low: 8, high: 64, step: 2.5}}\n",
+     ["space.hidden_size.step", "hidden_size must be of type int"]),
+    (D + "sampler: {type: random, n_startup_trials: 3}\nbudget: {n_trials: 2}\nspace: {lr: [0.1]}\n",
+     ["sampler", "n_startup_trials", "not an option of random"]),
+    (D + "pruner: {type: none, patience: 3}\nspace: {lr: [0.1]}\n", ["pruner", "patience"]),
+    (D + "space: {c: {bundles: {a: {val_size: 100}}}}\n", ["space.c.bundles.a.val_size", "cannot vary"]),
 ])
 def test_malformed_definitions_fail_naming_the_file_and_the_field(tmp_path, body, fragments):
     path = write(tmp_path, body)
@@ -80,6 +95,37 @@ def test_malformed_definitions_fail_naming_the_file_and_the_field(tmp_path, body
     for fragment in fragments:
         assert fragment in message
     assert isinstance(caught.value, ConfigError)  # the CLI turns it into one line and exit code 2
+
+
+def test_a_malformed_definition_is_one_line_listing_every_schema_problem(tmp_path):
+    path = write(tmp_path, D + "budget: {trials: 2, n_trials: 0}\nspace: {lr: [], seed: 1}\n")
+    with pytest.raises(DefinitionError) as caught:
+        load_definition(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    for field in ("budget.trials", "budget.n_trials", "space.lr", "space.seed"):
+        assert field in message
+    with pytest.raises(DefinitionError) as caught:
+        load_definition(write(tmp_path, D + "space: {lr: [0.1]\n", name="broken"))
+    assert "\n" not in str(caught.value) and "line 3" in str(caught.value)
+
+
+def test_param_reprs_stay_as_studies_stored_them(tmp_path):
+    """StudyPlan.settings() stores repr(param) in each Optuna study and compares it on resume."""
+    search = {param.name: param for param in load_definition("search").space}
+    assert repr(search["lr"]) == ("Param(name='lr', choices=(), low=0.03, high=0.08, log=True, step=None, "
+                                  "integer=False, bundles={})")
+    assert repr(search["clipping"]) == (
+        "Param(name='clipping', choices=('none', 'norm-5'), low=None, high=None, log=False, step=None, "
+        "integer=False, bundles={'none': {'clip_mode': 'none'}, "
+        "'norm-5': {'clip_mode': 'norm', 'clip_value': 5.0}})")
+    [width] = load_definition("hidden_size").space
+    assert repr(width) == ("Param(name='hidden_size', choices=(128, 256, 512, 1024, 2048), low=None, "
+                           "high=None, log=False, step=None, integer=False, bundles={})")
+    stepped = write(tmp_path, TPE + "space: {hidden_size: {low: 8, high: 64, step: 8}}\n")
+    [width] = load_definition(stepped).space
+    assert repr(width) == ("Param(name='hidden_size', choices=(), low=8, high=64, log=False, step=8, "
+                           "integer=True, bundles={})")
 
 
 def test_unknown_sweep_name_lists_the_known_ones():
