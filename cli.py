@@ -239,7 +239,7 @@ storage_option = click.option(
               help="Only recover what stopped workers left: fail and re-queue their stale trials, close "
                    "their MLflow runs KILLED, close an idle parent run; trains nothing.")
 @click.option("--heartbeat", type=click.IntRange(min=1), metavar="SECONDS", show_default=True,
-              default=10,  # = sweeps.workers.DEFAULT_HEARTBEAT
+              default=10,  # = sweeps.storage.DEFAULT_HEARTBEAT
               help="Seconds between a worker's heartbeats for its trials (shared storages); a trial "
                    "without one for 3x this long is failed and re-queued by another worker.")
 @click.option("--progress/--no-progress", default=None,
@@ -261,9 +261,11 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
     """
     from fmnist_tracking.signals import Terminated
     from fmnist_tracking.store import resolve_tracking_uri
+    from sweeps.repair import repair_sweep
     from sweeps.runner import run_sweep
+    from sweeps.storage import require_shared_stores
     from sweeps.study import default_storage
-    from sweeps.workers import repair_sweep, require_shared_stores, run_local_workers
+    from sweeps.supervisor import run_local_workers
 
     if create + repair + (workers > 1) > 1:
         raise click.BadParameter("use one of --create, --repair and --workers N at a time",

@@ -63,9 +63,10 @@ class RunLogger:
         all_tags.update({k: str(v) for k, v in (tags or {}).items()})
         logger, run_name = None, run_name or default_run_name(cfg)
         try:
-            with signals_deferred():  # Ctrl-C here surfaces once `logger` exists, so the run gets closed
-                run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-                logger = cls(client, run.info.run_id, experiment_id)
+            # Callers make this one step for signals (the trial lease, train_tracked): a Ctrl-C between
+            # these two lines would leave a run nobody closes.
+            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            logger = cls(client, run.info.run_id, experiment_id)
             client.log_batch(logger.run_id, params=[Param(k, str(v)) for k, v in cfg.as_dict().items()])
         except BaseException as error:
             if logger is not None:  # the run exists: close it with the reason
@@ -156,11 +157,15 @@ def train_tracked(cfg: RunConfig, *, data_dir=None, tracking_uri: str | None = N
     if splits is None:  # loaded before the run starts: missing data is an error, not a FAILED run
         device = resolve_device(cfg.device)
         splits = fdata.load_splits(data_dir, val_size=cfg.val_size, seed=SPLIT_SEED, device=device)
-    with handle_sigterm(), RunLogger.start(client, experiment_id, cfg, run_name=run_name,
-                                           tags={"dataset_digest": splits.digest, **(tags or {})}) as run:
-        click.echo(f"MLflow run {run.run_id} in experiment {experiment!r} ({client.tracking_uri})")
-        result, path = train_with_progress(cfg, checkpoint=checkpoint, splits=splits, on_epoch=run.log_epoch)
-        run.log_result(result, splits, path)
+    with handle_sigterm():
+        with signals_deferred():  # the run made and `run` bound, or neither: every run made gets closed
+            run = RunLogger.start(client, experiment_id, cfg, run_name=run_name,
+                                  tags={"dataset_digest": splits.digest, **(tags or {})})
+        with run:
+            click.echo(f"MLflow run {run.run_id} in experiment {experiment!r} ({client.tracking_uri})")
+            result, path = train_with_progress(cfg, checkpoint=checkpoint, splits=splits,
+                                               on_epoch=run.log_epoch)
+            run.log_result(result, splits, path)
     return result, run.run_id
 
 

@@ -3,10 +3,10 @@
 `run_sweep` is what `python cli.py sweep NAME` calls: load the definition, the data (once)
 and the MLflow store, then for each study of the plan join the study (creating it, its parent
 run and its queue of grid points if it is new) and `run_trials`. Any number of such workers,
-on any machines, can share a study on PostgreSQL (see workers.py): each takes queued trials,
+on any machines, can share a study on PostgreSQL (storage.py): each takes queued trials,
 trains them and tells Optuna, and leaves when no trial is queued or running anywhere. The
 worker that tells the study's last trial rebuilds the parent's report and closes the parent.
-`--repair` (workers.repair_sweep) recovers what dead workers left behind, without training.
+`--repair` (repair.py) recovers what dead workers left behind, without training.
 
 MLflow mapping (one parent run per study, reused when the study resumes; one nested child
 run per trial, tagged sweep=<name>, trial=<number>):
@@ -16,7 +16,8 @@ run per trial, tagged sweep=<name>, trial=<number>):
 Ctrl-C or SIGTERM fail the running trials, re-queue them for the next run (Optuna's retry
 callback keeps their grid point), close their runs KILLED and end the worker (the parent run is
 KILLED too unless other workers still have trials running). A worker killed outright is
-recovered by the others through its trials' heartbeats (workers.py).
+recovered by the others through its trials' heartbeats. A trial's life, and what every interruption
+does to it, is lease.py's.
 
 Population: up to `population` trials are asked at once; those whose configurations share
 trainer.SHARED_FIELDS are trained together by `train_population`, each still its own trial
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from fmnist_core import data as fdata
 from fmnist_core.checkpoint import save_checkpoint
-from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core.config import ConfigError, Objective, RunConfig
 from fmnist_core.trainer import (
     SHARED_FIELDS,
     SPLIT_SEED,
@@ -53,8 +53,10 @@ from fmnist_core.trainer import (
     train_population,
 )
 from fmnist_tracking import run_log, signals, store
-from sweeps import report, workers
+from sweeps import lease, report
+from sweeps import storage as stores
 from sweeps.definitions import load_definition
+from sweeps.lease import TrialLease, Worker
 from sweeps.study import (
     PARENT_ATTR,
     SETTINGS_ATTR,
@@ -71,7 +73,6 @@ from sweeps.study import (
     wait_until_ready,
     without_password,
 )
-from sweeps.workers import Worker
 
 DEFAULT_POPULATION = 8
 READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating the study
@@ -85,31 +86,22 @@ class Tracker:
     dataset_digest: str  # tagged on every child run: `best` checks a checkpoint against its data
 
 
-@dataclass
-class Job:
-    trial: optuna.Trial
-    config: RunConfig | None  # None only while being asked
-    logger: run_log.RunLogger | None = None
-    told: bool = False
-    retry_of: int | None = None  # the failed trial this one trains again
-
-
 def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | None = None,
               seeds: int | None = None, n_trials: int | None = None, timeout: float | None = None,
               population: int = DEFAULT_POPULATION,
               storage: str | None = None, tracking_uri: str | None = None,
               experiment: str = store.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
               splits: fdata.Splits | None = None, progress: bool = True, create: bool = False,
-              heartbeat: int = workers.DEFAULT_HEARTBEAT) -> list[report.Summary]:
+              heartbeat: int = stores.DEFAULT_HEARTBEAT) -> list[report.Summary]:
     """Run (or resume, or join) the sweep `name`; returns the ranked summary of each study this worker
     closed. `create`: only create the studies (parent runs, queued grid points) and return."""
     definition = load_definition(name)
     plans = plan_studies(definition, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials,
                          timeout=timeout)  # every setting checked before anything is loaded or trained
     storage = storage or default_storage(tracking_uri)
-    with workers.sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
+    with stores.sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
         client, experiment_id = store.setup(tracking_uri, experiment)
-        worker = Worker(workers.open_storage(storage, heartbeat), exclusive=exclusive)
+        worker = Worker.open(storage, heartbeat, exclusive=exclusive)
         if splits is None and not create:
             base = plans[0].base
             splits = fdata.load_splits(data_dir, val_size=base.val_size, seed=SPLIT_SEED,
@@ -190,7 +182,7 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     click.echo(f"Sweep {plan.study_name}: {plan.definition.description}\n"
                f"  Optuna study in {without_password(storage)}; MLflow parent run {parent_id}; "
                f"worker {worker.name}")
-    workers.recover(study, worker, client, tracker.experiment_id, parent_id, startup=True)
+    lease.recover(study, worker, client, tracker.experiment_id, parent_id, startup=True)
     try:
         closes = run_trials(study, plan, splits, tracker, worker, population=population, progress=progress)
     except BaseException as error:
@@ -218,25 +210,17 @@ def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
     poll = min(5.0, worker.heartbeat or 1.0)  # seconds between looks at the queue while others train
     with bar, worker.heartbeats():
         while deadline is None or time.monotonic() < deadline:
-            workers.recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
-            jobs = ask_jobs(study, plan, population, total, worker)
-            if jobs:
+            lease.recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
+            try:
+                leases = claim_population(study, plan, population, total, worker)
+                for group in by_shape(leases):
+                    train_group(study, plan, group, splits, tracker)
+                    show_progress(bar, study, plan, group, worker, progress)
+            except BaseException as error:
+                worker.requeue_all(error)  # every trial held and not yet told, whatever the step
+                raise
+            if leases:
                 trained = True
-                try:
-                    for group in by_shape(jobs):
-                        train_group(study, plan, group, splits, tracker)
-                        bar.update(len(group))
-                        best = best_value(study)
-                        if best is not None:
-                            bar.set_postfix({f"best {plan.definition.metric}": f"{best:.4f}"})
-                        if not progress:
-                            for job in group:
-                                tqdm.write(outcome_line(study, job, plan, worker))
-                except BaseException as error:
-                    abandon(study, [job for job in jobs if not job.told], error, worker)
-                    raise
-                finally:
-                    worker.release()
                 if study_done(study, plan):
                     return True  # this worker told the last trial
                 continue
@@ -253,67 +237,54 @@ def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
     return not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
-def outcome_line(study: optuna.Study, job: Job, plan: StudyPlan, worker: Worker) -> str:
+def show_progress(bar: tqdm, study: optuna.Study, plan: StudyPlan, group: list[TrialLease], worker: Worker,
+                  progress: bool) -> None:
+    bar.update(len(group))
+    best = best_value(study)
+    if best is not None:
+        bar.set_postfix({f"best {plan.definition.metric}": f"{best:.4f}"})
+    if not progress:
+        for held in group:
+            tqdm.write(outcome_line(study, held, plan, worker))
+
+
+def outcome_line(study: optuna.Study, held: TrialLease, plan: StudyPlan, worker: Worker) -> str:
     """One line per trial where there is no progress bar (several workers, logs)."""
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == job.trial.number)
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == held.number)
     value = "" if frozen.value is None else f": {plan.definition.metric} {frozen.value:.4f}"
     return f"trial {frozen.number} {frozen.state.name} ({describe(frozen)}){value} [{worker.name}]"
 
 
-def ask_jobs(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None,
-             worker: Worker) -> list[Job]:
+def claim_population(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None,
+                     worker: Worker) -> list[TrialLease]:
     """Up to `limit` trials with their configurations: queued trials first (grid points, re-queued
-    and repeated trials), then, for TPE/random within the budget, newly sampled ones."""
-    jobs: list[Job] = []
+    and repeated trials), then, for TPE/random within the budget, newly sampled ones. Every trial
+    taken is held by `worker` from the moment it is RUNNING (see lease.py)."""
+    leases: list[TrialLease] = []
     shared = not worker.exclusive
-    try:
-        while len(jobs) < limit:
-            if shared and jobs and next_shape_differs(study, plan, jobs[0].config):
-                break  # leave it to a worker that is free
-            # Taking a trial (now RUNNING) and listing it in `jobs` are one step for Ctrl-C: abandon()
-            # re-queues the listed ones, and one taken but not listed would stay RUNNING.
-            with signals.signals_deferred():
-                job = take_trial(study, plan, total, worker)
-                if job is None:
-                    break
-                jobs.append(job)
-            trial = job.trial
-            trial.set_user_attr("worker", worker.name)
-            try:
-                job.config = suggest_config(trial, plan)
-            except ConfigError as error:  # a sampled combination the config refuses: this trial only
-                trial.set_user_attr("failure", str(error))
-                tell(study, trial, None, TrialState.FAIL)
-                jobs.pop()  # after tell: a Ctrl-C in between re-queues nothing (a told trial stays)
-                tqdm.write(f"trial {trial.number} failed: {error}")
-                continue
-            if plan.seeds > 1 and not plan.seed_axis and "seed" not in trial.user_attrs:
-                for seed in range(1, plan.seeds):  # the repeats of a newly sampled configuration
-                    study.enqueue_trial(trial.params, user_attrs={"seed": seed, "repeat_of": trial.number})
-            trial.set_user_attr("seed", job.config.seed)
-            if shared and len(jobs) > 1 and shape(job.config) != shape(jobs[0].config):
-                break  # a newly sampled trial of another shape: trained after the first group
-    except BaseException as error:
-        abandon(study, jobs, error, worker)
-        raise
-    return jobs
-
-
-def take_trial(study: optuna.Study, plan: StudyPlan, total: int | None, worker: Worker) -> Job | None:
-    """The next queued trial, else (TPE/random, within the budget) a newly sampled one, held by this
-    worker; None when there is none to take."""
-    popped = worker.pop_queued(study)
-    if popped is not None:
-        trial, queued = popped
-        retry_of = queued.system_attrs.get("failed_trial")
-    elif plan.definition.sampler == "grid" or (total is not None and trials_claimed(study) >= total):
-        return None
-    else:
-        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat
-            warnings.simplefilter("ignore", UserWarning)
-            trial, retry_of = study.ask(), None
-    worker.hold(study, trial)
-    return Job(trial, None, retry_of=retry_of)
+    while len(leases) < limit:
+        if shared and leases and next_shape_differs(study, plan, leases[0].config):
+            break  # leave it to a worker that is free
+        sample = plan.definition.sampler != "grid" and (total is None or trials_claimed(study) < total)
+        held = TrialLease.claim(worker, study, sample=sample)
+        if held is None:
+            break
+        try:
+            held.config = suggest_config(held.trial, plan)
+        except ConfigError as error:  # a sampled combination the config refuses: this trial only
+            held.trial.set_user_attr("failure", str(error))
+            held.settle(TrialState.FAIL)
+            tqdm.write(f"trial {held.number} failed: {error}")
+            continue
+        leases.append(held)
+        trial = held.trial
+        if plan.seeds > 1 and not plan.seed_axis and "seed" not in trial.user_attrs:
+            for seed in range(1, plan.seeds):  # the repeats of a newly sampled configuration
+                study.enqueue_trial(trial.params, user_attrs={"seed": seed, "repeat_of": trial.number})
+        trial.set_user_attr("seed", held.config.seed)
+        if shared and len(leases) > 1 and shape(held.config) != shape(leases[0].config):
+            break  # a newly sampled trial of another shape: trained after the first group
+    return leases
 
 
 def shape(config: RunConfig) -> tuple:
@@ -356,100 +327,75 @@ def suggest_config(trial: optuna.Trial, plan: StudyPlan) -> RunConfig:
     return plan.base.replace(overrides, source=f"trial {trial.number}")
 
 
-def by_shape(jobs: list[Job]) -> Iterator[list[Job]]:
-    """Jobs grouped by the fields population members must share, in order of first appearance."""
-    groups: dict[tuple, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(shape(job.config), []).append(job)
+def by_shape(leases: list[TrialLease]) -> Iterator[list[TrialLease]]:
+    """Leases grouped by the fields population members must share, in order of first appearance."""
+    groups: dict[tuple, list[TrialLease]] = {}
+    for held in leases:
+        groups.setdefault(shape(held.config), []).append(held)
     yield from groups.values()
 
 
-def train_group(study: optuna.Study, plan: StudyPlan, jobs: list[Job], splits: fdata.Splits,
+def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], splits: fdata.Splits,
                 tracker: Tracker) -> None:
-    """Train jobs of one shape as one population: a child run each, every epoch reported to Optuna."""
+    """Train leases of one shape as one population: a child run each, every epoch reported to Optuna."""
     metric = plan.definition.metric
     pruned_at: dict[int, int] = {}
 
     def on_epoch(member: int, metrics: dict[str, float]) -> bool:
-        trial = jobs[member].trial
-        jobs[member].logger.log_epoch(metrics)
-        trial.report(metrics[metric], int(metrics["epoch"]))
-        if trial.should_prune():
+        if leases[member].report(metrics, metric):
             pruned_at[member] = int(metrics["epoch"])
             return True
         return False
 
-    for job in jobs:
-        with signals.signals_deferred():  # a run made is a run abandon() can close: one step for Ctrl-C
-            job.logger = run_log.RunLogger.start(
-                tracker.client, tracker.experiment_id, job.config, parent_run_id=tracker.parent_run_id,
-                run_name=f"{plan.study_name}-t{job.trial.number:03d}",
-                tags=dict(trial_tags(plan, job), dataset_digest=tracker.dataset_digest))
-        job.trial.set_user_attr("mlflow_run_id", job.logger.run_id)
-        job.trial.set_user_attr("population", len(jobs))  # epoch_seconds is the whole population's
-    results = train_population([job.config for job in jobs], splits, on_epoch=on_epoch)
-    for member, (job, result) in enumerate(zip(jobs, results, strict=True)):
-        finish_trial(study, plan, job, result, splits, pruned_at.get(member))
+    for held in leases:
+        held.track(lambda held=held: run_log.RunLogger.start(
+            tracker.client, tracker.experiment_id, held.config, parent_run_id=tracker.parent_run_id,
+            run_name=f"{plan.study_name}-t{held.number:03d}",
+            tags=dict(trial_tags(plan, held), dataset_digest=tracker.dataset_digest)))
+        held.trial.set_user_attr("population", len(leases))  # epoch_seconds is the whole population's
+    objective = Objective(plan.definition.metric, plan.definition.direction)
+    results = train_population([held.config for held in leases], splits, on_epoch=on_epoch,
+                               objective=objective)
+    for member, (held, result) in enumerate(zip(leases, results, strict=True)):
+        finish_trial(plan, held, result, splits, pruned_at.get(member))
 
 
-def abandon(study: optuna.Study, jobs: list[Job], error: BaseException, worker: Worker) -> None:
-    """Interrupted (Ctrl-C, SIGTERM) or broken: close the runs, fail the trials and re-queue them,
-    so that the next run of the sweep (or another worker) trains them again."""
-    for job in jobs:
-        if job.logger is not None:  # KILLED for an interrupt, FAILED with the error otherwise
-            job.logger.__exit__(type(error), error, error.__traceback__)
-        worker.fail_and_requeue(study, job.trial.number)
-        job.told = True
-
-
-def trial_tags(plan: StudyPlan, job: Job) -> dict[str, str]:
+def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
     tags = {"sweep": plan.definition.name, "study": plan.study_name, "sweep_role": "trial",
-            "trial": str(job.trial.number), "seed": str(job.config.seed)}
-    tags.update({f"sampled.{k}": str(v) for k, v in job.trial.params.items()})
-    if "repeat_of" in job.trial.user_attrs:
-        tags["repeat_of"] = str(job.trial.user_attrs["repeat_of"])
-    if job.retry_of is not None:
-        tags["retry_of"] = str(job.retry_of)
+            "trial": str(held.number), "seed": str(held.config.seed)}
+    tags.update({f"sampled.{k}": str(v) for k, v in held.trial.params.items()})
+    if "repeat_of" in held.trial.user_attrs:
+        tags["repeat_of"] = str(held.trial.user_attrs["repeat_of"])
+    if held.retry_of is not None:
+        tags["retry_of"] = str(held.retry_of)
     return tags
 
 
-def finish_trial(study: optuna.Study, plan: StudyPlan, job: Job, result: TrainResult, splits: fdata.Splits,
+def finish_trial(plan: StudyPlan, held: TrialLease, result: TrainResult, splits: fdata.Splits,
                  pruned_epoch: int | None) -> None:
-    """Log the outcome to the child run, then tell Optuna: a COMPLETE trial always has its artifacts."""
-    trial, logger = job.trial, job.logger
-    history = result.history
+    """Log the outcome to the child run, then settle the lease: a COMPLETE trial always has its artifacts."""
+    trial, history = held.trial, result.history
     trial.set_user_attr("epochs", len(history))
     trial.set_user_attr("epoch_seconds", sum(m["epoch_seconds"] for m in history) / max(1, len(history)))
     if result.error is not None:
         trial.set_user_attr("failure", str(result.error))
-        logger.set_tags({"stop_reason": "diverged"})
-        logger.end("FAILED", str(result.error))
-        state, value = TrialState.FAIL, None
+        held.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),
+                    run_tags={"stop_reason": "diverged"})
         tqdm.write(f"trial {trial.number} ({describe(trial)}) failed: {result.error}")
-    elif pruned_epoch is not None:
-        logger.set_tags({"pruned": "true", "stop_reason": "pruned"})
-        logger.end("KILLED", f"pruned by the {plan.definition.pruner} pruner after epoch {pruned_epoch}")
-        state, value = TrialState.PRUNED, None
-    else:
-        values = [m[plan.definition.metric] for m in history]
-        value = max(values) if plan.definition.direction == "maximize" else min(values)
-        with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
-            path = save_checkpoint(Path(scratch, run_log.CHECKPOINT_ARTIFACT),
-                                   **checkpoint_payload(result, splits))
-            logger.log_result(result, splits, path)
-        for key, metric_value in result.final_metrics().items():
-            trial.set_user_attr(key, metric_value)
-        trial.set_user_attr("checkpoint", f"runs:/{logger.run_id}/{run_log.CHECKPOINT_ARTIFACT}")
-        logger.end("FINISHED")
-        state = TrialState.COMPLETE
-    tell(study, trial, value, state)
-    job.told = True
-
-
-def tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> None:
-    """study.tell; a trial already finished is left as it is: another worker failed it as stale
-    (this worker's heartbeats did not get through) and queued a copy that trains its point again."""
-    study.tell(trial, value, state=state, skip_if_finished=True)
+        return
+    if pruned_epoch is not None:
+        held.settle(TrialState.PRUNED, run_status="KILLED",
+                    run_tags={"pruned": "true", "stop_reason": "pruned"},
+                    reason=f"pruned by the {plan.definition.pruner} pruner after epoch {pruned_epoch}")
+        return
+    with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
+        path = save_checkpoint(Path(scratch, run_log.CHECKPOINT_ARTIFACT),
+                               **checkpoint_payload(result, splits))
+        held.run.log_result(result, splits, path)
+    for key, metric_value in result.final_metrics().items():
+        trial.set_user_attr(key, metric_value)
+    trial.set_user_attr("checkpoint", f"runs:/{held.run.run_id}/{run_log.CHECKPOINT_ARTIFACT}")
+    held.settle(TrialState.COMPLETE, result.best_value)
 
 
 def describe(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:

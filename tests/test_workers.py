@@ -26,7 +26,8 @@ from optuna.trial import TrialState
 
 from cli import cli
 from fmnist_tracking import run_log, store
-from sweeps import runner, workers
+from sweeps import lease, runner
+from sweeps import storage as stores
 from sweeps.definitions import load_definition
 from sweeps.study import StudyError, default_storage, enqueue_grid, open_study, plan_studies
 
@@ -97,7 +98,7 @@ def _close_storages():
 def trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
     """The study's trials; none while the workers have not created it yet."""
     if storage not in _storages:
-        _storages[storage] = workers.open_storage(storage)
+        _storages[storage] = stores.open_storage(storage)
     try:
         return optuna.load_study(study_name=study_name, storage=_storages[storage]).get_trials()
     except KeyError:
@@ -212,7 +213,7 @@ def test_ctrl_c_reaches_local_workers_when_the_sweep_was_started_with_sigint_ign
     """A script's `cmd &` starts cmd with SIGINT ignored, and children inherit that. The `--workers`
     process forwards Ctrl-C to its workers, so they must start with SIGINT handled, or they train on
     while it reports the sweep interrupted. Workers here: tiny Python programs that wait for it."""
-    harness = ("import sys; from sweeps.workers import run_local_workers; "
+    harness = ("import sys; from sweeps.supervisor import run_local_workers; "
                f"sys.exit(run_local_workers([sys.executable, '-c', {CHILD!r}, {str(tmp_path)!r}], 2))")
     process = subprocess.Popen([sys.executable, "-c", harness], cwd=ROOT,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
@@ -228,44 +229,42 @@ def test_ctrl_c_reaches_local_workers_when_the_sweep_was_started_with_sigint_ign
 
 def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_path, mlflow_server,
                                                                           make_postgres_database):
+    """Ctrl-C with --workers 2 while both workers train: every trial in training ends FAIL with a queued
+    copy and its run KILLED as interrupted; the resumed sweep trains each grid point exactly once.
+
+    The workers stop at the end of their first epoch (the lease's `training` point) and write a
+    handshake file there, so the signal lands while every held trial is in training, on any machine."""
     storage = make_postgres_database("optuna")
-    # Several epochs a trial, so that Ctrl-C lands while a trial trains, not after it finished.
-    sweep = grid_file(tmp_path, [8, 16], [0.05, 0.1], epochs=6)
+    sweep = grid_file(tmp_path, [8, 16], [0.05, 0.1], epochs=2)
+    handshake = tmp_path / "handshake"
+    handshake.mkdir()
     argv = worker_argv(sweep, storage, mlflow_server, "interrupted", "--workers", "2")
-    parent_process = start(argv, tmp_path, "interrupted")
+    parent_process = start(argv, tmp_path, "interrupted", {lease.HANDSHAKE_ENV: str(handshake),
+                                                           lease.PAUSE_ENV: "training"})
 
-    def training():
-        return [t for t in trials(storage, "tiny_grid-torch") if t.state == TrialState.RUNNING
-                and "mlflow_run_id" in t.user_attrs]
+    def both_workers_training():
+        return len({path.name.split("-")[0] for path in handshake.glob("*.training")}) == 2
 
-    in_training = {t.number for t in wait_for(training, what="a trial in training")}
+    wait_for(both_workers_training, what="both workers paused in training")
+    claimed = {int(path.stem.split("-t")[1]) for path in handshake.glob("*.claimed")}
     parent_process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the --workers process forwards it
     assert parent_process.wait(timeout=60) == 130, output(parent_process)
     assert "Interrupted: the running trials are re-queued" in output(parent_process)
 
     stopped = trials(storage, "tiny_grid-torch")
-    assert not [t for t in stopped if t.state == TrialState.RUNNING]
-    # A trial in training when the signal was sent is failed and re-queued, or had just finished.
-    state = {t.number: t.state for t in stopped}
-    assert {state[n] for n in in_training} <= {TrialState.FAIL, TrialState.COMPLETE}, state
-    failed = [t for t in stopped if t.state == TrialState.FAIL]
     client, children, parent = children_and_parent(mlflow_server, "interrupted")
-    reasons = {r.data.tags["trial"]: r.data.tags.get(run_log.FAILURE_TAG) for r in children}
-    story = [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("worker"),
-              reasons.get(str(t.number))) for t in stopped]
-    for trial in failed:  # each failed trial is queued again with its params, and its run KILLED
-        [copy] = [t for t in stopped if t.system_attrs.get("failed_trial") == trial.number]
-        assert copy.params == trial.params, story
-        interrupted = "interrupted (Ctrl-C / SIGINT)"
-        reason = interrupted
-        if "mlflow_run_id" in trial.user_attrs:
-            run = client.get_run(trial.user_attrs["mlflow_run_id"])
-            assert run.info.status == "KILLED", story
-            reason = run.data.tags[run_log.FAILURE_TAG]
-        if reason == interrupted:
-            assert copy.state == TrialState.WAITING, story  # no worker is left to take it
-        else:  # failed before, its heartbeats starved on a busy machine; another worker took the copy
-            assert "stopped during trial" in reason, story
+    story = [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("worker"))
+             for t in stopped]
+    assert claimed == {0, 1, 2, 3}, story  # two populations of two, one per worker
+    for number in claimed:
+        [trial] = [t for t in stopped if t.number == number]
+        assert trial.state == TrialState.FAIL, story
+        [copy] = [t for t in stopped if t.system_attrs.get("failed_trial") == number]
+        assert copy.state == TrialState.WAITING and copy.system_attrs["fixed_params"] == trial.params, story
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED", story
+        assert run.data.tags[run_log.FAILURE_TAG] == "interrupted (Ctrl-C / SIGINT)", story
+    assert not [t for t in stopped if t.state == TrialState.RUNNING]
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert parent.info.status == "KILLED"
 
@@ -329,11 +328,11 @@ def test_several_workers_on_the_embedded_sqlite_stores_are_refused_in_one_line()
 
 def test_a_second_worker_on_the_same_sqlite_store_is_refused(mlflow_store):
     storage = default_storage(mlflow_store)
-    with workers.sqlite_guard(storage, mlflow_store):  # a worker at work on these files
+    with stores.sqlite_guard(storage, mlflow_store):  # a worker at work on these files
         result = CliRunner().invoke(cli, ["sweep", "hidden_size", "--tracking-uri", mlflow_store])
     assert result.exit_code == 2
     assert "another sweep worker" in result.output and "--storage postgresql://" in result.output
-    with workers.sqlite_guard(storage, mlflow_store) as exclusive:  # released: free again
+    with stores.sqlite_guard(storage, mlflow_store) as exclusive:  # released: free again
         assert exclusive
 
 
@@ -341,53 +340,26 @@ def test_a_sqlite_sweep_recovers_what_a_killed_worker_left_on_its_next_run(tmp_p
                                                                             tiny_splits):
     path = tmp_path / "tiny.yaml"
     path.write_text("description: widths\nbase: {epochs: 1, batch_size: 64}\nspace: {hidden_size: [8, 16]}\n")
-    stores = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": mlflow_store,
+    where = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking_uri": mlflow_store,
               "experiment": "orphans"}
-    runner.run_sweep(path, create=True, **stores)
+    runner.run_sweep(path, create=True, **where)
     # a worker that died mid-trial: its trial RUNNING, its child run RUNNING (no heartbeats on SQLite)
     [plan] = plan_studies(load_definition(path))
-    worker = workers.Worker(workers.open_storage(stores["storage"]), exclusive=True)
+    worker = lease.Worker(stores.open_storage(where["storage"]), exclusive=True)
     study, _ = open_study(plan, worker.storage)
     trial, _ = worker.pop_queued(study)
     client, experiment_id = store.setup(mlflow_store, "orphans")
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     orphan = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent_id, "sweep": "tiny",
                                                    "trial": str(trial.number), "sweep_role": "trial"})
-    [summary] = runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
+    [summary] = runner.run_sweep(path, splits=tiny_splits, progress=False, **where)
 
-    finished = optuna.load_study(study_name="tiny-manual", storage=stores["storage"]).trials
+    finished = optuna.load_study(study_name="tiny-manual", storage=where["storage"]).trials
     assert sorted(t.params["hidden_size"] for t in finished if t.state == TrialState.COMPLETE) == [8, 16]
     assert [t.state for t in finished if t.number == trial.number] == [TrialState.FAIL]
     closed = client.get_run(orphan.info.run_id)
     assert closed.info.status == "KILLED" and "stopped during trial" in closed.data.tags[run_log.FAILURE_TAG]
     assert len(summary.rows) == 2
-
-
-def test_a_ctrl_c_just_as_a_worker_takes_a_trial_re_queues_it(tmp_path):
-    """The trial a worker takes is RUNNING in the storage before the worker lists it as its own; a
-    Ctrl-C landing in between left it RUNNING (seen with two workers under Ctrl-C). Here the SIGINT
-    comes the moment the first queued trial turns RUNNING: it must end FAIL with a queued copy."""
-    path = tmp_path / "grid.yaml"
-    path.write_text("description: g\nspace: {hidden_size: [8, 16]}\n")
-    storage = workers.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
-    [plan] = plan_studies(load_definition(path))
-    study, _ = open_study(plan, storage)
-    enqueue_grid(study, plan)
-    worker = workers.Worker(storage, exclusive=True)
-    take = worker.pop_queued
-
-    def interrupted_pop(study):
-        taken = take(study)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, right after the trial became RUNNING
-        return taken
-
-    worker.pop_queued = interrupted_pop
-    with pytest.raises(KeyboardInterrupt):
-        runner.ask_jobs(study, plan, 8, None, worker)
-    states = {t.number: t.state for t in study.get_trials()}
-    assert states[0] == TrialState.FAIL and TrialState.RUNNING not in states.values()
-    [copy] = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == 0]
-    assert copy.state == TrialState.WAITING and copy.system_attrs["fixed_params"] == {"hidden_size": 8}
 
 
 def test_the_grid_is_queued_once_and_a_budget_queues_a_seeded_subset(tmp_path):
