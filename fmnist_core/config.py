@@ -1,14 +1,19 @@
-"""The one typed run configuration.
+"""The one typed run configuration, and the objective that picks a run's best epoch.
 
 `RunConfig` is frozen and validated on construction. It flows unchanged from the CLI
 to the sweep runner (which makes variants with `dataclasses.replace`), to the trainer,
 into MLflow params and into every checkpoint (`as_dict`). Unknown keys are errors, so a
 typo in a sweep file or a `--set` option never silently trains the default.
+
+`Objective` (metric and direction) is not part of a run's config: it is what a sweep
+optimises, and the trainer selects each run's best epoch by the same objective, so the
+value Optuna sees, the checkpoint and the test metrics all come from one epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -31,6 +36,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 CLIP_MODES = ("none", "value", "norm")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Per-epoch validation metrics the trainer produces, each with the direction that improves it.
+OBJECTIVE_METRICS = {"val_acc": "maximize", "val_loss": "minimize"}
+DIRECTIONS = ("maximize", "minimize")
 # Fields whose value is one of a fixed set: the CLI offers them as choices.
 CHOICES = {"impl": IMPLEMENTATIONS, "activation": ACTIVATIONS, "init": INITS, "optimizer": OPTIMIZERS,
            "clip_mode": CLIP_MODES, "schedule": SCHEDULES, "device": DEVICES}
@@ -87,7 +95,8 @@ class RunConfig:
     val_size: int = _field(10_000, "images held out of the 60k training set for validation")
     seed: int = _field(0, "seed for init, data order, dropout and augmentation")
     device: str = _field("auto", "auto picks CUDA, then MPS, then the CPU")
-    patience: int = _field(0, "early stopping after this many epochs without val_acc gain; 0 = off")
+    patience: int = _field(0, "early stopping after this many epochs without improvement of the objective "
+                              "(val_acc unless a sweep optimises another); 0 = off")
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -202,3 +211,28 @@ def _check_range(name: str, value: Any, low: float, high: float, *, high_open: b
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The validation metric that picks a run's best epoch, and which way is better.
+
+    The best epoch's weights are the checkpoint and give the test metrics; early stopping
+    counts epochs without improvement of this metric. A tie keeps the earlier epoch.
+    """
+
+    metric: str = "val_acc"  # one of OBJECTIVE_METRICS
+    direction: str = "maximize"  # maximize | minimize
+
+    def __post_init__(self) -> None:
+        _check_choice("objective metric", self.metric, tuple(OBJECTIVE_METRICS))
+        _check_choice("objective direction", self.direction, DIRECTIONS)
+
+    def improves(self, value: float, best: float) -> bool:
+        """Whether `value` is strictly better than `best`. NaN never improves; anything beats a NaN best."""
+        if math.isnan(best):
+            return not math.isnan(value)
+        return value > best if self.direction == "maximize" else value < best
+
+
+DEFAULT_OBJECTIVE = Objective()  # val_acc, maximised

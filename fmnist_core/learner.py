@@ -1,4 +1,4 @@
-"""What the trainer needs from a learner: the `Learner` protocol.
+"""What the trainer needs from a learner (the `Learner` protocol), and what it measures through one.
 
 A learner holds a POPULATION of P independent models of one shape (784 -> H -> 10) and
 trains them as one batched computation; member i owns slice i of every batched tensor.
@@ -9,13 +9,19 @@ only through these members, so a third implementation needs nothing else.
 
 Shapes: P = population, B = samples in a batch, H = hidden units, C = 10 classes.
 Inputs are normalised pixels, (x/255 - mean)/std, flattened to 784 values, float32.
+`evaluate_learner` and `dead_unit_fraction` measure all members at once through the protocol.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from fmnist_core.metrics import is_correct, loss_and_correct
+
+EVAL_CHUNK = 5000  # samples per evaluation forward pass: bounds memory at large hidden sizes
 
 
 @runtime_checkable
@@ -62,3 +68,40 @@ class Learner(Protocol):
         """Stop updating member i for good (it diverged or stopped); the others train on,
         and nothing of member i (a NaN included) reaches them."""
         ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Every member's mean loss (nats) and accuracy on n images, and which images it got right."""
+
+    loss: list[float]  # [P]
+    accuracy: list[float]  # [P]
+    correct: torch.Tensor  # bool [P, n] on the images' device, in their order
+
+
+@torch.no_grad()
+def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
+    """Mean loss, accuracy and per-image correctness of every member on (x, y), in chunks."""
+    loss_sum = correct = 0
+    hits = []
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
+        yb = y[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1)
+        logits = learner.logits(xb)
+        chunk_loss, chunk_correct = loss_and_correct(logits, yb)
+        loss_sum, correct = loss_sum + chunk_loss, correct + chunk_correct
+        hits.append(is_correct(logits, yb))  # chunk_correct is its sum; kept per image for paired tests
+    n = x.shape[0]
+    return Evaluation(loss=(loss_sum / n).tolist(), accuracy=(correct.double() / n).tolist(),
+                      correct=torch.cat(hits, dim=1))
+
+
+@torch.no_grad()
+def dead_unit_fraction(learner: Learner, x: torch.Tensor) -> list[float]:
+    """Fraction of hidden units whose pre-activation is <= 0 for every sample of x (a dead ReLU)."""
+    alive = None
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
+        fires = (learner.hidden_preactivations(xb) > 0).any(dim=1)  # [P, H]
+        alive = fires if alive is None else alive | fires
+    return (1.0 - alive.double().mean(dim=1)).tolist()

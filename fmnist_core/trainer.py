@@ -10,6 +10,11 @@ by index and augmented there, and each step slices its batch from the block. Per
 statistics stay on the device and are read once per epoch, so a GPU never waits for the
 host inside an epoch.
 
+Each member's best epoch is chosen by an `Objective` (val_acc, maximised, unless a sweep
+optimises another): its weights are the checkpoint and give the test metrics, and early
+stopping counts epochs without improvement. Selection needs validation data: with
+val_size = 0 nothing is selected and the last epoch is the result.
+
 This module knows nothing of MLflow or Optuna. Callers observe it through callbacks:
 `on_epoch(member, metrics) -> bool | None` (return True to stop that member, e.g. a
 pruned trial) and `on_progress(step, total_steps)`.
@@ -25,15 +30,13 @@ from typing import Any
 import torch
 
 from fmnist_core import data as fdata
-from fmnist_core.config import ConfigError, RunConfig
-from fmnist_core.learner import Learner
-from fmnist_core.metrics import loss_and_correct
+from fmnist_core.config import DEFAULT_OBJECTIVE, ConfigError, Objective, RunConfig
+from fmnist_core.learner import EVAL_CHUNK, Evaluation, Learner, dead_unit_fraction, evaluate_learner
 from fmnist_core.schedules import lr_table
 
 # The validation set is the same for every run, whatever its seed, so that runs of a
 # sweep are compared on identical images.
 SPLIT_SEED = 0
-EVAL_CHUNK = 5000  # samples per evaluation forward pass: bounds memory at large hidden sizes
 BLOCK_SAMPLES = 1024  # training images gathered and augmented at once: cache-sized (epoch_batches)
 PROGRESS_EVERY = 50  # steps between on_progress calls
 STEP_STATS = ("loss_sum", "correct", "grad_norm", "clipped")  # what learner.train_step returns, per member
@@ -55,19 +58,32 @@ class Diverged(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """One member's outcome. Selection needs validation data: without it (val_size = 0) the
+    best epoch is the last one, and best_value, best_val_acc and val_correct stay empty."""
+
     config: RunConfig
+    objective: Objective = DEFAULT_OBJECTIVE  # what chose best_epoch
     history: list[dict[str, float]] = field(default_factory=list)  # one dict of metrics per epoch
     best_epoch: int = 0  # 1-based; 0 while no epoch finished
-    best_val_acc: float = float("nan")
+    best_value: float = float("nan")  # the objective's metric at best_epoch
+    best_val_acc: float = float("nan")  # val_acc at best_epoch, whatever the objective
     best_state: dict[str, torch.Tensor] | None = None  # nn.Linear layout, CPU, from best_epoch
+    # bool [n_val] on the CPU, in the order of splits.val_y: the images best_epoch classified right
+    val_correct: torch.Tensor | None = None
     test_loss: float = float("nan")
     test_acc: float = float("nan")
     stop_reason: str = "completed"  # completed | early_stopped | stopped_by_callback | diverged
     error: Diverged | None = None
     device: str = "cpu"
 
+    @property
+    def has_validation(self) -> bool:
+        return self.config.val_size > 0
+
     def final_metrics(self) -> dict[str, float]:
-        return {"best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc,
+        """best_epoch and the test metrics; best_val_acc and best_value only with validation data."""
+        selection = {"best_val_acc": self.best_val_acc, "best_value": self.best_value}
+        return {"best_epoch": self.best_epoch, **(selection if self.has_validation else {}),
                 "test_loss": self.test_loss, "test_acc": self.test_acc}
 
 
@@ -100,11 +116,12 @@ def make_learner(configs: Sequence[RunConfig], device: torch.device) -> Learner:
 
 def train(cfg: RunConfig, splits: fdata.Splits | None = None, *, data_dir=None,
           on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
-          on_progress: ProgressCallback | None = None) -> TrainResult:
+          on_progress: ProgressCallback | None = None,
+          objective: Objective = DEFAULT_OBJECTIVE) -> TrainResult:
     """Train one model. Raises Diverged (after the callbacks saw every finished epoch)."""
     member_callback = (lambda _member, metrics: on_epoch(metrics)) if on_epoch else None
     [result] = train_population([cfg], splits, data_dir=data_dir, on_epoch=member_callback,
-                                on_progress=on_progress)
+                                on_progress=on_progress, objective=objective)
     if result.error is not None:
         raise result.error
     return result
@@ -112,8 +129,12 @@ def train(cfg: RunConfig, splits: fdata.Splits | None = None, *, data_dir=None,
 
 def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None = None, *, data_dir=None,
                      on_epoch: EpochCallback | None = None,
-                     on_progress: ProgressCallback | None = None) -> list[TrainResult]:
-    """Train several configurations at once; a member that diverges fails alone (result.error)."""
+                     on_progress: ProgressCallback | None = None,
+                     objective: Objective = DEFAULT_OBJECTIVE) -> list[TrainResult]:
+    """Train several configurations at once; a member that diverges fails alone (result.error).
+
+    Each member's best epoch is the one `objective` likes best (the earlier on a tie);
+    selection needs validation data, so with val_size = 0 it is the last epoch."""
     configs = list(configs)
     for name in SHARED_FIELDS:
         if len({getattr(c, name) for c in configs}) > 1:
@@ -121,14 +142,15 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
     device = resolve_device(configs[0].device)
     if splits is None:
         splits = fdata.load_splits(data_dir, val_size=configs[0].val_size, seed=SPLIT_SEED, device=device)
-    run = _PopulationRun(configs, splits, device)
+    run = _PopulationRun(configs, splits, device, objective)
     for epoch in range(1, configs[0].epochs + 1):
         per_step, epoch_seconds = run.train_epoch(epoch, on_progress)
         run.stop_diverged(epoch, per_step)
         if not run.active:
             break
-        for i, metrics in run.epoch_metrics(epoch, per_step, epoch_seconds).items():
-            run.select_best(i, epoch, metrics)
+        validation = run.validate()
+        for i, metrics in run.epoch_metrics(epoch, per_step, epoch_seconds, validation).items():
+            run.select_best(i, epoch, metrics, validation)
             run.stop_if_done(i, epoch, metrics, on_epoch)
         if not run.active:
             break
@@ -139,8 +161,9 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
 class _PopulationRun:
     """The state of one `train_population` call and the named steps of its epoch loop."""
 
-    def __init__(self, configs: list[RunConfig], splits: fdata.Splits, device: torch.device) -> None:
-        self.configs, self.splits, self.device = configs, splits, device
+    def __init__(self, configs: list[RunConfig], splits: fdata.Splits, device: torch.device,
+                 objective: Objective) -> None:
+        self.configs, self.splits, self.device, self.objective = configs, splits, device, objective
         self.shared = first = configs[0]  # holds the SHARED_FIELDS of every member
         self.train_x, self.train_y = splits.train_x.to(device), splits.train_y.to(device)
         self.n_train = self.train_x.shape[0]
@@ -149,7 +172,7 @@ class _PopulationRun:
         self.lrs = torch.stack([lr_table(c, self.steps_per_epoch) for c in configs], dim=1
                                ).to(device, torch.float32)
         self.learner = make_learner(configs, device)
-        self.results = [TrainResult(config=c, device=str(device)) for c in configs]
+        self.results = [TrainResult(config=c, objective=objective, device=str(device)) for c in configs]
         self.active = list(range(len(configs)))  # members still training, in index order
         # Members with the same seed share data order and augmentation draws: one batch each.
         self.seeds = sorted({c.seed for c in configs})
@@ -196,14 +219,19 @@ class _PopulationRun:
                 self.results[i].error = Diverged(epoch, bad_steps[i])
                 self._freeze(i)
 
-    def epoch_metrics(self, epoch: int, per_step: torch.Tensor, epoch_seconds: float
-                      ) -> dict[int, dict[str, float]]:
+    def validate(self) -> Evaluation | None:
+        """Every member on the validation split; None without one (val_size = 0)."""
+        if not self.shared.val_size:
+            return None
+        return evaluate_learner(self.learner, self.splits.val_x, self.splits.val_y)
+
+    def epoch_metrics(self, epoch: int, per_step: torch.Tensor, epoch_seconds: float,
+                      validation: Evaluation | None) -> dict[int, dict[str, float]]:
         """The metrics of the epoch of every active member: training statistics, lr, timing,
         dead units and, with a validation split, validation loss and accuracy."""
         sums = {k: v.tolist() for k, v in zip(STEP_STATS, per_step.double().sum(0), strict=True)}  # float64
-        splits, has_validation = self.splits, bool(self.shared.val_size)
-        val = evaluate_learner(self.learner, splits.val_x, splits.val_y) if has_validation else None
-        dead = dead_unit_fraction(self.learner, splits.val_x if has_validation else self.train_x[:EVAL_CHUNK])
+        dead_probe = self.splits.val_x if validation is not None else self.train_x[:EVAL_CHUNK]
+        dead = dead_unit_fraction(self.learner, dead_probe)
         last_step = epoch * self.steps_per_epoch - 1
         n_train, steps = self.n_train, self.steps_per_epoch
         by_member = {}
@@ -218,19 +246,24 @@ class _PopulationRun:
                 "clip_fraction": sums["clipped"][i] / steps,
                 "dead_relu_fraction": dead[i],
             }
-            if val is not None:
-                metrics["val_loss"], metrics["val_acc"] = val[0][i], val[1][i]
+            if validation is not None:
+                metrics["val_loss"], metrics["val_acc"] = validation.loss[i], validation.accuracy[i]
             by_member[i] = metrics
         return by_member
 
-    def select_best(self, i: int, epoch: int, metrics: dict[str, float]) -> None:
-        """Record the epoch in member i's history; keep its weights if the epoch is its best."""
+    def select_best(self, i: int, epoch: int, metrics: dict[str, float], validation: Evaluation | None
+                    ) -> None:
+        """Record the epoch in member i's history; keep its weights if the objective likes the
+        epoch best so far. Without validation data every epoch replaces the last: no selection."""
         result = self.results[i]
         result.history.append(metrics)
-        score = metrics.get("val_acc", metrics["train_acc"])  # no validation set: select on train
-        if result.best_state is None or score > result.best_val_acc:
-            result.best_epoch, result.best_val_acc = epoch, score
-            result.best_state = self.learner.member_state(i)
+        if validation is not None:
+            value = metrics[self.objective.metric]
+            if result.best_state is not None and not self.objective.improves(value, result.best_value):
+                return
+            result.best_value, result.best_val_acc = value, metrics["val_acc"]
+            result.val_correct = validation.correct[i].to("cpu", copy=True)
+        result.best_epoch, result.best_state = epoch, self.learner.member_state(i)
 
     def stop_if_done(self, i: int, epoch: int, metrics: dict[str, float], on_epoch: EpochCallback | None
                      ) -> None:
@@ -250,9 +283,9 @@ class _PopulationRun:
         for i in finished:
             self.learner.load_member_state(i, self.results[i].best_state)
         if finished:
-            test_loss, test_acc = evaluate_learner(self.learner, self.splits.test_x, self.splits.test_y)
+            test = evaluate_learner(self.learner, self.splits.test_x, self.splits.test_y)
             for i in finished:
-                self.results[i].test_loss, self.results[i].test_acc = test_loss[i], test_acc[i]
+                self.results[i].test_loss, self.results[i].test_acc = test.loss[i], test.accuracy[i]
 
     def _freeze(self, i: int) -> None:
         self.learner.freeze_member(i)
@@ -281,30 +314,6 @@ def epoch_batches(train_x: torch.Tensor, train_y: torch.Tensor, order: torch.Ten
                                    for s, g in enumerate(augment_generators)])
         for start in range(0, index.shape[1], batch_size):
             yield block_x[:, start:start + batch_size], block_y[:, start:start + batch_size]
-
-
-@torch.no_grad()
-def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Mean loss and accuracy of every member on (x, y), in chunks."""
-    loss_sum = correct = 0
-    for start in range(0, x.shape[0], EVAL_CHUNK):
-        xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
-        yb = y[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1)
-        chunk_loss, chunk_correct = loss_and_correct(learner.logits(xb), yb)
-        loss_sum, correct = loss_sum + chunk_loss, correct + chunk_correct
-    n = x.shape[0]
-    return (loss_sum / n).tolist(), (correct.double() / n).tolist()
-
-
-@torch.no_grad()
-def dead_unit_fraction(learner: Learner, x: torch.Tensor) -> list[float]:
-    """Fraction of hidden units whose pre-activation is <= 0 for every sample of x (a dead ReLU)."""
-    alive = None
-    for start in range(0, x.shape[0], EVAL_CHUNK):
-        xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
-        fires = (learner.hidden_preactivations(xb) > 0).any(dim=1)  # [P, H]
-        alive = fires if alive is None else alive | fires
-    return (1.0 - alive.double().mean(dim=1)).tolist()
 
 
 def checkpoint_payload(result: TrainResult, splits: fdata.Splits) -> dict[str, Any]:

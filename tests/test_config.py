@@ -1,10 +1,12 @@
-"""RunConfig: validation, coercion of CLI/YAML values, unknown keys."""
+"""RunConfig and Objective: validation, coercion of CLI/YAML values, unknown keys."""
 
 import dataclasses
 
 import pytest
 
-from fmnist_core.config import ConfigError, RunConfig, field_names
+from fmnist_core.config import ConfigError, Objective, RunConfig, field_names
+
+pytestmark = pytest.mark.unit
 
 
 def test_defaults_are_valid_and_round_trip_through_a_plain_dict():
@@ -52,3 +54,21 @@ def test_values_of_the_wrong_type_are_refused(overrides):
 def test_the_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         RunConfig().lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("metric, direction, fragment", [
+    ("train_acc", "maximize", "unknown objective metric 'train_acc'; choose one of: val_acc, val_loss"),
+    ("test_acc", "maximize", "unknown objective metric"),  # the test set is never used to select
+    ("val_loss", "down", "unknown objective direction 'down'"),
+])
+def test_an_objective_must_be_a_validation_metric_with_a_direction(metric, direction, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Objective(metric, direction)
+
+
+def test_an_objective_improves_only_on_a_strictly_better_value():
+    maximise, minimise = Objective("val_acc", "maximize"), Objective("val_loss", "minimize")
+    assert maximise.improves(0.9, 0.8) and not maximise.improves(0.8, 0.8) and not maximise.improves(0.7, 0.8)
+    assert minimise.improves(0.1, 0.2) and not minimise.improves(0.2, 0.2) and not minimise.improves(0.3, 0.2)
+    nan = float("nan")
+    assert minimise.improves(5.0, nan) and not minimise.improves(nan, 5.0) and not minimise.improves(nan, nan)

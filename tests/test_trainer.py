@@ -1,11 +1,14 @@
-"""The trainer: metrics, determinism, divergence, populations, device choice, checkpoints."""
+"""The trainer: metrics, determinism, objective, divergence, populations, device choice, checkpoints."""
+
+import dataclasses
+import math
 
 import pytest
 import torch
 
 from fmnist_core import data, trainer
 from fmnist_core.checkpoint import load_checkpoint, save_checkpoint
-from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core.config import ConfigError, Objective, RunConfig
 from fmnist_core.learner import Learner
 from fmnist_core.metrics import loss_and_correct
 from fmnist_core.mlp_manual import ManualLearner
@@ -19,6 +22,8 @@ from fmnist_core.trainer import (
     train,
     train_population,
 )
+
+pytestmark = pytest.mark.unit
 
 METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second",
            "grad_norm", "clip_fraction", "dead_relu_fraction"}
@@ -87,7 +92,61 @@ def test_test_metrics_use_the_weights_of_the_best_validation_epoch(splits):
         loss_sum, correct = loss_and_correct(model(splits.test_x), splits.test_y)
     assert result.test_acc == pytest.approx(correct.item() / len(splits.test_y))
     assert result.test_loss == pytest.approx(loss_sum.item() / len(splits.test_y), rel=1e-5)
-    assert result.best_val_acc == max(m["val_acc"] for m in result.history)
+    assert result.best_val_acc == result.best_value == max(m["val_acc"] for m in result.history)
+    assert result.best_epoch == 1 + [m["val_acc"] for m in result.history].index(result.best_val_acc)
+
+
+def test_the_objective_chooses_the_best_epoch_and_early_stopping_counts_its_improvements(splits):
+    # On this easy data val_acc reaches 1.0 at once and ties from then on, while val_loss keeps falling.
+    by_loss = train(tiny(epochs=4), splits, objective=Objective("val_loss", "minimize"))
+    losses = [m["val_loss"] for m in by_loss.history]
+    assert by_loss.best_epoch == 1 + losses.index(min(losses)) and by_loss.best_value == min(losses)
+    assert by_loss.best_val_acc == by_loss.history[by_loss.best_epoch - 1]["val_acc"]
+    by_acc = train(tiny(epochs=4), splits)
+    assert by_acc.best_epoch < by_loss.best_epoch  # the two objectives pick different epochs here
+    assert not torch.equal(by_acc.best_state["fc1.weight"], by_loss.best_state["fc1.weight"])
+    model = TorchMLP.from_state_dict(by_loss.best_state)
+    with torch.no_grad():
+        loss_sum, _ = loss_and_correct(model(splits.test_x), splits.test_y)
+    assert by_loss.test_loss == pytest.approx(loss_sum.item() / len(splits.test_y), rel=1e-5)
+    assert by_loss.final_metrics()["best_value"] == by_loss.best_value
+
+    plateau = tiny(epochs=6, patience=1)
+    assert train(plateau, splits).stop_reason == "early_stopped"  # val_acc stops improving after epoch 1
+    still_improving = train(plateau, splits, objective=Objective("val_loss", "minimize"))
+    assert still_improving.stop_reason == "completed" and len(still_improving.history) == 6
+
+
+def test_without_validation_data_nothing_is_selected_and_the_last_epoch_is_the_result(splits):
+    no_val = dataclasses.replace(splits, val_x=splits.val_x[:0], val_y=splits.val_y[:0])
+    result = train(tiny(val_size=0, epochs=3), no_val)
+    assert result.best_epoch == 3 and not result.has_validation and result.val_correct is None
+    assert math.isnan(result.best_val_acc) and math.isnan(result.best_value)
+    assert set(result.final_metrics()) == {"best_epoch", "test_loss", "test_acc"}
+    assert all("val_acc" not in m for m in result.history)
+    # Validation does not change training: the same run with validation, whose val_loss is
+    # lowest at its last epoch, must hold bit for bit the same weights.
+    last = train(tiny(epochs=3), splits, objective=Objective("val_loss", "minimize"))
+    assert last.best_epoch == 3
+    assert all(torch.equal(result.best_state[k], last.best_state[k]) for k in last.best_state)
+    assert result.test_acc == last.test_acc
+    # Flat training accuracy (lr ~ 0): selecting on it, as before, would have kept epoch 1.
+    assert train(tiny(val_size=0, epochs=3, lr=1e-12), no_val).best_epoch == 3
+
+
+def test_val_correct_holds_the_images_that_the_best_epoch_classified_right(splits):
+    # A small lr keeps accuracy well below 1, so the vector has both values.
+    configs = [tiny(lr=lr, momentum=0.0, nesterov=False) for lr in (3e-4, 1e-3)]
+    results = train_population(configs, splits)
+    for cfg, result in zip(configs, results, strict=True):
+        correct = result.val_correct
+        assert correct.dtype == torch.bool and correct.device.type == "cpu" and correct.shape == (200,)
+        assert 0 < correct.sum() < 200
+        assert correct.sum().item() / 200 == result.best_val_acc  # the same pass as the best epoch's val_acc
+        learner = make_learner([cfg], torch.device("cpu"))
+        learner.load_member_state(0, result.best_state)
+        predictions = learner.logits(splits.val_x[None])[0].argmax(-1)
+        assert torch.equal(correct, predictions == splits.val_y)
 
 
 @pytest.mark.parametrize("impl", ["manual", "torch"])
