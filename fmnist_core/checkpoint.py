@@ -7,7 +7,8 @@ A checkpoint is a plain dict saved with `torch.save`:
     config         the RunConfig as a plain dict
     normalization  {"mean": float, "std": float}: apply (x/255 - mean)/std to [0,255] pixels
     classes        the ten class names, index = label
-    metrics        final metrics (best_epoch, best_val_acc, test_acc, ...)
+    metrics        final metrics (best_epoch, test_loss, test_acc; best_val_acc, best_value
+                   only when the run had validation data to select its epoch on)
     format         FORMAT, so a reader can tell what it holds
 
 `torch.load(path, weights_only=True)` reads it; our loader uses nothing else, so a file
@@ -26,10 +27,9 @@ from typing import Any
 import torch
 
 from fmnist_core.config import first_line
+from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
 
 FORMAT = "fmnist-mlp-checkpoint/1"
-INPUT_SIZE = 784
-NUM_CLASSES = 10
 
 
 class CheckpointError(ValueError):

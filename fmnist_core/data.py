@@ -65,8 +65,11 @@ INSTALL_HINT = (
 # (exact: 0.286041, 0.353024). Not MNIST's 0.1307 / 0.3081.
 MEAN = 0.2860
 STD = 0.3530
+# The one home of the data's shape; models, checkpoints and serving import these.
 IMAGE_SIDE = 28  # pixels
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+INPUT_SIZE = IMAGE_PIXELS  # the MLP's input width: one normalised value per pixel
+NUM_CLASSES = len(CLASSES)
 
 
 class DataError(Exception):
