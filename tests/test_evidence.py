@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from sweeps import evidence
 from sweeps.evidence import (
     BOOTSTRAP,
     MCNEMAR,
@@ -205,3 +206,10 @@ def test_inputs_a_user_can_get_wrong_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="same validation images"):
         compare_to_best([ConfigResult("a", [base_vector(100, 0.9)]),
                          ConfigResult("b", [base_vector(99, 0.9)])])
+
+
+def test_packed_correctness_round_trips_and_is_compact():
+    correct = np.random.default_rng(0).random(10_000) < 0.9
+    text = evidence.pack_correct(correct)
+    assert len(text) <= 1_700
+    assert np.array_equal(evidence.unpack_correct(text, 10_000), correct)
