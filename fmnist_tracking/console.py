@@ -51,12 +51,22 @@ def train_with_progress(cfg: RunConfig, *, data_dir=None, checkpoint: Path | Non
 
     try:
         result = train(cfg, splits, on_epoch=show_epoch, on_progress=show_progress)
+        finish_bar(bar, len(result.history) * -(-len(splits.train_y) // cfg.batch_size))
     finally:
         bar.close()
     path = save_checkpoint(checkpoint, **checkpoint_payload(result, splits))
     click.echo(summary(result))
     click.echo(f"Checkpoint: {path}")
     return result, path
+
+
+def finish_bar(bar: tqdm, steps_done: int) -> None:
+    """Fill the bar: the trainer reports progress every PROGRESS_EVERY steps, so its last report falls
+    short of the end, and early stopping ends before the planned total. The bar then shows the steps
+    that ran as 100%."""
+    bar.total = steps_done
+    bar.update(steps_done - bar.n)
+    bar.refresh()
 
 
 def summary(result: TrainResult) -> str:

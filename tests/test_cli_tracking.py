@@ -216,3 +216,15 @@ def test_a_run_killed_mid_training_by_sigterm_or_ctrl_c_ends_killed(make_mlflow_
         statuses = [r.info.status for r in client.search_runs([run.info.experiment_id])]
         assert statuses == ["KILLED"]  # nothing left RUNNING
     mlflow.set_tracking_uri(None)
+
+
+def test_the_training_progress_bar_ends_full_although_the_trainer_reports_every_50_steps(
+        tiny_splits, tmp_path, capsys):
+    from fmnist_core.trainer import PROGRESS_EVERY
+    from fmnist_tracking.console import train_with_progress
+
+    cfg = RunConfig(hidden_size=8, epochs=3, batch_size=48, device="cpu")  # 256 images: 6 steps an epoch
+    assert (3 * 6) % PROGRESS_EVERY != 0
+    train_with_progress(cfg, splits=tiny_splits, checkpoint=tmp_path / "tiny.pt")
+    last_frame = capsys.readouterr().err.split("\r")[-1]
+    assert "100%" in last_frame and "18/18" in last_frame, last_frame
