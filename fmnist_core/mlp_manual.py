@@ -2,13 +2,19 @@
 
 No autograd anywhere: every gradient is computed by the formula in the comment beside it.
 The code trains a POPULATION of P independent models as one batched computation (P = 1 is
-an ordinary run): member i owns slice i of every tensor, and nothing mixes slices, so a NaN
+an ordinary run): member i owns row i of every tensor, and nothing mixes rows, so a NaN
 in one member never reaches another.
 
 Shapes (B = batch, H = hidden units):
     x [P, B, 784]   W1 [P, 784, H]   b1 [P, 1, H]   W2 [P, H, 10]   b2 [P, 1, 10]   y [P, B]
 Weights are stored input-major (the transpose of nn.Linear) so the forward is one baddbmm;
-`member_state` / `load_member_state` convert to and from the nn.Linear layout.
+`state` / `load_state` convert to and from the nn.Linear layout.
+
+Speed: a small step on a CPU costs more in per-operation overhead than in arithmetic, so a
+member's four parameters are views into one row of a [P, N] tensor (N = 784 H + H + 10 H + 10),
+and so are its four gradients and its momentum buffers. The backward writes each gradient
+into its view (out=), and the gradient norm, clipping and the SGD update are each a few
+operations on the [P, N] rows, whatever the number of tensors.
 """
 
 from __future__ import annotations
@@ -18,34 +24,30 @@ from collections.abc import Sequence
 import torch
 
 from fmnist_core import inits
+from fmnist_core.activations import activation as find_activation
 from fmnist_core.config import RunConfig
 from fmnist_core.metrics import cross_entropy_parts
 
-# Each activation's forward h = f(z) next to its derivative f'(z), given z and h = f(z).
-ACTIVATIONS = {
-    # h = max(z, 0);                    dh/dz = 1[z > 0]
-    "relu": (lambda z: z.clamp_min(0), lambda z, h: (z > 0).to(z.dtype)),
-    # h = z if z > 0 else 0.01 z;       dh/dz = 1 if z > 0 else 0.01
-    "leaky_relu": (lambda z: torch.where(z > 0, z, 0.01 * z),
-                   lambda z, h: torch.where(z > 0, torch.ones_like(z), 0.01)),
-    # h = tanh(z);                      dh/dz = 1 - h^2
-    "tanh": (torch.tanh, lambda z, h: 1 - h * h),
-    # h = s(z) = 1 / (1 + e^-z);        dh/dz = s (1 - s)
-    "sigmoid": (torch.sigmoid, lambda z, h: h * (1 - h)),
-    # h = z if z > 0 else e^z - 1;      dh/dz = 1 if z > 0 else e^z = h + 1
-    "elu": (lambda z: torch.where(z > 0, z, torch.expm1(z)), lambda z, h: torch.where(z > 0, 1.0, h + 1)),
-    # h = z s(z);                       dh/dz = s + z s (1 - s) = s (1 + z (1 - s))
-    "silu": (lambda z: z * torch.sigmoid(z),
-             lambda z, h: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z)))),
-}
-
 CLIP_CODES = {"none": 0, "value": 1, "norm": 2}  # per-member clip_mode as an integer tensor
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
+# nn.Linear state_dict key of each parameter, and whether it is stored transposed here.
+STATE_KEYS = {"W1": ("fc1.weight", True), "b1": ("fc1.bias", False), "W2": ("fc2.weight", True),
+              "b2": ("fc2.bias", False)}
 
 
-def _member(values: torch.Tensor) -> torch.Tensor:
-    """[P] -> [P, 1, 1], to broadcast a per-member number over that member's tensors."""
-    return values.view(-1, 1, 1)
+def parameter_shapes(hidden_size: int) -> dict[str, tuple[int, int]]:
+    """Each parameter's shape per member, in the order they sit in a member's row."""
+    return {"W1": (inits.INPUT_SIZE, hidden_size), "b1": (1, hidden_size),
+            "W2": (hidden_size, inits.NUM_CLASSES), "b2": (1, inits.NUM_CLASSES)}
+
+
+def row_views(rows: torch.Tensor, shapes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Views [P, r, c] of consecutive stretches of `rows` [P, N], one per shape, in order."""
+    views, start = {}, 0
+    for name, (height, width) in shapes.items():
+        views[name] = rows[:, start:start + height * width].view(-1, height, width)
+        start += height * width
+    return views
 
 
 class ManualMLP:
@@ -54,30 +56,49 @@ class ManualMLP:
     def __init__(self, states: Sequence[dict[str, torch.Tensor]], *, activation: str,
                  dropout: Sequence[float] | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        chosen = find_activation(activation)
         self.activation = activation
-        self.act, self.act_grad = ACTIVATIONS[activation]
+        self.act, self.act_grad = chosen.function, chosen.derivative
         self.dropout = list(dropout) if dropout is not None else [0.0] * len(states)
         self.device, self.dtype = torch.device(device), dtype
+        shapes = parameter_shapes(states[0]["fc1.weight"].shape[0])
+        width = sum(height * width for height, width in shapes.values())
 
-        def stack(key: str, transpose: bool) -> torch.Tensor:
-            tensors = [s[key].t() if transpose else s[key].unsqueeze(0) for s in states]
-            return torch.stack(tensors).to(self.device, dtype).contiguous()
-
-        self.W1 = stack("fc1.weight", True)  # [P, 784, H]
-        self.b1 = stack("fc1.bias", False)  # [P, 1, H]
-        self.W2 = stack("fc2.weight", True)  # [P, H, 10]
-        self.b2 = stack("fc2.bias", False)  # [P, 1, 10]
+        self.weights = torch.empty(len(states), width, device=self.device, dtype=dtype)  # [P, N]
+        self.W1, self.b1, self.W2, self.b2 = row_views(self.weights, shapes).values()
+        for i, state in enumerate(states):
+            self.load_state(i, state)
+        # Written by each backward, read by clipping and SGD; zeros only so that it never holds garbage.
+        self.gradients = torch.zeros_like(self.weights)  # [P, N]
+        self.dW1, self.db1, self.dW2, self.db2 = row_views(self.gradients, shapes).values()
         self.cache: dict[str, torch.Tensor | None] = {}
         self._minus_one = torch.full((1, 1, 1), -1.0, device=self.device, dtype=dtype)
 
     @property
     def population(self) -> int:
-        return self.W1.shape[0]
+        return self.weights.shape[0]
 
     def params(self) -> dict[str, torch.Tensor]:
         return {"W1": self.W1, "b1": self.b1, "W2": self.W2, "b2": self.b2}
+
+    def _linear_layout(self, i: int) -> dict[str, torch.Tensor]:
+        """Views of member i's parameters in the nn.Linear layout, keyed like TorchMLP's state_dict."""
+        params = self.params()
+        return {key: params[name][i].t() if transposed else params[name][i, 0]
+                for name, (key, transposed) in STATE_KEYS.items()}
+
+    def state(self, i: int) -> dict[str, torch.Tensor]:
+        """Member i's weights in the nn.Linear layout, as a float32 CPU copy."""
+        return {key: view.to("cpu", torch.float32).clone() for key, view in self._linear_layout(i).items()}
+
+    @torch.no_grad()
+    def load_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite member i's weights with `state` (nn.Linear layout)."""
+        for key, target in self._linear_layout(i).items():
+            if key not in state or tuple(state[key].shape) != tuple(target.shape):
+                got = tuple(state[key].shape) if key in state else "missing"
+                raise ValueError(f"{key}: expected shape {tuple(target.shape)}, got {got}")
+            target.copy_(state[key])
 
     @torch.no_grad()
     def hidden_preactivations(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +124,9 @@ class ManualMLP:
     @torch.no_grad()
     def backward(self, y: torch.Tensor, probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Gradients of each member's MEAN cross-entropy over the batch of the last train forward.
+
+        They are written into `self.gradients` (one row per member, overwritten by the next
+        backward); the returned dW1, db1, dW2, db2 are views of it.
         `probs`: softmax(z2) if the caller already has it (it is overwritten)."""
         x, z1, h1, mask = self.cache["x"], self.cache["z1"], self.cache["h1"], self.cache["mask"]
         h1_dropped, z2 = self.cache["h1_dropped"], self.cache["z2"]
@@ -110,45 +134,52 @@ class ManualMLP:
         probs = torch.softmax(z2, dim=-1) if probs is None else probs  # p = softmax(z2)
         # dL/dz2 = (p - onehot(y)) / B: subtract 1 at each sample's label, then scale
         dz2 = probs.scatter_add(-1, y.unsqueeze(-1), self._minus_one.expand(*y.shape, 1)).div_(batch_size)
-        dW2 = torch.bmm(h1_dropped.transpose(1, 2), dz2)  # dL/dW2 = h1^T . dz2
-        db2 = dz2.sum(1, keepdim=True)  # dL/db2 = sum_b dz2
+        dW2 = torch.bmm(h1_dropped.transpose(1, 2), dz2, out=self.dW2)  # dL/dW2 = h1^T . dz2
+        db2 = torch.sum(dz2, 1, keepdim=True, out=self.db2)  # dL/db2 = sum_b dz2
         dh1 = torch.bmm(dz2, self.W2.transpose(1, 2))  # dL/dh1 = dz2 . W2^T
         if mask is not None:
-            dh1 = dh1 * mask  # dropped units pass no gradient; kept ones are scaled by 1/(1-p)
-        dz1 = dh1 * self.act_grad(z1, h1)  # dL/dz1 = dh1 * act'(z1)
-        dW1 = torch.bmm(x.transpose(1, 2), dz1)  # dL/dW1 = x^T . dz1
-        db1 = dz1.sum(1, keepdim=True)  # dL/db1 = sum_b dz1
+            dh1.mul_(mask)  # dropped units pass no gradient; kept ones are scaled by 1/(1-p)
+        dz1 = dh1.mul_(self.act_grad(z1, h1))  # dL/dz1 = dh1 * act'(z1)
+        dW1 = torch.bmm(x.transpose(1, 2), dz1, out=self.dW1)  # dL/dW1 = x^T . dz1
+        db1 = torch.sum(dz1, 1, keepdim=True, out=self.db1)  # dL/db1 = sum_b dz1
         return {"dW1": dW1, "db1": db1, "dW2": dW2, "db2": db2}
 
 
 @torch.no_grad()
-def gradient_norm(grads: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Each member's global L2 norm [P] over all four gradients: sqrt(sum of every g^2)."""
-    norms = torch.stack([torch.linalg.vector_norm(g, dim=(1, 2)) for g in grads.values()])
-    return torch.linalg.vector_norm(norms, dim=0)  # the norm of the per-tensor norms, as torch does
+def gradient_norm(gradients: torch.Tensor) -> torch.Tensor:
+    """Each member's global L2 norm [P] over its gradient row [P, N]: sqrt(sum of every g^2)."""
+    return torch.linalg.vector_norm(gradients, dim=1)
 
 
-@torch.no_grad()
-def clip_gradients(
-    grads: dict[str, torch.Tensor], clip_mode: torch.Tensor, clip_value: torch.Tensor
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Clip each member's gradients in place by its own rule; returns (grads, pre-clip norm [P], clipped [P]).
+class GradientClipper:
+    """Clips each member's gradient row by its own rule, as torch.nn.utils does for one model.
 
-    clip_mode [P] holds CLIP_CODES. value: g = clamp(g, -c, c) element-wise. norm: scale all four
-    gradients of a member by min(1, c / (||g|| + 1e-6)), as torch.nn.utils.clip_grad_norm_ does.
+    clip_mode [P] holds CLIP_CODES. value: g = clamp(g, -c, c) element-wise. norm: scale the
+    member's whole row by min(1, c / (||g|| + 1e-6)), as torch.nn.utils.clip_grad_norm_ does.
     Members under another rule get bound inf / factor 1, which leave every value (NaN too) as is.
     """
-    grad_norm = gradient_norm(grads)
-    by_value, by_norm = clip_mode == CLIP_CODES["value"], clip_mode == CLIP_CODES["norm"]
-    bound = torch.where(by_value, clip_value, torch.inf)  # [P]
-    # max |g| per member as max(max g, -min g): the inf-norm kernel is ~25x slower on the CPU
-    largest = torch.stack([torch.maximum(g.amax((1, 2)), -g.amin((1, 2))) for g in grads.values()])
-    clip_coef = (clip_value / (grad_norm + 1e-6)).clamp(max=1.0)  # min(1, c / (||g|| + 1e-6))
-    clipped = (by_value & (largest.amax(0) > clip_value)) | (by_norm & (clip_coef < 1))
-    bound, factor = _member(bound), _member(torch.where(by_norm, clip_coef, 1.0))
-    for g in grads.values():
-        g.clamp_(-bound, bound).mul_(factor)
-    return grads, grad_norm, clipped
+
+    def __init__(self, clip_mode: torch.Tensor, clip_value: torch.Tensor) -> None:
+        self.clip_value = clip_value
+        self.by_value, self.by_norm = clip_mode == CLIP_CODES["value"], clip_mode == CLIP_CODES["norm"]
+        bound = torch.where(self.by_value, clip_value, torch.inf).unsqueeze(1)  # [P, 1]
+        self.lower, self.upper = -bound, bound
+        modes = set(clip_mode.tolist())  # once, on the host: skip the element-wise work nobody needs
+        self.any_by_value, self.any_by_norm = CLIP_CODES["value"] in modes, CLIP_CODES["norm"] in modes
+
+    @torch.no_grad()
+    def __call__(self, gradients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip `gradients` [P, N] in place; returns (pre-clip norm [P], clipped [P] as 0/1)."""
+        grad_norm = gradient_norm(gradients)
+        clip_coef = (self.clip_value / (grad_norm + 1e-6)).clamp(max=1.0)  # min(1, c / (||g|| + 1e-6))
+        clipped = self.by_norm & (clip_coef < 1)
+        if self.any_by_value:
+            smallest, largest = torch.aminmax(gradients, dim=1)  # max |g| = max(max g, -min g)
+            clipped |= self.by_value & (torch.maximum(largest, -smallest) > self.clip_value)
+            gradients.clamp_(self.lower, self.upper)
+        if self.any_by_norm:
+            gradients.mul_(torch.where(self.by_norm, clip_coef, 1.0).unsqueeze(1))
+        return grad_norm, clipped.to(gradients.dtype)
 
 
 class ManualSGD:
@@ -160,41 +191,40 @@ class ManualSGD:
     handed all parameters (TorchLearner does), so both implementations follow one rule.
     """
 
-    def __init__(self, params: dict[str, torch.Tensor], *, momentum: torch.Tensor,
-                 weight_decay: torch.Tensor, nesterov: torch.Tensor) -> None:
-        self.params = params
-        self.momentum, self.weight_decay = _member(momentum), _member(weight_decay)
-        self.nesterov = _member(nesterov)
+    def __init__(self, weights: torch.Tensor, *, momentum: torch.Tensor, weight_decay: torch.Tensor,
+                 nesterov: torch.Tensor) -> None:
+        """`weights` [P, N]: one row of parameters per member, updated in place; the rest are [P]."""
+        self.weights = weights
+        self.momentum, self.weight_decay = momentum.unsqueeze(1), weight_decay.unsqueeze(1)  # [P, 1]
+        self.nesterov = nesterov.unsqueeze(1)
         flags = nesterov.tolist()  # once, on the host: most populations are all or none Nesterov
         self.nesterov_kind = "all" if all(flags) else "none" if not any(flags) else "mixed"
-        self.buffers = {name: torch.zeros_like(w) for name, w in params.items()}
+        self.buffer = torch.zeros_like(weights)  # momentum buffers, [P, N]
 
     @torch.no_grad()
-    def step(self, grads: dict[str, torch.Tensor], lr: torch.Tensor,
-             frozen: torch.Tensor | None = None) -> None:
-        """Update in place, using `grads` as scratch space (in place: big fresh tensors are slow on
-        the CPU); members where `frozen` [P] is True keep their weights and buffers."""
-        lr, momentum = _member(lr), self.momentum
-        for name, w in self.params.items():
-            g = grads["d" + name].addcmul_(self.weight_decay, w)  # L2: dL/dw += wd w
-            old_buf = self.buffers[name]
-            buf = torch.addcmul(g, momentum, old_buf, out=old_buf if frozen is None else None)  # m buf + g
-            if self.nesterov_kind == "none":
-                step = buf
-            elif self.nesterov_kind == "all":
-                step = g.addcmul_(momentum, buf)  # g + momentum buf
-            else:
-                step = torch.where(self.nesterov, g.addcmul(momentum, buf), buf)
-            if frozen is None:
-                w.addcmul_(lr, step, value=-1)  # w = w - lr step
-            else:  # where, not a 0/1 factor: 0 * NaN would still be NaN
-                keep = _member(frozen)
-                self.buffers[name] = torch.where(keep, old_buf, buf)
-                w.copy_(torch.where(keep, w, w - lr * step))
+    def step(self, gradients: torch.Tensor, lr: torch.Tensor, frozen: torch.Tensor | None = None) -> None:
+        """Update in place from `gradients` [P, N], used as scratch space (in place: big fresh
+        tensors are slow on the CPU); members where `frozen` [P] is True keep their weights and buffers."""
+        w, lr, momentum = self.weights, lr.unsqueeze(1), self.momentum
+        g = gradients.addcmul_(self.weight_decay, w)  # L2: dL/dw += wd w
+        old_buf = self.buffer
+        buf = torch.addcmul(g, momentum, old_buf, out=old_buf if frozen is None else None)  # m buf + g
+        if self.nesterov_kind == "none":
+            step = buf
+        elif self.nesterov_kind == "all":
+            step = g.addcmul_(momentum, buf)  # g + momentum buf
+        else:
+            step = torch.where(self.nesterov, g.addcmul(momentum, buf), buf)
+        if frozen is None:
+            w.addcmul_(lr, step, value=-1)  # w = w - lr step
+        else:  # where, not a 0/1 factor: 0 * NaN would still be NaN
+            keep = frozen.unsqueeze(1)
+            old_buf.copy_(torch.where(keep, old_buf, buf))
+            w.copy_(torch.where(keep, w, w - lr * step))
 
 
 class ManualLearner:
-    """The Learner interface over ManualMLP + clip_gradients + ManualSGD."""
+    """The Learner interface over ManualMLP + GradientClipper + ManualSGD."""
 
     def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype) -> None:
         first = configs[0]
@@ -213,14 +243,17 @@ class ManualLearner:
             return torch.tensor(values, dtype=kind, device=self.device)
 
         self.optimizer = ManualSGD(
-            self.model.params(),
+            self.model.weights,
             momentum=per_member([c.momentum for c in configs], dtype),
             weight_decay=per_member([c.weight_decay for c in configs], dtype),
             nesterov=per_member([c.nesterov for c in configs], torch.bool),
         )
-        self.clip_mode = per_member([CLIP_CODES[c.clip_mode] for c in configs], torch.int64)
-        self.clip_value = per_member([c.clip_value for c in configs], dtype)
-        self.any_clipping = any(c.clip_mode != "none" for c in configs)
+        clip_modes = [CLIP_CODES[c.clip_mode] for c in configs]
+        self.clipper = None  # no member clips: the norm alone is reported
+        if any(clip_modes):
+            self.clipper = GradientClipper(per_member(clip_modes, torch.int64),
+                                           per_member([c.clip_value for c in configs], dtype))
+        self.never_clipped = torch.zeros(self.population, device=self.device, dtype=dtype)
         self.generators = inits.dropout_generators([c.seed for c in configs], self.device)
         self.frozen = [False] * self.population  # host copy: no device sync to ask "any frozen?"
         self.frozen_mask = torch.zeros(self.population, dtype=torch.bool, device=self.device)
@@ -229,14 +262,15 @@ class ManualLearner:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.model.forward(x.to(self.dtype), train=True, generators=self.generators)
         loss_sum, correct, log_probs = cross_entropy_parts(logits, y)
-        grads = self.model.backward(y, probs=log_probs.exp_())  # one log-softmax for loss and gradient
-        if self.any_clipping:
-            grads, grad_norm, clipped = clip_gradients(grads, self.clip_mode, self.clip_value)
+        self.model.backward(y, probs=log_probs.exp_())  # one log-softmax for loss and gradient
+        gradients = self.model.gradients
+        if self.clipper is not None:
+            grad_norm, clipped = self.clipper(gradients)
         else:
-            grad_norm, clipped = gradient_norm(grads), torch.zeros_like(self.frozen_mask)
+            grad_norm, clipped = gradient_norm(gradients), self.never_clipped
         lr = lr.to(self.device, self.dtype, non_blocking=True)
-        self.optimizer.step(grads, lr, self.frozen_mask if any(self.frozen) else None)
-        return {"loss_sum": loss_sum, "correct": correct, "grad_norm": grad_norm, "clipped": clipped.float()}
+        self.optimizer.step(gradients, lr, self.frozen_mask if any(self.frozen) else None)
+        return {"loss_sum": loss_sum, "correct": correct, "grad_norm": grad_norm, "clipped": clipped}
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,26 +281,11 @@ class ManualLearner:
         return self.model.hidden_preactivations(x.to(self.dtype))
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
-        m = self.model
-        cpu = {"device": "cpu", "dtype": torch.float32}
-        return {
-            "fc1.weight": m.W1[i].t().to(**cpu).clone(),
-            "fc1.bias": m.b1[i, 0].to(**cpu).clone(),
-            "fc2.weight": m.W2[i].t().to(**cpu).clone(),
-            "fc2.bias": m.b2[i, 0].to(**cpu).clone(),
-        }
+        return self.model.state(i)
 
-    @torch.no_grad()
     def load_member_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
         """Overwrite member i's weights; its momentum buffers and frozen flag are left as they are."""
-        m = self.model
-        targets = {"fc1.weight": m.W1[i].t(), "fc1.bias": m.b1[i, 0], "fc2.weight": m.W2[i].t(),
-                   "fc2.bias": m.b2[i, 0]}
-        for key, target in targets.items():
-            if key not in state or tuple(state[key].shape) != tuple(target.shape):
-                got = tuple(state[key].shape) if key in state else "missing"
-                raise ValueError(f"{key}: expected shape {tuple(target.shape)}, got {got}")
-            target.copy_(state[key])
+        self.model.load_state(i, state)
 
     def freeze_member(self, i: int) -> None:
         self.frozen[i] = True

@@ -11,24 +11,16 @@ Initial weights and dropout masks come from `inits`, exactly as for the manual l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fmnist_core import inits
+from fmnist_core.activations import activation as find_activation
 from fmnist_core.config import RunConfig
 from fmnist_core.metrics import loss_and_correct
 
-ACTIVATIONS = {
-    "relu": F.relu,
-    "leaky_relu": partial(F.leaky_relu, negative_slope=0.01),
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "elu": F.elu,  # alpha = 1
-    "silu": F.silu,
-}
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -38,10 +30,8 @@ class TorchMLP(nn.Module):
     def __init__(self, hidden_size: int, activation: str = "relu", dropout: float = 0.0, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
         self.activation = activation
-        self.act = ACTIVATIONS[activation]
+        self.act = find_activation(activation).function
         self.fc1 = nn.Linear(inits.INPUT_SIZE, hidden_size, device=device, dtype=dtype)
         self.fc2 = nn.Linear(hidden_size, inits.NUM_CLASSES, device=device, dtype=dtype)
         self.dropout = nn.Dropout(dropout)  # standalone use; TorchLearner draws seeded masks itself
@@ -71,7 +61,7 @@ class TorchLearner:
             if (cfg.hidden_size, cfg.activation) != (first.hidden_size, first.activation):
                 raise ValueError("all members of a population must share hidden_size and activation")
         self.population, self.device, self.dtype = len(configs), torch.device(device), dtype
-        self.act = ACTIVATIONS[first.activation]
+        self.act = find_activation(first.activation).function
         self.members = [
             TorchMLP.from_state_dict(
                 inits.initial_state(c.hidden_size, activation=c.activation, init=c.init,

@@ -9,26 +9,26 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fmnist_core import inits, mlp_manual
+from fmnist_core.activations import ACTIVATIONS
 from fmnist_core.config import RunConfig
-from fmnist_core.mlp_manual import CLIP_CODES, ManualMLP, ManualSGD, clip_gradients, make_manual_learner
+from fmnist_core.mlp_manual import (
+    CLIP_CODES,
+    GradientClipper,
+    ManualMLP,
+    ManualSGD,
+    make_manual_learner,
+    parameter_shapes,
+    row_views,
+)
 
 CPU = torch.device("cpu")
 F64 = torch.float64
-TORCH_ACTIVATIONS = {
-    "relu": F.relu,
-    "leaky_relu": partial(F.leaky_relu, negative_slope=0.01),
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "elu": F.elu,
-    "silu": F.silu,
-}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,9 +57,10 @@ def make_states(seeds, hidden=24, activation="relu", init="kaiming_uniform"):
 
 
 def autograd_grads(state, x, y, activation, mask):
-    """Gradients of the mean CE of one member, by autograd, in the nn.Linear layout."""
+    """Gradients of the mean CE of one member, by autograd (of the table's f, not its f'), in the
+    nn.Linear layout."""
     params = {k: v.to(F64).clone().requires_grad_(True) for k, v in state.items()}
-    h1 = TORCH_ACTIVATIONS[activation](x @ params["fc1.weight"].T + params["fc1.bias"])
+    h1 = ACTIVATIONS[activation].function(x @ params["fc1.weight"].T + params["fc1.bias"])
     if mask is not None:
         h1 = h1 * mask
     logits = h1 @ params["fc2.weight"].T + params["fc2.bias"]
@@ -67,7 +68,7 @@ def autograd_grads(state, x, y, activation, mask):
     return {k: p.grad for k, p in params.items()}, logits.detach()
 
 
-@pytest.mark.parametrize("activation", list(mlp_manual.ACTIVATIONS))
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_gradients_match_autograd_for_a_population_with_dropout(activation):
     seeds, dropout = [0, 1, 2], [0.5, 0.0, 0.2]
     states = make_states(seeds, activation=activation)
@@ -89,18 +90,20 @@ def test_gradients_match_autograd_for_a_population_with_dropout(activation):
 
 
 def random_grads(population=3, hidden=6, scale=1.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    shapes = {"dW1": (population, 784, hidden), "db1": (population, 1, hidden),
-              "dW2": (population, hidden, 10), "db2": (population, 1, 10)}
-    return {k: torch.randn(s, dtype=F64, generator=g) * scale for k, s in shapes.items()}
+    """Gradient rows [P, N] in the manual MLP's layout, and their dW1, db1, dW2, db2 views."""
+    shapes = parameter_shapes(hidden)
+    width = sum(h * w for h, w in shapes.values())
+    rows = torch.randn(population, width, dtype=F64, generator=torch.Generator().manual_seed(seed)) * scale
+    return rows, {"d" + name: view for name, view in row_views(rows, shapes).items()}
 
 
 @pytest.mark.parametrize("clip_value", [0.5, 1e4])  # acts / does not act
 def test_clipping_matches_torch_nn_utils(clip_value):
-    grads = random_grads(scale=0.05)
+    rows, clipped_grads = random_grads(scale=0.05)  # views of rows: they show the clipped values
+    grads = {k: g.clone() for k, g in clipped_grads.items()}  # the reference's copy, before clipping
     modes = torch.tensor([CLIP_CODES["value"], CLIP_CODES["norm"], CLIP_CODES["none"]])
     values = torch.full((3,), clip_value, dtype=F64) * torch.tensor([0.02, 1.0, 1.0], dtype=F64)
-    clipped_grads, norm, clipped = clip_gradients({k: g.clone() for k, g in grads.items()}, modes, values)
+    norm, clipped = GradientClipper(modes, values)(rows)
     for i in range(3):
         reference = [torch.nn.Parameter(g[i].clone()) for g in grads.values()]
         for p, g in zip(reference, grads.values(), strict=True):
@@ -120,17 +123,17 @@ def test_clipping_matches_torch_nn_utils(clip_value):
 
 def test_manual_sgd_matches_torch_optim_sgd():
     settings = [(0.9, True, 5e-4), (0.5, False, 0.0), (0.0, False, 1e-2)]  # momentum, nesterov, wd
-    params = {name[1:]: g.clone() for name, g in random_grads(seed=1).items()}
-    optimizer = ManualSGD(params, momentum=torch.tensor([s[0] for s in settings], dtype=F64),
+    weights, params = random_grads(seed=1)
+    optimizer = ManualSGD(weights, momentum=torch.tensor([s[0] for s in settings], dtype=F64),
                           weight_decay=torch.tensor([s[2] for s in settings], dtype=F64),
                           nesterov=torch.tensor([s[1] for s in settings]))
     leaves = [[torch.nn.Parameter(w[i].clone()) for w in params.values()] for i in range(3)]
     reference = torch.optim.SGD([{"params": leaves[i], "momentum": m, "nesterov": n, "weight_decay": wd}
                                  for i, (m, n, wd) in enumerate(settings)], lr=0.1)
     for step in range(6):
-        grads = random_grads(seed=100 + step)
+        rows, grads = random_grads(seed=100 + step)
         lr = torch.tensor([0.1, 0.05, 0.2], dtype=F64) / (step + 1)
-        optimizer.step({k: g.clone() for k, g in grads.items()}, lr)
+        optimizer.step(rows.clone(), lr)
         for i, group in enumerate(reference.param_groups):
             group["lr"] = lr[i].item()
             for p, g in zip(leaves[i], grads.values(), strict=True):
@@ -194,7 +197,8 @@ def test_train_step_builds_no_autograd_graph():
         out = learner.train_step(x, y, torch.tensor([0.1, 0.2]))
         logits = learner.logits(x)
     assert saved == []
-    tensors = [*out.values(), logits, *learner.model.params().values(), *learner.optimizer.buffers.values()]
+    model, buffer = learner.model, learner.optimizer.buffer
+    tensors = [*out.values(), logits, model.weights, model.gradients, buffer]
     assert all(not t.requires_grad and t.grad_fn is None for t in tensors)
 
 
