@@ -125,17 +125,40 @@ def ui(host: str, port: int, tracking_uri: str | None) -> None:
 
 
 @cli.command()
-@click.option("--sweep", default=None, help="Only the runs of this sweep (runs tagged sweep=NAME).")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Newest runs shown.")
+@click.option("--sweep", default=None,
+              help="Only the trial runs of this sweep (runs tagged sweep=NAME), ranked by its objective.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Runs shown: the newest, or with --sweep the best ranked.")
 @tracking_uri_option
 @experiment_option
 def runs(sweep: str | None, limit: int, tracking_uri: str | None, experiment: str) -> None:
-    """A table of runs, newest first: status, key params and metrics."""
+    """A table of runs, newest first: status, key params and metrics.
+
+    With --sweep: the sweep's runs ranked by its objective (from its definition in sweeps/; the
+    best validation accuracy when NAME is not a definition here), with the params it varies.
+    Column best/epochs: the epoch whose weights were kept / the epochs asked for.
+    """
     from fmnist_tracking.registry import runs_table
     from fmnist_tracking.store import setup
 
     client, experiment_id = setup(tracking_uri, experiment, create=False)
-    click.echo(runs_table(client, [experiment_id], sweep=sweep, limit=limit))
+    ranking = sweep_ranking(sweep) if sweep is not None else None
+    click.echo(runs_table(client, [experiment_id], sweep=sweep, limit=limit, ranking=ranking))
+
+
+def sweep_ranking(name: str):
+    """The objective of sweep NAME's definition; best validation accuracy if NAME is no definition here."""
+    from fmnist_tracking.registry import Ranking
+    from sweeps.definitions import DefinitionError, list_definitions, load_definition
+
+    if name not in list_definitions():
+        return Ranking()
+    try:
+        definition = load_definition(name)
+    except DefinitionError as error:
+        click.echo(f"note: ranking by best_val_acc: {error}", err=True)
+        return Ranking()
+    return Ranking(definition.metric, definition.direction)
 
 
 @cli.command()

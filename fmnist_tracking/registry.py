@@ -42,10 +42,41 @@ CHAMPION_ALIAS = "champion"
 VAL_TOLERANCE_IMAGES = 2
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """How a sweep ranks its runs: its objective (a validation metric) and direction."""
+
+    metric: str = "val_acc"  # val_acc | val_loss (a sweep definition's objective.metric)
+    direction: str = "maximize"
+
+    @property
+    def logged(self) -> str:
+        """The run metric holding the objective at the selected epoch (older runs lack best_value)."""
+        return "best_val_acc" if self.metric == "val_acc" else "best_value"
+
+    @property
+    def header(self) -> str:
+        return "best_val_acc" if self.metric == "val_acc" else f"{self.metric} (best epoch)"
+
+
+DEFAULT_PARAM_COLUMNS = {"impl": "impl", "hidden": "hidden_size", "activation": "activation",
+                         "optimizer": "optimizer", "lr": "lr"}
+
+
 def runs_table(client: MlflowClient, experiment_ids: list[str], *, sweep: str | None = None,
-               limit: int = 20) -> str:
-    """The newest `limit` runs, one line each: status, key params and metrics."""
-    runs = search_runs(client, experiment_ids, sweep=sweep, limit=limit)
+               limit: int = 20, ranking: Ranking | None = None) -> str:
+    """The newest `limit` runs, or with `ranking` a sweep's trial runs best first by its objective
+    (runs without the metric, e.g. FAILED ones, last) with the params that vary across them."""
+    order = None
+    if ranking is not None:
+        direction = "DESC" if ranking.direction == "maximize" else "ASC"
+        order = [f"metrics.{ranking.logged} {direction}", "attributes.start_time ASC"]
+    parents = search_runs(client, experiment_ids, sweep=sweep, extra_filter="tags.sweep_role = 'parent'") \
+        if ranking else []
+    shown_apart = {parent.info.run_id for parent in parents}
+    runs = search_runs(client, experiment_ids, sweep=sweep, order_by=order, limit=limit + 1 + len(parents))
+    runs = [run for run in runs if run.info.run_id not in shown_apart]
+    more, runs = len(runs) > limit, runs[:limit]
     if not runs:
         return "no runs" + (f" of sweep {sweep!r}" if sweep else "") + " in this experiment"
 
@@ -61,26 +92,41 @@ def runs_table(client: MlflowClient, experiment_ids: list[str], *, sweep: str | 
             return f"{tags['sweep']} (parent)"
         return f"{tags['sweep']} #{tags.get('trial', '?')}"
 
-    columns = {
-        "run": lambda r: r.info.run_id[:8],
-        "name": lambda r: r.info.run_name or "-",
-        "status": lambda r: r.info.status,
-        "impl": lambda r: r.data.params.get("impl", "-"),
-        "hidden": lambda r: r.data.params.get("hidden_size", "-"),
-        "activation": lambda r: r.data.params.get("activation", "-"),
-        "optimizer": lambda r: r.data.params.get("optimizer", "-"),
-        "lr": lambda r: r.data.params.get("lr", "-"),
-        "epochs": lambda r: metric(r, "best_epoch").split(".")[0] + "/" + r.data.params.get("epochs", "-"),
-        "best_val_acc": lambda r: metric(r, "best_val_acc"),
-        "test_acc": lambda r: metric(r, "test_acc"),
-        "sweep": sweep_cell,
-        "started": lambda r: time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000)),
-    }
-    cells = [list(columns)] + [[str(cell(run)) for cell in columns.values()] for run in runs]
+    params = DEFAULT_PARAM_COLUMNS
+    if ranking is not None:
+        varying = sorted(key for key in {k for run in runs for k in run.data.params}
+                         if len({run.data.params.get(key) for run in runs}) > 1)
+        params = {key: key for key in varying} or params
+    columns = {"rank": None} if ranking else {}
+    columns.update({"run": lambda r: r.info.run_id[:8], "name": lambda r: r.info.run_name or "-",
+                    "status": lambda r: r.info.status})
+    columns.update({header: lambda r, key=key: r.data.params.get(key, "-") for header, key in params.items()})
+    columns.update({
+        # the epoch whose weights were kept (selected on validation) / the epochs asked for
+        "best/epochs": lambda r: f"{metric(r, 'best_epoch').split('.')[0]}/{r.data.params.get('epochs')}",
+        "best_val_acc": lambda r: metric(r, "best_val_acc")})
+    if ranking is not None and ranking.logged != "best_val_acc":
+        columns[ranking.header] = lambda r: metric(r, ranking.logged)
+    columns["test_acc"] = lambda r: metric(r, "test_acc")
+    if ranking is None:
+        columns["sweep"] = sweep_cell
+    columns["started"] = lambda r: time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000))
+    cells = [list(columns)]
+    for place, run in enumerate(runs, 1):
+        ranked = ranking is not None and ranking.logged in run.data.metrics
+        cells.append([str(cell(run)) if cell else str(place) if ranked else "-" for cell in columns.values()])
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
              for row in cells]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    notes = []
+    if ranking is not None:
+        notes.append(f"ranked by the sweep's objective: {ranking.metric} at each run's selected epoch, "
+                     f"{ranking.direction}d ({ranking.logged}); test_acc is reported, not used to rank")
+        notes += [f"parent run {parent.info.run_id[:8]} ({parent.info.run_name}): figures, ranked summary "
+                  "and conclusion" for parent in parents]
+    if more:
+        notes.append(f"more runs than shown: --limit {limit * 2}")
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *notes])
 
 
 @dataclass

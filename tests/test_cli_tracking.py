@@ -228,3 +228,52 @@ def test_the_training_progress_bar_ends_full_although_the_trainer_reports_every_
     train_with_progress(cfg, splits=tiny_splits, checkpoint=tmp_path / "tiny.pt")
     last_frame = capsys.readouterr().err.split("\r")[-1]
     assert "100%" in last_frame and "18/18" in last_frame, last_frame
+
+
+def _fake_sweep(client, experiment_id: str, name: str, rows: list[tuple[int, float | None, str]]) -> dict:
+    """A sweep's runs as the runner leaves them: a parent (sweep_role=parent) and one child run per
+    (hidden_size, best_val_acc or None, status), named by what varies. Returns {name or "parent": run id}."""
+    parent = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name=f"{name}-manual",
+                                     tags={"sweep": name, "sweep_role": "parent"})
+    made = {"parent": parent.run_id}
+    for trial, (hidden, val_acc, status) in enumerate(rows):
+        child = run_log.RunLogger.start(client, experiment_id, RunConfig(hidden_size=hidden, epochs=10),
+                                        run_name=f"hidden_size={hidden}", parent_run_id=parent.run_id,
+                                        tags={"sweep": name, "sweep_role": "trial", "trial": str(trial)})
+        if val_acc is not None:
+            for key, value in (("best_val_acc", val_acc), ("best_value", val_acc), ("best_epoch", 9),
+                               ("test_acc", val_acc - 0.005)):
+                client.log_metric(child.run_id, key, value)
+        child.end(status)
+        made[f"hidden_size={hidden}"] = child.run_id
+    parent.end()
+    return made
+
+
+def test_runs_of_a_sweep_are_ranked_by_its_objective_with_labelled_columns(mlflow_store):
+    client, experiment_id = store.setup(mlflow_store)
+    _fake_sweep(client, experiment_id, "hidden_size", [(128, 0.8921, "FINISHED"), (2048, None, "FAILED"),
+                                                       (1024, 0.9018, "FINISHED"), (512, 0.8956, "FINISHED")])
+    result = invoke("runs", "--sweep", "hidden_size")
+    assert result.exit_code == 0, result.output
+    header, _, *rows = result.stdout.splitlines()
+    assert header.split() == ["rank", "run", "name", "status", "hidden_size", "best/epochs", "best_val_acc",
+                              "test_acc", "started"]  # only the param the sweep varies
+    names = [row.split()[2] for row in rows[:4]]
+    assert names == ["hidden_size=1024", "hidden_size=512", "hidden_size=128", "hidden_size=2048"]
+    assert rows[0].split()[0] == "1" and rows[3].split()[:1] == ["-"]  # FAILED: no metric, no rank
+    assert "9/10" in rows[0] and "ranked by the sweep's objective: val_acc" in result.stdout
+    assert "parent run" in result.stdout and "hidden_size-manual" in result.stdout
+    assert invoke("runs", "--sweep", "hidden_size", "--limit", "2").stdout.count("hidden_size=") == 2
+
+
+def test_a_sweep_minimising_val_loss_ranks_lowest_first(mlflow_store):
+    from fmnist_tracking.registry import Ranking, runs_table
+
+    client, experiment_id = store.setup(mlflow_store)
+    _fake_sweep(client, experiment_id, "losses", [(16, 0.30, "FINISHED"), (32, 0.20, "FINISHED"),
+                                                  (64, 0.25, "FINISHED")])  # best_value here: a loss
+    table = runs_table(client, [experiment_id], sweep="losses", ranking=Ranking("val_loss", "minimize"))
+    rows = table.splitlines()[2:5]
+    assert [row.split()[2] for row in rows] == ["hidden_size=32", "hidden_size=64", "hidden_size=16"]
+    assert "val_loss (best epoch)" in table.splitlines()[0]
