@@ -1,5 +1,6 @@
-"""Getting models back out of MLflow: the runs table, the best checkpoint fetched and verified,
-the Model Registry champion, and the command line of the MLflow UI.
+"""Getting models back out of MLflow: the runs table, the best checkpoint fetched and verified (with
+what its sweep's paired tests say of it, verdicts.py), the Model Registry champion, and the command
+line of the MLflow UI.
 
 `fetch_best` trusts nothing it downloads: the checkpoint goes through
 `checkpoint.load_checkpoint` (weights_only=True), and its validation accuracy, recomputed
@@ -13,7 +14,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -34,6 +35,7 @@ from fmnist_tracking.store import (
     selection_metric,
     setup,
 )
+from fmnist_tracking.verdicts import tie_report
 
 REGISTERED_MODEL = "fmnist-mlp"
 CHAMPION_ALIAS = "champion"
@@ -138,6 +140,7 @@ class BestRun:
     recomputed_val_acc: float
     val_images: int
     registered: str | None = None  # "name version N (alias champion)" after --register
+    sweep_verdict: list[str] = field(default_factory=list)  # the pick against the rest of its sweep
 
     def describe(self) -> str:
         run, tags = self.run, self.run.data.tags
@@ -150,6 +153,7 @@ class BestRun:
                  "  params: " + ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))]
         if "sweep" in tags:
             lines.append(f"  sweep: {tags['sweep']} trial {tags.get('trial', '?')}")
+        lines += [f"  sweep verdict: {line}" for line in self.sweep_verdict]
         if self.registered:
             lines.append(f"  registered: {self.registered}")
         return "\n".join(lines)
@@ -183,7 +187,7 @@ def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sw
             raise TrackingError(f"the checkpoint of run {run.info.run_id} scores val_acc {recomputed:.4f} "
                                 f"on the validation split, but the run logged {logged:.4f}; not using it")
         os.replace(downloaded, out)
-    best = BestRun(run, key, out, logged, recomputed, images)
+    best = BestRun(run, key, out, logged, recomputed, images, sweep_verdict=tie_report(client, run))
     if register:
         version = register_champion(client, run)
         best.registered = f"{REGISTERED_MODEL} version {version.version} (alias {CHAMPION_ALIAS})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -277,3 +278,73 @@ def test_a_sweep_minimising_val_loss_ranks_lowest_first(mlflow_store):
     rows = table.splitlines()[2:5]
     assert [row.split()[2] for row in rows] == ["hidden_size=32", "hidden_size=64", "hidden_size=16"]
     assert "val_loss (best epoch)" in table.splitlines()[0]
+
+
+def _verdict(label: str, run_id: str, accuracy: float, verdict: str, p_adjusted: float | None,
+             seconds: float) -> dict:
+    """One entry of a sweep's sweep/verdicts.json, as sweeps/report.py writes it."""
+    return {"label": label, "params": {}, "trials": [0], "run_ids": [run_id], "seeds": [0],
+            "accuracy": accuracy, "interval": [accuracy - 0.006, accuracy + 0.006], "interval_kind": "Wilson",
+            "diff_images": None,
+            "p_value": p_adjusted, "p_adjusted": p_adjusted, "verdict": verdict,
+            "method": "" if verdict == "best" else "exact McNemar test", "cost_seconds_per_epoch": seconds,
+            "test_acc": accuracy - 0.005}
+
+
+def test_best_says_when_its_pick_is_a_statistical_tie_within_its_sweep(mlflow_store, small_real_splits,
+                                                                       tmp_path):
+    client, experiment_id = store.setup(mlflow_store)
+    parent = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="hidden_size-manual",
+                                     tags={"sweep": "hidden_size", "sweep_role": "parent"})
+    runs = {}
+    for hidden, lr in ((16, 0.05), (24, 0.002)):  # different lr: different validation accuracy
+        cfg = RunConfig(hidden_size=hidden, epochs=1, lr=lr, device="cpu")
+        result, run_id = run_log.train_tracked(
+            cfg, splits=small_real_splits, tracking_uri=mlflow_store, checkpoint=tmp_path / f"{hidden}.pt",
+            run_name=f"hidden_size={hidden}",
+            tags={"mlflow.parentRunId": parent.run_id, "sweep": "hidden_size", "sweep_role": "trial"})
+        runs[f"hidden_size={hidden}"] = (run_id, result.best_val_acc)
+    parent.end()
+    (best_label, (best_id, best_val)), (other_label, (other_id, other_val)) = sorted(
+        runs.items(), key=lambda item: -item[1][1])
+
+    result = invoke("best", "--sweep", "hidden_size", "--out", tmp_path / "best.pt")
+    assert result.exit_code == 0, result.output
+    assert f"Best run {best_id}" in result.stdout
+    assert "no paired evidence for this sweep; run `python cli.py report hidden_size`" in result.stdout
+
+    verdicts = [_verdict(best_label, best_id, best_val, "best", None, 3.0),
+                _verdict(other_label, other_id, other_val, "within noise", 0.8, 1.5)]
+    client.log_text(parent.run_id, json.dumps(verdicts), "sweep/verdicts.json")
+    result = invoke("best", "--sweep", "hidden_size", "--out", tmp_path / "best.pt")
+    assert result.exit_code == 0, result.output
+    assert (f"{best_label} (val {best_val:.4f}) is tied with {other_label} (p=0.80): within noise"
+            in result.stdout), result.stdout
+    assert f"the cheapest of them is {other_label} (1.5 s/epoch" in result.stdout
+
+
+def test_best_reports_the_sweeps_own_ranking_where_it_differs_from_the_pick(mlflow_store):
+    from fmnist_tracking.verdicts import tie_report
+
+    client, experiment_id = store.setup(mlflow_store)
+    made = _fake_sweep(client, experiment_id, "hidden_size",
+                       [(512, 0.9031, "FINISHED"), (1024, 0.9018, "FINISHED"), (128, 0.8921, "FINISHED")])
+    picked = client.get_run(made["hidden_size=512"])
+    # With seeds, the sweep ranks configurations by their mean: 1024 first, 512 (one lucky seed) within noise.
+    verdicts = [_verdict("hidden_size=1024", made["hidden_size=1024"], 0.9015, "best", None, 1.9),
+                _verdict("hidden_size=512", made["hidden_size=512"], 0.9001, "within noise", 0.31, 1.0),
+                _verdict("hidden_size=128", made["hidden_size=128"], 0.8921, "worse", 0.0001, 0.4)]
+    client.log_text(made["parent"], json.dumps(verdicts), "sweep/verdicts.json")
+    text = "\n".join(tie_report(client, picked))
+    assert "puts hidden_size=1024 first (val 0.9015)" in text
+    assert "this run's hidden_size=512 (val 0.9001) is within noise of it (p=0.31" in text
+    assert "the cheapest of them is hidden_size=512 (1 s/epoch" in text
+
+    client.log_text(made["parent"], json.dumps(verdicts[:1] + verdicts[2:]), "sweep/verdicts.json")
+    alone = tie_report(client, client.get_run(made["hidden_size=1024"]))
+    assert alone == ["hidden_size=1024 (val 0.9018) is the sweep's best and nothing else is within noise "
+                     "of it; the closest, hidden_size=128 (p<0.001), is worse (exact McNemar test; "
+                     "p Holm-adjusted)"]
+    lone_run = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="outside")
+    lone_run.end()
+    assert tie_report(client, client.get_run(lone_run.run_id)) == []
