@@ -1,91 +1,222 @@
-"""What a sweep's parent run holds: the figures that answer its question, Optuna's plots, a ranked table.
+"""A sweep's answer: which configuration won, by how much, whether that is noise, and what to use.
 
-Everything is computed from the Optuna study (params, states, per-epoch values, and the user
-attrs the runner stores: seed, test_acc, epoch_seconds, mlflow_run_id), so `python cli.py
-report NAME` can rebuild it at any time. A configuration is a trial's params without the seed;
-its seeds give a mean and a 95% interval (Student's t), and a configuration is "within noise"
-of the best when Welch's t-test cannot tell them apart at the 5% level (needs >= 2 seeds each).
-Seconds per epoch are wall time of the population a trial was trained in (column `population`).
+Everything is computed from the Optuna study, so `python cli.py report NAME` can rebuild it at any
+time. A configuration is a trial's params without the seed. Its COMPLETE seeds become an
+evidence.ConfigResult: per-image correctness vectors where the trials kept them (user attrs
+`val_correct`, `n_val`), otherwise per-seed validation accuracies (studies run before the vectors were
+kept: seed intervals and Welch's t-test only, and the conclusion says so). evidence.compare_to_best
+ranks them and tests each against the best; evidence.conclusion puts it into words.
+
+The answer goes to the terminal (`answer`), to the parent run's `sweep/summary.md`, `summary.csv`
+and `verdicts.json` (read by `cli.py best`), and to the parent's run note (the tag
+`mlflow.note.content`, shown on the run's Overview page in the MLflow UI). Figures are in
+sweep_figures.py (accuracy, curves, time, Optuna) and why_figures.py (the diagnostics behind the
+outcome). Test accuracy is reported beside, never used to choose.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
+import json
 import math
-import warnings
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 
 import click
+import numpy as np
 import optuna
-from matplotlib.figure import Figure
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
-from scipy import stats
 
-from fmnist_core.config import ConfigError
+from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
 from fmnist_tracking import store
+from sweeps import evidence, sweep_figures, why_figures
 from sweeps.definitions import load_definition
+from sweeps.report_text import ARTIFACT_DIR, answer, ranked_table, run_note, summary_csv, verdict_records
 from sweeps.study import PARENT_ATTR, StudyPlan, default_storage, load_study, plan_studies
 
-ARTIFACT_DIR = "sweep"
-CONFIDENCE = 0.95
+__all__ = ["ARTIFACT_DIR", "ConfigRow", "Summary", "answer", "build_report", "config_key", "parameter_count",
+           "ranked_table", "rebuild_reports", "summarise", "summary_csv", "verdict_records"]
+
+NOTE_TAG = "mlflow.note.content"  # the run's description on its Overview page in the MLflow UI
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConfigRow:
-    """One configuration (params without the seed) over its COMPLETE seeds."""
+    """One configuration (params without the seed) over its COMPLETE seeds, and its verdict."""
 
     params: dict
-    trials: list[FrozenTrial]
-    value: tuple[float, float]  # mean, 95% half-width of the objective (best epoch's value)
-    test_acc: tuple[float, float]
-    epoch_seconds: tuple[float, float]
-    vs_best: str = "n/a"  # best | within noise | worse | n/a (fewer than 2 seeds)
+    config: RunConfig  # the base with these params applied: what the trials trained
+    trials: tuple[FrozenTrial, ...]
+    verdict: evidence.Verdict
+    seconds_per_epoch: float  # mean over seeds; wall time of the population each trial was trained in
+    vectors_kept: bool  # per-image validation correctness known for every seed
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items()) or "base"
+        return self.verdict.label
+
+    @property
+    def vs_best(self) -> str:
+        return self.verdict.verdict
+
+    @property
+    def parameters(self) -> int:
+        return parameter_count(self.config.hidden_size)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Summary:
     study_name: str
-    metric: str
-    rows: list[ConfigRow]  # ranked, best first
-    counts: dict[str, int] = field(default_factory=dict)  # trial state name -> number of trials
-    best_trial: FrozenTrial | None = None
+    question: str  # the sweep's description
+    metric: str  # the objective Optuna optimised
+    rows: list[ConfigRow]  # ranked by validation accuracy, best first
+    counts: dict[str, int]  # trial state name -> number of trials
+    best_trial: FrozenTrial | None  # the best configuration's best seed
+    failed: list[FrozenTrial]  # FAIL trials (diverged, refused configurations): not ranked
+    cost_name: str  # what the conclusion's "cheapest" is measured in
+    conclusion: str
+
+    def failed_by_label(self) -> dict[str, list[FrozenTrial]]:
+        """FAIL trials grouped by configuration label."""
+        groups: dict[str, list[FrozenTrial]] = {}
+        for trial in self.failed:
+            groups.setdefault(label_of(dict(config_key(trial))), []).append(trial)
+        return groups
 
 
-def mean_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval (NaN with fewer than 2 values)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+def parameter_count(hidden_size: int) -> int:
+    """Weights and biases of the one-hidden-layer MLP: input -> hidden -> classes."""
+    return INPUT_SIZE * hidden_size + hidden_size + NUM_CLASSES * hidden_size + NUM_CLASSES
 
 
-def within_noise(best: list[float], other: list[float]) -> bool | None:
-    """Welch's t-test at 5%: True when the difference could be noise; None without 2 seeds each."""
-    if len(best) < 2 or len(other) < 2:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "precision loss" when the seeds agree exactly
-        p_value = stats.ttest_ind(best, other, equal_var=False).pvalue
-    if math.isnan(p_value):  # no spread at all: noise cannot explain a difference
-        return sum(best) / len(best) == sum(other) / len(other)
-    return bool(p_value >= 1 - CONFIDENCE)
+def config_key(trial: FrozenTrial) -> tuple:
+    return tuple((k, v) for k, v in trial.params.items() if k != "seed")
+
+
+def label_of(params: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "base"
+
+
+def config_of(plan: StudyPlan, params: dict) -> RunConfig:
+    """The RunConfig a trial with `params` trained (bundle labels expanded), as runner.suggest_config."""
+    overrides = {}
+    for param in plan.definition.space:
+        if param.name in params:
+            overrides.update(param.overrides(params[param.name]))
+    try:
+        return plan.base.replace(overrides, source="stored trial")
+    except ConfigError:  # a space edited since (settings mismatch is refused on resume): best effort
+        return plan.base
+
+
+def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
+    """Group COMPLETE trials by configuration, compare every configuration with the best, say it in words."""
+    trials = study.get_trials(deepcopy=False)
+    groups: dict[tuple, list[FrozenTrial]] = {}
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            groups.setdefault(config_key(trial), []).append(trial)
+    configs = {key: config_of(plan, dict(key)) for key in groups}
+    seconds = {key: float(np.mean([t.user_attrs.get("epoch_seconds", math.nan) for t in members]))
+               for key, members in groups.items()}
+    costs, cost_name = _costs(configs, seconds)
+    results = {key: _evidence(label_of(dict(key)), members, costs[key], plan.definition.metric)
+               for key, members in groups.items()}
+    verdicts = evidence.compare_to_best(list(results.values()))
+    key_of = {results[key].label: key for key in groups}
+    rows = [ConfigRow(dict(key_of[v.label]), configs[key_of[v.label]], tuple(groups[key_of[v.label]]), v,
+                      seconds[key_of[v.label]], bool(results[key_of[v.label]].correct)) for v in verdicts]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    best_trial = None
+    if rows:
+        sign = 1 if plan.definition.direction == "maximize" else -1
+        best_trial = max(rows[0].trials, key=lambda t: sign * t.value)
+    metric_name = "validation accuracy" if plan.definition.metric == "val_acc" else \
+        f"validation accuracy (at the epochs {plan.definition.metric} selected)"
+    summary = Summary(plan.study_name, plan.definition.description, plan.definition.metric, rows,
+                      dict(Counter(t.state.name for t in trials)), best_trial, failed, cost_name, "")
+    text = evidence.conclusion(verdicts, plan.definition.description, metric_name, cost_name)
+    return dataclasses.replace(summary, conclusion=" ".join([text, *_failures(summary),
+                                                             *_missing_vectors(rows)]))
+
+
+def _evidence(label: str, members: list[FrozenTrial], cost: float, metric: str) -> evidence.ConfigResult:
+    """Per-image vectors when every seed kept one, else per-seed validation accuracies."""
+    tests = [t.user_attrs.get("test_acc") for t in members]
+    test_acc = float(np.mean(tests)) if all(v is not None for v in tests) else None
+    if all("val_correct" in t.user_attrs and "n_val" in t.user_attrs for t in members):
+        vectors = [evidence.unpack_correct(t.user_attrs["val_correct"], int(t.user_attrs["n_val"]))
+                   for t in members]
+        return evidence.ConfigResult(label, correct=vectors, cost=cost, test_acc=test_acc)
+    accuracies = [t.user_attrs.get("best_val_acc", t.value if metric == "val_acc" else math.nan)
+                  for t in members]
+    return evidence.ConfigResult(label, accuracies=accuracies, cost=cost, test_acc=test_acc)
+
+
+def _costs(configs: dict[tuple, RunConfig], seconds: dict[tuple, float]) -> tuple[dict[tuple, float], str]:
+    """What "cheapest" means here. Parameter count where it differs between configurations: it is exact,
+    while seconds per epoch wobble with the machine's load and are shared by a population's members.
+    Else seconds per epoch where they differ; else nothing (all cost the same: no cheapest to name)."""
+    parameters = {key: float(parameter_count(config.hidden_size)) for key, config in configs.items()}
+    if len(set(parameters.values())) > 1:
+        return parameters, "parameters"
+    finite = {value for value in seconds.values() if not math.isnan(value)}
+    if len(finite) > 1:
+        return seconds, "s/epoch"
+    return {key: math.nan for key in configs}, "s/epoch"
+
+
+def _failures(summary: Summary) -> list[str]:
+    """A sentence naming the configurations whose trials failed (diverged), which are not ranked."""
+    described = [f"{label} ({len(trials)} trial{'s' if len(trials) > 1 else ''}: "
+                 f"{trials[0].user_attrs.get('failure', 'no reason recorded')})"
+                 for label, trials in summary.failed_by_label().items()]
+    return [f"Failed, so not ranked: {'; '.join(described)}."] if described else []
+
+
+def _missing_vectors(rows: list[ConfigRow]) -> list[str]:
+    missing = [row for row in rows if not row.vectors_kept]
+    if not missing:
+        return []
+    which = "This study's trials" if len(missing) == len(rows) else \
+        f"{len(missing)} of the {len(rows)} configurations"
+    return [f"{which} kept no per-image validation results (trained before they were recorded), so only "
+            "seed accuracies are compared: intervals and Welch's t-test over seeds where there are >= 2, "
+            "and with one seed nothing measures the noise."]
+
+
+def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str) -> Summary:
+    """Summarise the study; log figures, tables, verdicts, the run note and best-trial tags to the parent."""
+    summary = summarise(study, plan)
+    figures = sweep_figures.figures(plan, summary) + why_figures.figures(plan, summary) + \
+        sweep_figures.optuna_figures(study, plan)
+    for name, figure in figures:
+        client.log_figure(run_id, figure, f"{ARTIFACT_DIR}/{name}.png", save_kwargs={"bbox_inches": "tight"})
+        sweep_figures.close(figure)
+    client.log_text(run_id, summary_csv(summary), f"{ARTIFACT_DIR}/summary.csv")
+    client.log_text(run_id, answer(summary, limit=None) + "\n", f"{ARTIFACT_DIR}/summary.md")
+    client.log_text(run_id, json.dumps(verdict_records(summary), indent=1) + "\n",
+                    f"{ARTIFACT_DIR}/verdicts.json")
+    for state, count in summary.counts.items():
+        client.log_metric(run_id, f"trials_{state.lower()}", count)
+    tags = {NOTE_TAG: run_note(summary)}
+    if summary.best_trial is not None:
+        best = summary.best_trial
+        client.log_metric(run_id, f"best_{plan.definition.metric}", best.value)
+        tags.update({"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id"),
+                     "best_checkpoint": best.user_attrs.get("checkpoint"),
+                     "best_params": ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())})
+    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # race-safe
+    return summary
 
 
 def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None,
                     tracking_uri: str | None = None,
                     experiment: str = store.DEFAULT_EXPERIMENT) -> list[Summary]:
-    """`python cli.py report NAME`: the parent runs' figures and tables, made again from the studies."""
+    """`python cli.py report NAME`: the parent runs' answer, figures and tables, made again from the study."""
     plans = plan_studies(load_definition(name), impl=impl)
     storage = storage or default_storage(tracking_uri)
     client, _ = store.setup(tracking_uri, experiment, create=False)
@@ -100,214 +231,9 @@ def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None
                               "MLflow store; pass the --tracking-uri and --experiment of the sweep") from None
         summaries.append(build_report(study, plan, client, parent_id))
         click.echo(f"Report of {plan.study_name} logged to MLflow run {parent_id}")
-        click.echo(ranked_table(summaries[-1]))
+        click.echo(answer(summaries[-1]))
     return summaries
-
-
-def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
-    trials = study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for trial in trials:
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    groups: dict[tuple, list[FrozenTrial]] = {}
-    for trial in trials:
-        if trial.state == TrialState.COMPLETE:
-            groups.setdefault(config_key(trial), []).append(trial)
-    maximize = plan.definition.direction == "maximize"
-    def attr(members: list[FrozenTrial], key: str) -> tuple[float, float]:
-        return mean_interval([t.user_attrs.get(key, math.nan) for t in members])
-
-    rows = [ConfigRow(params=dict(key), trials=members, value=mean_interval([t.value for t in members]),
-                      test_acc=attr(members, "test_acc"), epoch_seconds=attr(members, "epoch_seconds"))
-            for key, members in groups.items()]
-    rows.sort(key=lambda row: -row.value[0] if maximize else row.value[0])
-    if rows:
-        best_values = [t.value for t in rows[0].trials]
-        rows[0].vs_best = "best"
-        for row in rows[1:]:
-            verdict = within_noise(best_values, [t.value for t in row.trials])
-            row.vs_best = "n/a" if verdict is None else "within noise" if verdict else "worse"
-    best = max(rows[0].trials, key=lambda t: t.value if maximize else -t.value) if rows else None
-    return Summary(plan.study_name, plan.definition.metric, rows, counts, best)
-
-
-def config_key(trial: FrozenTrial) -> tuple:
-    return tuple((k, v) for k, v in trial.params.items() if k != "seed")
-
-
-def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str) -> Summary:
-    """Summarise the study and log figures, tables and best-trial tags to the parent run."""
-    summary = summarise(study, plan)
-    figures = question_figures(study, plan, summary) + optuna_figures(study, plan)
-    for name, figure in figures:
-        client.log_figure(run_id, figure, f"{ARTIFACT_DIR}/{name}.png", save_kwargs={"bbox_inches": "tight"})
-        _close(figure)
-    client.log_text(run_id, summary_csv(summary), f"{ARTIFACT_DIR}/summary.csv")
-    client.log_text(run_id, ranked_table(summary, limit=None), f"{ARTIFACT_DIR}/summary.md")
-    for state, count in summary.counts.items():
-        client.log_metric(run_id, f"trials_{state.lower()}", count)
-    if summary.best_trial is not None:
-        best = summary.best_trial
-        client.log_metric(run_id, f"best_{plan.definition.metric}", best.value)
-        tags = {"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id"),
-                "best_checkpoint": best.user_attrs.get("checkpoint"),
-                "best_params": ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())}
-        client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # race-safe
-    return summary
-
-
-def summary_csv(summary: Summary) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["rank", "configuration", "seeds", f"{summary.metric}_mean", f"{summary.metric}_ci95",
-                     "test_acc_mean", "test_acc_ci95", "epoch_seconds_mean", "population", "vs_best",
-                     "trials", "run_ids"])
-    for rank, row in enumerate(summary.rows, 1):
-        population = max(t.user_attrs.get("population", 1) for t in row.trials)
-        writer.writerow([rank, row.label, len(row.trials), *row.value, *row.test_acc, row.epoch_seconds[0],
-                         population, row.vs_best, " ".join(str(t.number) for t in row.trials),
-                         " ".join(t.user_attrs.get("mlflow_run_id", "") for t in row.trials)])
-    return out.getvalue()
-
-
-def ranked_table(summary: Summary, limit: int | None = 15) -> str:
-    """Markdown: configurations ranked by mean objective, with 95% intervals over seeds."""
-    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.counts.items()))
-    lines = [f"### {summary.study_name}: ranked by mean {summary.metric} over seeds",
-             f"Trials: {counts or 'none'}", "",
-             f"| rank | configuration | seeds | {summary.metric} | test_acc | s/epoch | vs best |",
-             "|---:|---|---:|---|---|---:|---|"]
-    for rank, row in enumerate(summary.rows[:limit], 1):
-        lines.append(f"| {rank} | {row.label} | {len(row.trials)} | {_pm(row.value)} | {_pm(row.test_acc)} "
-                     f"| {row.epoch_seconds[0]:.2f} | {row.vs_best} |")
-    if limit is not None and len(summary.rows) > limit:
-        more = len(summary.rows) - limit
-        lines.append(f"\n... and {more} more in the parent run's {ARTIFACT_DIR}/summary.md")
-    if summary.best_trial is not None:
-        best = summary.best_trial
-        lines.append(f"\nBest trial {best.number}: {summary.metric} {best.value:.4f}, "
-                     f"test_acc {best.user_attrs.get('test_acc', math.nan):.4f}, "
-                     f"run {best.user_attrs.get('mlflow_run_id')}")
-    return "\n".join(lines)
-
-
-def question_figures(study: optuna.Study, plan: StudyPlan, summary: Summary) -> list[tuple[str, Figure]]:
-    """Validation curves per configuration and, with a plot axis, accuracy and time vs that parameter."""
-    metric = plan.definition.metric
-    error = metric == "val_acc"  # plot the validation error, where differences are easier to see
-    x = plan.definition.plot_x
-    order = {value: i for p in plan.definition.space if p.name == x for i, value in enumerate(p.choices)}
-
-    def along_x(row: ConfigRow):
-        return order.get(row.params.get(x), len(order)), _sort_key(row.params.get(x, 0))
-
-    rows = sorted(summary.rows, key=along_x) if x else summary.rows
-    curves = Figure(figsize=(7, 4.5), layout="constrained")
-    axes = curves.subplots()
-    for index, row in enumerate(rows):
-        color = _color(index, len(rows))
-        for number, trial in enumerate(row.trials):
-            steps = sorted(trial.intermediate_values)
-            values = [trial.intermediate_values[s] for s in steps]
-            axes.plot(steps, [1 - v for v in values] if error else values, color=color, alpha=0.8,
-                      label=(row.label if x else f"trial {trial.number}") if number == 0 and len(rows) <= 12
-                      else None)
-    axes.set(xlabel="epoch", ylabel="validation error" if error else metric,
-             title=f"{plan.study_name}: {'validation error' if error else metric} per epoch")
-    axes.grid(alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize="small")
-    figures = [("validation_curves", curves)]
-    rows = [r for r in rows if x in r.params] if x else []
-    if not rows:
-        return figures
-    labels = [_fmt(r.params[x]) for r in rows]
-    numeric = all(isinstance(r.params[x], (int, float)) and not isinstance(r.params[x], bool) for r in rows)
-    positions = [r.params[x] for r in rows] if numeric else list(range(len(rows)))
-    accuracy = Figure(figsize=(7, 4.5), layout="constrained")
-    axes = accuracy.subplots()
-    series = ((f"validation ({metric}, best epoch)", lambda r: r.value), ("test", lambda r: r.test_acc))
-    for name, pick in series:
-        means = [pick(r)[0] for r in rows]
-        halves = [0 if math.isnan(pick(r)[1]) else pick(r)[1] for r in rows]
-        axes.errorbar(positions, means, yerr=halves, marker="o", capsize=4, label=name)
-    _x_axis(axes, x, positions, labels, numeric, plan.definition.plot_log_x)
-    axes.set(ylabel="accuracy" if metric == "val_acc" else metric,
-             title=f"{plan.study_name}: accuracy vs {x}\n(mean and 95% interval over seeds)")
-    axes.legend()
-    seconds = Figure(figsize=(7, 4.5), layout="constrained")
-    axes = seconds.subplots()
-    axes.errorbar(positions, [r.epoch_seconds[0] for r in rows], marker="o", capsize=4,
-                  yerr=[0 if math.isnan(r.epoch_seconds[1]) else r.epoch_seconds[1] for r in rows])
-    _x_axis(axes, x, positions, labels, numeric, plan.definition.plot_log_x)
-    axes.set(ylabel="seconds per epoch", title=f"{plan.study_name}: training time per epoch vs {x}")
-    return figures + [(f"accuracy_vs_{x}", accuracy), (f"epoch_seconds_vs_{x}", seconds)]
-
-
-def optuna_figures(study: optuna.Study, plan: StudyPlan) -> list[tuple[str, Figure]]:
-    """Optuna's own plots, where they have something to show (matplotlib backend)."""
-    from optuna.visualization import matplotlib as optuna_plots
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    params = [p.name for p in plan.definition.space]  # the seed is not a hyperparameter
-    metric = plan.definition.metric
-    wanted = []
-    if complete:
-        wanted.append(("optuna_optimization_history",
-                       lambda: optuna_plots.plot_optimization_history(study, target_name=metric)))
-    varied = [p for p in params if len({repr(t.params.get(p)) for t in complete}) > 1]
-    if len(complete) >= 2 and len(varied) >= 2:  # with one parameter these say no more than the table
-        wanted.append(("optuna_parallel_coordinate", lambda: optuna_plots.plot_parallel_coordinate(
-            study, params=varied, target_name=metric)))
-        wanted.append(("optuna_param_importances",
-                       lambda: optuna_plots.plot_param_importances(study, params=varied, target_name=metric)))
-    figures = []
-    for name, draw in wanted:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "experimental" notices of the matplotlib backend
-            try:
-                axes = draw()
-            except (ValueError, RuntimeError, ZeroDivisionError) as error:  # too few distinct trials
-                click.echo(f"note: skipped {name}: {error}", err=True)
-                continue
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(11, 6)
-        figures.append((name, figure))
-    return figures
-
-
-def _x_axis(axes, name: str, positions, labels, numeric: bool, log: bool) -> None:
-    if numeric and log:
-        axes.set_xscale("log", base=2 if all(float(p).is_integer() for p in positions) else 10)
-    axes.set_xticks(positions, labels, rotation=30 if not numeric else 0)
-    axes.minorticks_off()
-    axes.set_xlabel(name)
-    axes.grid(alpha=0.3)
-
-
-def _close(figure: Figure) -> None:
-    """Optuna draws with pyplot, which keeps its figures alive until closed."""
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-
-
-def _color(index: int, count: int):
-    from matplotlib import colormaps
-
-    return colormaps["viridis"](index / max(1, count - 1) * 0.9)
-
-
-def _pm(pair: tuple[float, float]) -> str:
-    mean, half = pair
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.4f}" if math.isnan(half) else f"{mean:.4f} ± {half:.4f}"
 
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _sort_key(value):
-    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))

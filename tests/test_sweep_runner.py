@@ -6,7 +6,6 @@ it through `run_sweep(..., splits=...)`, then checks the study and the MLflow ru
 
 import csv
 import io
-import math
 import textwrap
 
 import optuna
@@ -15,7 +14,7 @@ from optuna.trial import TrialState
 
 from fmnist_core import trainer
 from fmnist_tracking import run_log, store
-from sweeps import report, runner
+from sweeps import evidence, report, runner
 from sweeps.definitions import DefinitionError
 from sweeps.study import StudyError
 
@@ -84,11 +83,13 @@ def test_grid_sweep_gives_a_parent_and_a_finished_child_per_point(tmp_path, stor
     study = study_of(stores, "tiny-manual")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert sorted(len(t.intermediate_values) for t in study.trials) == [2, 2]
-    # the parent holds the question's figures, Optuna's history and the ranked tables
+    # the parent holds the question's figures, the ranked tables and the verdicts; no Optuna history
+    # for a grid (its trial order says nothing)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/validation_curves.png", "sweep/accuracy_vs_hidden_size.png",
-            "sweep/epoch_seconds_vs_hidden_size.png", "sweep/optuna_optimization_history.png",
-            "sweep/summary.csv", "sweep/summary.md"} <= artifacts
+            "sweep/epoch_seconds_vs_hidden_size.png", "sweep/summary.csv", "sweep/summary.md",
+            "sweep/verdicts.json"} <= artifacts
+    assert "sweep/optuna_optimization_history.png" not in artifacts
     # ... and names the best trial, which is what `best --sweep` finds
     best = store.find_best_run(client, [parent.info.experiment_id], sweep="tiny")
     assert parent.data.tags["best_run_id"] == best.info.run_id
@@ -207,13 +208,13 @@ def test_population_training_matches_one_by_one_and_gives_seed_statistics(tmp_pa
         for epoch, value in alone.intermediate_values.items():
             assert together.intermediate_values[epoch] == pytest.approx(value, abs=1e-6)
         assert together.user_attrs["test_acc"] == pytest.approx(alone.user_attrs["test_acc"], abs=1e-6)
-    # configurations are grouped over their seeds: mean and a 95% t-interval
+    # configurations are grouped over their seeds: mean and a 95% t-interval over seeds
     assert [len(row.trials) for row in summary.rows] == [2, 2]
     values = [t.value for t in summary.rows[0].trials]
-    mean, half = report.mean_interval(values)
-    assert summary.rows[0].value == (mean, half) and mean == pytest.approx(sum(values) / 2)
+    assert summary.rows[0].verdict.accuracy == pytest.approx(sum(values) / 2)
+    assert summary.rows[0].verdict.interval == pytest.approx(evidence.t_interval(values))
     assert summary.rows[0].vs_best == "best" and summary.rows[1].vs_best in ("within noise", "worse")
-    assert "| 1 |" in report.ranked_table(summary) and "±" in report.ranked_table(summary)
+    assert "| 1 |" in report.ranked_table(summary) and "95% t over seeds" in report.ranked_table(summary)
     rows = list(csv.DictReader(io.StringIO(report.summary_csv(summary))))
     assert [(r["rank"], r["seeds"], r["population"]) for r in rows] == [("1", "2", "4"), ("2", "2", "4")]
 
@@ -242,15 +243,6 @@ def test_tpe_repeats_each_sampled_configuration_over_the_seeds(tmp_path, stores,
     assert {t.params["weight_decay"] for t in trials} == {0.0, 0.001}  # seed 3 draws both: plots below
     assert count_training == [4]  # same shape: both configurations and their repeats in one population
     assert [len(row.trials) for row in summary.rows] == [2, 2]
-
-
-def test_mean_interval_and_noise_verdicts():
-    mean, half = report.mean_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) = 4.3027
-    assert math.isnan(report.mean_interval([0.9])[1])
-    assert report.within_noise([0.90, 0.91, 0.89], [0.895, 0.905, 0.90]) is True
-    assert report.within_noise([0.90, 0.901, 0.899], [0.80, 0.801, 0.799]) is False
-    assert report.within_noise([0.9], [0.8, 0.81]) is None
 
 
 def test_a_malformed_definition_fails_before_anything_is_created(tmp_path, stores, tiny_splits,

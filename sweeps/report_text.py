@@ -1,0 +1,149 @@
+"""A sweep's answer as text: the ranked table, the conclusion, summary.csv, verdicts.json and the run note.
+
+One ranked table (markdown) serves the terminal, `sweep/summary.md` and the parent run's note in the
+MLflow UI; the conclusion is report.summarise's, word for word, in all three. Each accuracy carries
+its 95% interval and the header says which kind: across seeds (Student's t) with >= 2 seeds, else
+Wilson over the validation images (one seed: seed-to-seed training noise is not in it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import textwrap
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sweeps.report import ConfigRow, Summary
+
+ARTIFACT_DIR = "sweep"
+TERMINAL_ROWS = 15  # rows printed in the terminal; summary.md has them all
+NOTE_LIMIT = 8000  # characters: MLflow's limit on a tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
+INTERVAL_KINDS = {"t over seeds": "95% t over seeds", "Wilson": "95% Wilson over images",
+                  "none": "no interval: one seed, no per-image results"}
+
+
+def answer(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
+    """What `cli.py sweep` and `cli.py report` print, and summary.md holds: the table, then the conclusion."""
+    return f"{ranked_table(summary, limit)}\n\n{conclusion_paragraph(summary)}"
+
+
+def run_note(summary: Summary) -> str:
+    """The parent run's note (markdown): the conclusion first, where the Overview page shows it, then the
+    table, with as many rows as MLflow's limit on a tag value allows."""
+    head = f"{conclusion_paragraph(summary)}\n\n"
+    for limit in (None, TERMINAL_ROWS, 5, 1, 0):
+        note = head + ranked_table(summary, limit)
+        if len(note) <= NOTE_LIMIT:
+            return note
+    return head[:NOTE_LIMIT]
+
+
+def conclusion_paragraph(summary: Summary) -> str:
+    return "**Conclusion.** " + textwrap.fill(summary.conclusion, width=100, break_on_hyphens=False)
+
+
+def ranked_table(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
+    """Markdown: configurations ranked by mean validation accuracy, with intervals, verdicts and p-values."""
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.counts.items()))
+    kinds = sorted({row.verdict.interval_kind for row in summary.rows})
+    header = INTERVAL_KINDS[kinds[0]] if len(kinds) == 1 else "95%; (t) over seeds, (W) Wilson over images"
+    show_parameters = len({row.parameters for row in summary.rows}) > 1
+    objective = [] if summary.metric == "val_acc" else [summary.metric]
+    columns = ["rank", "configuration", "seeds", f"val_acc [{header}]", *objective, "vs best",
+               "difference", "p (Holm)", "test_acc", *(["parameters"] if show_parameters else []), "s/epoch"]
+    lines = [f"### {summary.study_name}: ranked by mean val_acc at the selected epoch",
+             f"Trials: {counts or 'none'}", "", "| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if c in ("configuration", "vs best") else "---:" for c in columns) + "|"]
+    for rank, row in enumerate(summary.rows[:limit], 1):
+        cells = [str(rank), row.label, str(len(row.trials)), _accuracy(row, len(kinds) > 1),
+                 *[_number(float(np.mean([t.value for t in row.trials]))) for _ in objective], row.vs_best,
+                 _difference(row), _p(row.verdict.p_adjusted), _number(_test_acc(row)),
+                 *([f"{row.parameters:,}"] if show_parameters else []), _number(row.seconds_per_epoch, 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if limit is not None and len(summary.rows) > limit:
+        more = len(summary.rows) - limit
+        lines.append(f"\n... and {more} more in the parent run's {ARTIFACT_DIR}/summary.md")
+    if summary.best_trial is not None:
+        best = summary.best_trial
+        lines.append(f"\nBest trial {best.number} (the best configuration's best seed): {summary.metric} "
+                     f"{best.value:.4f}, test_acc {best.user_attrs.get('test_acc', math.nan):.4f}, "
+                     f"run {best.user_attrs.get('mlflow_run_id')}")
+    return "\n".join(lines)
+
+
+def summary_csv(summary: Summary) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["rank", "configuration", "seeds", "val_acc_mean", "val_acc_low95", "val_acc_high95",
+                     "interval_kind", "vs_best", "difference_images", "p_adjusted", "test_acc_mean",
+                     "parameters", "epoch_seconds_mean", "population", "trials", "run_ids"])
+    for rank, row in enumerate(summary.rows, 1):
+        verdict = row.verdict
+        population = max(t.user_attrs.get("population", 1) for t in row.trials)
+        writer.writerow([rank, row.label, len(row.trials), verdict.accuracy, *verdict.interval,
+                         verdict.interval_kind, verdict.verdict, _blank(verdict.difference_images),
+                         _blank(verdict.p_adjusted), _blank(_test_acc(row)), row.parameters,
+                         row.seconds_per_epoch, population, " ".join(str(t.number) for t in row.trials),
+                         " ".join(t.user_attrs.get("mlflow_run_id", "") for t in row.trials)])
+    return out.getvalue()
+
+
+def verdict_records(summary: Summary) -> list[dict]:
+    """sweep/verdicts.json, best first; `cli.py best` reads it (keep the key names). NaN becomes null."""
+    records = []
+    for row in summary.rows:
+        verdict = row.verdict
+        records.append({
+            "label": row.label, "params": row.params, "trials": [t.number for t in row.trials],
+            "run_ids": [t.user_attrs.get("mlflow_run_id") for t in row.trials],
+            "seeds": [t.user_attrs.get("seed", t.params.get("seed")) for t in row.trials],
+            "accuracy": verdict.accuracy, "interval": [_null(v) for v in verdict.interval],
+            "interval_kind": verdict.interval_kind, "diff_images": verdict.difference_images,
+            "p_value": verdict.p_value, "p_adjusted": verdict.p_adjusted, "verdict": verdict.verdict,
+            "method": verdict.method, "cost_seconds_per_epoch": _null(row.seconds_per_epoch),
+            "test_acc": verdict.test_acc})
+    return records
+
+
+def _accuracy(row: ConfigRow, mixed: bool) -> str:
+    verdict = row.verdict
+    low, high = verdict.interval
+    if verdict.interval_kind == "none":
+        return f"{verdict.accuracy:.4f}"
+    mark = {"t over seeds": " (t)", "Wilson": " (W)"}[verdict.interval_kind] if mixed else ""
+    return f"{verdict.accuracy:.4f} [{low:.4f}, {high:.4f}]{mark}"
+
+
+def _difference(row: ConfigRow) -> str:
+    verdict = row.verdict
+    if verdict.verdict == "best":
+        return ""
+    images = verdict.difference_images
+    if images is None:
+        return f"{verdict.difference:+.4f}"
+    shown = f"{images:+.0f}" if len(row.trials) == 1 else f"{images:+.1f}"
+    return f"{verdict.difference:+.4f} ({shown} images)"
+
+
+def _test_acc(row: ConfigRow) -> float:
+    return math.nan if row.verdict.test_acc is None else row.verdict.test_acc
+
+
+def _p(value: float | None) -> str:
+    return "" if value is None else "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _number(value: float, digits: int = 4) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _null(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+def _blank(value: float | None):
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
