@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data browser sweep train test lint bench ui
+.PHONY: setup data browser sweep train test test-fast lint bench ui
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ train: setup
 
 test: setup browser
 	$(PY) -m pytest -q
+
+# The unit layer: no stores, processes or browser (see README, Development).
+test-fast: setup
+	$(PY) -m pytest -q -m unit
 
 lint: setup
 	$(VENV)/bin/ruff check .

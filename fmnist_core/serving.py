@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmnist_core.checkpoint import INPUT_SIZE, NUM_CLASSES, Checkpoint, CheckpointError, load_checkpoint
-from fmnist_core.data import DataError, load_splits
+from fmnist_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from fmnist_core.data import IMAGE_SIDE, INPUT_SIZE, NUM_CLASSES, DataError, load_splits
+from fmnist_core.learner import EVAL_CHUNK
 from fmnist_core.metrics import loss_and_correct
 
-IMAGE_SIDE = 28  # pixels
-EVAL_CHUNK = 5000  # samples per forward pass
 # Same functions and constants as fmnist_core.mlp_torch.ACTIVATIONS, as modules.
 ACTIVATION_MODULES = {
     "relu": nn.ReLU,

@@ -11,15 +11,19 @@ Status: a run ends FINISHED, FAILED (with a `failure_reason` tag, e.g. divergenc
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from fmnist_core import data as fdata
 from fmnist_core import serving
@@ -32,10 +36,12 @@ from fmnist_tracking.store import DEFAULT_EXPERIMENT, device_name, git_state, se
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                  "samples_per_second", "grad_norm", "clip_fraction", "dead_relu_fraction")
-FINAL_METRICS = ("test_loss", "test_acc", "best_epoch", "best_val_acc")
+# best_val_acc and best_value (the objective at the best epoch) exist only with a validation split
+FINAL_METRICS = ("test_loss", "test_acc", "best_epoch", "best_val_acc", "best_value")
 CHECKPOINT_ARTIFACT = "checkpoint.pt"
 MODEL_NAME = "model"  # the MLflow model inside each run: runs:/<run_id>/model
 FAILURE_TAG = "failure_reason"
+SYSTEM_METRICS_SECONDS = 5.0  # between samples of a sweep's system metrics
 _TAG_LIMIT = 5000  # characters kept of a failure reason (MLflow caps tag values at 8000)
 
 
@@ -50,7 +56,10 @@ class RunLogger:
 
     @classmethod
     def start(cls, client: MlflowClient, experiment_id: str, cfg: RunConfig, *, run_name: str | None = None,
-              tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> RunLogger:
+              tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+              params: dict[str, object] | None = None, dataset: fdata.Splits | None = None) -> RunLogger:
+        """A new run of `cfg`: its params (`params` instead, e.g. a sweep's description of what it
+        varies), tags naming the code and device, and `dataset` as the run's MLflow dataset input."""
         device = resolve_device(cfg.device)  # an unavailable device fails here, before a run exists
         commit, dirty = git_state()
         all_tags = {"implementation": cfg.impl, "device": str(device), "device_name": device_name(device),
@@ -67,7 +76,10 @@ class RunLogger:
             # these two lines would leave a run nobody closes.
             run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
             logger = cls(client, run.info.run_id, experiment_id)
-            client.log_batch(logger.run_id, params=[Param(k, str(v)) for k, v in cfg.as_dict().items()])
+            params = cfg.as_dict() if params is None else params
+            client.log_batch(logger.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            if dataset is not None:
+                client.log_inputs(logger.run_id, datasets=[dataset_input(dataset)])
         except BaseException as error:
             if logger is not None:  # the run exists: close it with the reason
                 logger.__exit__(type(error), error, error.__traceback__)
@@ -159,7 +171,7 @@ def train_tracked(cfg: RunConfig, *, data_dir=None, tracking_uri: str | None = N
         splits = fdata.load_splits(data_dir, val_size=cfg.val_size, seed=SPLIT_SEED, device=device)
     with handle_sigterm():
         with signals_deferred():  # the run made and `run` bound, or neither: every run made gets closed
-            run = RunLogger.start(client, experiment_id, cfg, run_name=run_name,
+            run = RunLogger.start(client, experiment_id, cfg, run_name=run_name, dataset=splits,
                                   tags={"dataset_digest": splits.digest, **(tags or {})})
         with run:
             click.echo(f"MLflow run {run.run_id} in experiment {experiment!r} ({client.tracking_uri})")
@@ -167,6 +179,32 @@ def train_tracked(cfg: RunConfig, *, data_dir=None, tracking_uri: str | None = N
                                                on_epoch=run.log_epoch)
             run.log_result(result, splits, path)
     return result, run.run_id
+
+
+@contextlib.contextmanager
+def system_metrics(client: MlflowClient, run_id: str,
+                   interval: float = SYSTEM_METRICS_SECONDS) -> Iterator[None]:
+    """MLflow system metrics (CPU, memory, disk, network; GPU where there is one) logged to `run_id`
+    every `interval` seconds while the block runs: how busy the machine was during a sweep."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True,
+                                   tracking_uri=client.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+def dataset_input(splits: fdata.Splits) -> DatasetInput:
+    """Fashion-MNIST as an MLflow dataset input: the UI's "Dataset" column shows its name and digest."""
+    profile = {"train": len(splits.train_y), "validation": len(splits.val_y), "test": len(splits.test_y)}
+    dataset = Dataset(name="fashion-mnist", digest=splits.digest, source_type="local",
+                      source=json.dumps({"uri": "Fashion-MNIST IDX files, checked by SHA-256"}),
+                      profile=json.dumps(profile))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
 def default_run_name(cfg: RunConfig) -> str:

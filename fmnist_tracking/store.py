@@ -22,10 +22,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from fmnist_core.config import ConfigError, first_line
+from fmnist_tracking.defaults import DEFAULT_EXPERIMENT  # noqa: F401 - store.DEFAULT_EXPERIMENT for callers
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE_DIR = ROOT / "mlruns"
-DEFAULT_EXPERIMENT = "fmnist"
 # Without it the MLflow 3 UI opens an experiment on its GenAI pages, not on the training runs.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # Metrics a model may be selected by (all on the validation split) -> the logged metric.

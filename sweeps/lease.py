@@ -6,13 +6,19 @@ worker (a stale heartbeat, or on SQLite any RUNNING trial at start-up). Every st
 lease is one step for signals: Ctrl-C and SIGTERM that arrive inside `TrialLease._step` are
 raised when the step has ended, so a trial is always in a state of the table below, never
 between two. Long work (training, logging artifacts) happens between steps, where a signal
-interrupts it and the runner calls `Worker.requeue_all`.
+interrupts it and the runner calls `Worker.requeue_all`: first for the leases in training, then,
+once the background thread has finished what it can (its leases settle themselves), for the rest.
+A lock per lease makes settle (background thread) and requeue (main thread) exclusive: the first
+one wins, the other finds the lease settled and leaves it.
 
     state     entered by                                 Optuna trial       MLflow child run
     --------  -----------------------------------------  -----------------  -----------------------
     CLAIMED   claim(): a queued trial popped, or a new   RUNNING, held      none yet
               one sampled; heartbeats from now on
     TRACKED   track(): its child run created             RUNNING, held      RUNNING, params logged
+    TRAINED   trained(): training done; figures,         RUNNING, held      RUNNING, being filled
+              checkpoint and model logged in the                            (background.py)
+              background, then settle()
     TOLD      settle(): told COMPLETE, PRUNED or FAIL    finished           FINISHED / KILLED /
               (diverged, refused config), run closed                        FAILED, to match
     LOST      settle() found the trial already failed    FAIL (by another)  KILLED (heartbeat lost)
@@ -58,6 +64,7 @@ HOOKS: list[Callable[[str, TrialLease], None]] = []  # called at each point: (po
 class State(enum.Enum):
     CLAIMED = "claimed"
     TRACKED = "tracked"
+    TRAINED = "trained"
     TOLD = "told"
     LOST = "lost"
     REQUEUED = "requeued"
@@ -72,6 +79,7 @@ class TrialLease:
     def __init__(self, worker: Worker, study: optuna.Study, trial: optuna.Trial, retry_of: int | None):
         self.worker, self.study, self.trial, self.retry_of = worker, study, trial, retry_of
         self.state = State.CLAIMED
+        self._lock = threading.RLock()  # settle (background thread) vs requeue (main thread)
         self.run: RunLogger | None = None
         self.config = None  # the trial's RunConfig, set by the runner once suggested
 
@@ -108,20 +116,28 @@ class TrialLease:
         self._reached("tracked")
 
     def report(self, metrics: dict[str, float], metric: str) -> bool:
-        """One finished epoch: to the run and to Optuna; True when the pruner stops the trial."""
+        """One finished epoch to Optuna (the run gets it from the runner, in the background); True when
+        the pruner stops the trial."""
         epoch = int(metrics["epoch"])
-        self.run.log_epoch(metrics)
         self.trial.report(metrics[metric], epoch)
         if epoch == 1:
             self._reached("training")
         return self.trial.should_prune()
+
+    def trained(self) -> None:
+        """TRACKED -> TRAINED: what is left (artifacts, the verdict) is the background thread's."""
+        with _step(), self._lock:
+            if self.state == State.TRACKED:
+                self.state = State.TRAINED
 
     def settle(self, state: TrialState, value: float | None = None, *, run_status: str = "FINISHED",
                reason: str | None = None, run_tags: dict[str, str] | None = None) -> State:
         """Tell Optuna and close the run to match, in one step: -> TOLD, or LOST when another worker
         failed the trial meanwhile (its heartbeats did not get through) and queued a copy."""
         self._reached("settling")
-        with _step():
+        with _step(), self._lock:
+            if self.state in SETTLED:  # re-queued meanwhile by the main thread (a second Ctrl-C)
+                return self.state
             lost = self.worker.trial_state(self.study, self.number).is_finished()
             if not lost:  # tell first: killed before the run is closed, recovery finishes the run to match
                 self.study.tell(self.trial, value, state=state, skip_if_finished=True)
@@ -141,9 +157,9 @@ class TrialLease:
     def requeue(self, error: BaseException) -> None:
         """Interrupted or broken: fail the trial and queue a copy, close the run KILLED (Ctrl-C,
         SIGTERM) or FAILED (an exception). A lease already settled is left as it is."""
-        if self.state in SETTLED:
-            return
-        with _step():
+        with _step(), self._lock:
+            if self.state in SETTLED:
+                return
             requeued = fail_and_requeue(self.worker, self.study, self.number)
             if self.run is not None:
                 self.run.__exit__(type(error), error, error.__traceback__)
@@ -225,11 +241,13 @@ class Worker:
         with self._lock:
             self.leases = [held for held in self.leases if held is not lease]
 
-    def requeue_all(self, error: BaseException) -> None:
-        """Every lease this worker still holds is re-queued, in one step for signals."""
+    def requeue_all(self, error: BaseException, *, trained: bool = True) -> None:
+        """Every lease this worker still holds is re-queued, in one step for signals; `trained=False`
+        leaves those whose training is done (their background work may still finish them)."""
         with _step():
-            for lease in list(self.leases):
-                lease.requeue(error)
+            for held in list(self.leases):
+                if trained or held.state != State.TRAINED:
+                    held.requeue(error)
 
     @contextlib.contextmanager
     def heartbeats(self) -> Iterator[None]:

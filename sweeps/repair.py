@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from fmnist_tracking import run_log, store
 from sweeps import lease, report
 from sweeps import storage as stores
+from sweeps.defaults import DEFAULT_HEARTBEAT
 from sweeps.definitions import load_definition
 from sweeps.lease import Worker
 from sweeps.study import (
@@ -30,7 +31,7 @@ from sweeps.study import (
 
 def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | None = None,
                  tracking_uri: str | None = None, experiment: str = store.DEFAULT_EXPERIMENT,
-                 heartbeat: int = stores.DEFAULT_HEARTBEAT) -> None:
+                 heartbeat: int = DEFAULT_HEARTBEAT) -> None:
     """`--repair`: recover the trials and runs of dead workers and close an idle parent run, no training."""
     plans = plan_studies(load_definition(name), impl=impl)
     storage = storage or default_storage(tracking_uri)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +53,10 @@ from fmnist_core.trainer import (
     train_population,
 )
 from fmnist_tracking import run_log, signals, store
-from sweeps import lease, report
+from sweeps import evidence, lease, report
 from sweeps import storage as stores
+from sweeps.background import Background
+from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_POPULATION
 from sweeps.definitions import load_definition
 from sweeps.lease import TrialLease, Worker
 from sweeps.study import (
@@ -74,7 +76,6 @@ from sweeps.study import (
     without_password,
 )
 
-DEFAULT_POPULATION = 8
 READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating the study
 
 
@@ -83,7 +84,11 @@ class Tracker:
     client: object  # MlflowClient
     experiment_id: str
     parent_run_id: str
-    dataset_digest: str  # tagged on every child run: `best` checks a checkpoint against its data
+    splits: fdata.Splits  # every child run's dataset input
+
+    @property
+    def dataset_digest(self) -> str:  # tagged on every child run: `best` checks a checkpoint against its data
+        return self.splits.digest
 
 
 def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | None = None,
@@ -92,7 +97,7 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
               storage: str | None = None, tracking_uri: str | None = None,
               experiment: str = store.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
               splits: fdata.Splits | None = None, progress: bool = True, create: bool = False,
-              heartbeat: int = stores.DEFAULT_HEARTBEAT) -> list[report.Summary]:
+              heartbeat: int = DEFAULT_HEARTBEAT) -> list[report.Summary]:
     """Run (or resume, or join) the sweep `name`; returns the ranked summary of each study this worker
     closed. `create`: only create the studies (parent runs, queued grid points) and return."""
     definition = load_definition(name)
@@ -118,7 +123,7 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
                                f"trials queued, {held} in all; MLflow parent run {parent_id}. Start workers "
                                "with the same NAME, --storage and --tracking-uri.")
                     continue
-                tracker = Tracker(client, experiment_id, parent_id, splits.digest)
+                tracker = Tracker(client, experiment_id, parent_id, splits)
                 summary = work(study, plan, splits, tracker, worker, storage, population=population,
                                progress=progress)
             if summary is not None:
@@ -162,13 +167,29 @@ def open_parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id:
             return run_log.RunLogger(client, run_id, experiment_id)
     d = plan.definition
     tags = {"sweep": d.name, "sweep_role": "parent", "study": plan.study_name, "sampler": d.sampler,
-            "seeds": plan.seeds, "mlflow.note.content": d.description,
-            "swept": ", ".join(sorted(d.fields)) + "; params hold the base the trials vary from"}
+            "seeds": plan.seeds, "mlflow.note.content": d.description, "swept": ", ".join(sorted(d.fields))}
     if digest:
         tags["dataset_digest"] = digest
-    parent = run_log.RunLogger.start(client, experiment_id, plan.base, run_name=plan.study_name, tags=tags)
+    parent = run_log.RunLogger.start(client, experiment_id, plan.base, run_name=plan.study_name, tags=tags,
+                                     params=sweep_params(plan))
     study.set_user_attr(PARENT_ATTR, parent.run_id)
     return parent
+
+
+def sweep_params(plan: StudyPlan) -> dict[str, str]:
+    """The parent run's params describe the sweep: each axis with the values it takes, and the settings
+    every trial shares; a field the sweep varies never shows the base value it overrides."""
+    d = plan.definition
+    params = {k: v for k, v in plan.base.as_dict().items() if k not in d.fields}
+    for param in d.space:
+        if param.choices:
+            params[param.name] = "[" + ", ".join(_fmt(value) for value in param.choices) + "]"
+        else:
+            params[param.name] = f"{_fmt(param.low)}..{_fmt(param.high)}{' (log)' if param.log else ''}"
+    if plan.seeds > 1:
+        params["seed"] = f"[0..{plan.seeds - 1}]"
+    params["swept"] = ", ".join(p.name for p in d.space)
+    return params
 
 
 def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker, worker: Worker,
@@ -184,7 +205,9 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
                f"worker {worker.name}")
     lease.recover(study, worker, client, tracker.experiment_id, parent_id, startup=True)
     try:
-        closes = run_trials(study, plan, splits, tracker, worker, population=population, progress=progress)
+        with run_log.system_metrics(client, parent_id):
+            closes = run_trials(study, plan, splits, tracker, worker, population=population,
+                                progress=progress)
     except BaseException as error:
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # no other worker at work
             parent.__exit__(type(error), error, error.__traceback__)
@@ -201,51 +224,77 @@ def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
                worker: Worker, *, population: int = DEFAULT_POPULATION, progress: bool = True) -> bool:
     """Take, train and tell trials until none is queued or running anywhere, the budget is used up or
     this invocation's timeout passes. Returns True when this worker closes the sweep: it told the
-    last trial, found the study already finished, or timed out with no other worker at work."""
-    deadline = time.monotonic() + plan.timeout if plan.timeout else None
+    last trial, found the study already finished, or timed out with no other worker at work.
+
+    Interrupted (Ctrl-C, SIGTERM, an error): the trials in training are re-queued at once, the trials
+    already trained get their pending MLflow work finished (a second Ctrl-C re-queues them too)."""
     total = plan.total_trials()
     to_go = None if total is None else max(0, total - trials_done(study))
     bar = tqdm(total=to_go, unit="trial", desc=plan.study_name, disable=not progress, dynamic_ncols=True)
-    trained = waited = False
-    poll = min(5.0, worker.heartbeat or 1.0)  # seconds between looks at the queue while others train
+    background = Background()
     with bar, worker.heartbeats():
-        while deadline is None or time.monotonic() < deadline:
-            lease.recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
-            try:
-                leases = claim_population(study, plan, population, total, worker)
-                for group in by_shape(leases):
-                    train_group(study, plan, group, splits, tracker)
-                    show_progress(bar, study, plan, group, worker, progress)
-            except BaseException as error:
-                worker.requeue_all(error)  # every trial held and not yet told, whatever the step
-                raise
-            if leases:
-                trained = True
-                if study_done(study, plan):
-                    return True  # this worker told the last trial
-                continue
-            if study_done(study, plan):
-                return not trained and not waited  # found finished: close it again (a re-run)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if not waited and running:
-                owners = ", ".join(sorted({t.user_attrs.get("worker", "?") for t in running}))
-                tqdm.write(f"{worker.name} waits for {len(running)} trial(s) running on {owners}; a trial "
-                           f"whose worker stops is re-queued after {worker.grace} s without a heartbeat")
-            waited = True
-            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                time.sleep(poll)
+        try:
+            closes = trial_loop(study, plan, splits, tracker, worker, background, population,
+                                shown=lambda held: show_progress(bar, study, plan, held, worker, progress))
+        except BaseException as error:
+            stop_cleanly(worker, background, error)
+            raise
+        finally:
+            background.close()
+    return closes
+
+
+def stop_cleanly(worker: Worker, background: Background, error: BaseException) -> None:
+    """Interrupted: re-queue the trials in training, let the background thread finish and tell the trained
+    ones; a second Ctrl-C (or a failed upload) meanwhile drops what it has not started, re-queued too."""
+    try:
+        worker.requeue_all(error, trained=False)
+        background.drain()
+    except BaseException:  # noqa: B036 - whatever it was, every lease left is re-queued below
+        background.abort()
+    worker.requeue_all(error)
+
+
+def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker, worker: Worker,
+               background: Background, population: int, shown) -> bool:
+    """run_trials' loop: recover, claim a population, train it, queue its MLflow work; repeat."""
+    deadline = time.monotonic() + plan.timeout if plan.timeout else None
+    total = plan.total_trials()
+    trained = waited = fresh = False  # fresh: trained since this worker last found nothing to take
+    poll = min(5.0, worker.heartbeat or 1.0)  # seconds between looks at the queue while others train
+    while deadline is None or time.monotonic() < deadline:
+        lease.recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
+        leases = claim_population(study, plan, population, total, worker)
+        for group in by_shape(leases):
+            train_group(study, plan, group, splits, tracker, background, shown)
+        if leases:
+            trained = fresh = True
+            continue
+        background.drain()  # nothing more to take: this worker's trials are told before it looks
+        if study_done(study, plan):
+            return fresh or not (trained or waited)  # it told the last trial, or found it done (a re-run)
+        fresh = False
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not waited and running:
+            owners = ", ".join(sorted({t.user_attrs.get("worker", "?") for t in running}))
+            tqdm.write(f"{worker.name} waits for {len(running)} trial(s) running on {owners}; a trial "
+                       f"whose worker stops is re-queued after {worker.grace} s without a heartbeat")
+        waited = True
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            time.sleep(poll)
+    background.drain()
     return not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
-def show_progress(bar: tqdm, study: optuna.Study, plan: StudyPlan, group: list[TrialLease], worker: Worker,
+def show_progress(bar: tqdm, study: optuna.Study, plan: StudyPlan, held: TrialLease, worker: Worker,
                   progress: bool) -> None:
-    bar.update(len(group))
+    """After a trial is told (in the background thread): the bar, or one line per trial."""
+    bar.update(1)
     best = best_value(study)
     if best is not None:
         bar.set_postfix({f"best {plan.definition.metric}": f"{best:.4f}"})
     if not progress:
-        for held in group:
-            tqdm.write(outcome_line(study, held, plan, worker))
+        tqdm.write(outcome_line(study, held, plan, worker))
 
 
 def outcome_line(study: optuna.Study, held: TrialLease, plan: StudyPlan, worker: Worker) -> str:
@@ -336,13 +385,16 @@ def by_shape(leases: list[TrialLease]) -> Iterator[list[TrialLease]]:
 
 
 def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], splits: fdata.Splits,
-                tracker: Tracker) -> None:
-    """Train leases of one shape as one population: a child run each, every epoch reported to Optuna."""
+                tracker: Tracker, background: Background, shown: Callable[[TrialLease], None]) -> None:
+    """Train leases of one shape as one population: a child run each, every epoch reported to Optuna
+    at once and logged to MLflow in the background; what a trained trial still needs is queued there too."""
     metric = plan.definition.metric
     pruned_at: dict[int, int] = {}
 
     def on_epoch(member: int, metrics: dict[str, float]) -> bool:
-        if leases[member].report(metrics, metric):
+        held = leases[member]
+        background.submit(held.run.log_epoch, metrics)
+        if held.report(metrics, metric):
             pruned_at[member] = int(metrics["epoch"])
             return True
         return False
@@ -350,14 +402,18 @@ def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], 
     for held in leases:
         held.track(lambda held=held: run_log.RunLogger.start(
             tracker.client, tracker.experiment_id, held.config, parent_run_id=tracker.parent_run_id,
-            run_name=f"{plan.study_name}-t{held.number:03d}",
+            run_name=run_name(plan, held), dataset=tracker.splits,
             tags=dict(trial_tags(plan, held), dataset_digest=tracker.dataset_digest)))
         held.trial.set_user_attr("population", len(leases))  # epoch_seconds is the whole population's
     objective = Objective(plan.definition.metric, plan.definition.direction)
     results = train_population([held.config for held in leases], splits, on_epoch=on_epoch,
                                objective=objective)
     for member, (held, result) in enumerate(zip(leases, results, strict=True)):
-        finish_trial(plan, held, result, splits, pruned_at.get(member))
+        record_training(held, result)
+        held.trained()
+        background.submit(finish_trial, plan, held, result, splits, pruned_at.get(member),
+                          on_error=held.requeue)
+        background.submit(shown, held)
 
 
 def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
@@ -371,12 +427,24 @@ def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
     return tags
 
 
-def finish_trial(plan: StudyPlan, held: TrialLease, result: TrainResult, splits: fdata.Splits,
-                 pruned_epoch: int | None) -> None:
-    """Log the outcome to the child run, then settle the lease: a COMPLETE trial always has its artifacts."""
+def record_training(held: TrialLease, result: TrainResult) -> None:
+    """What the report needs of a trained trial, in its Optuna user attrs: the per-epoch history (the
+    why-figures) and, with a result, which validation images its best epoch got right (paired tests)."""
     trial, history = held.trial, result.history
     trial.set_user_attr("epochs", len(history))
     trial.set_user_attr("epoch_seconds", sum(m["epoch_seconds"] for m in history) / max(1, len(history)))
+    trial.set_user_attr("history", [{k: round(v, 6) for k, v in dict(m, epoch=e).items()}
+                                    for e, m in enumerate(history, 1)])
+    if result.val_correct is not None:
+        trial.set_user_attr("val_correct", evidence.pack_correct(result.val_correct.numpy()))
+        trial.set_user_attr("n_val", len(result.val_correct))
+
+
+def finish_trial(plan: StudyPlan, held: TrialLease, result: TrainResult, splits: fdata.Splits,
+                 pruned_epoch: int | None) -> None:
+    """Log the outcome to the child run, then settle the lease: a COMPLETE trial always has its artifacts.
+    Runs in the background thread (train_group), one trial after another."""
+    trial = held.trial
     if result.error is not None:
         trial.set_user_attr("failure", str(result.error))
         held.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),
@@ -398,8 +466,22 @@ def finish_trial(plan: StudyPlan, held: TrialLease, result: TrainResult, splits:
     held.settle(TrialState.COMPLETE, result.best_value)
 
 
+def run_name(plan: StudyPlan, held: TrialLease) -> str:
+    """What varies, e.g. `hidden_size=1024`, with `, seed=1` when the sweep has several seeds."""
+    label = describe_params({k: v for k, v in held.trial.params.items() if k != "seed"}) or plan.study_name
+    return f"{label}, seed={held.config.seed}" if plan.seeds > 1 else label
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def describe_params(params: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
 def describe(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    return describe_params(trial.params)
 
 
 def best_value(study: optuna.Study) -> float | None:

@@ -18,10 +18,9 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage
 
+from sweeps.defaults import DEFAULT_HEARTBEAT, GRACE_BEATS
 from sweeps.study import StudyError, without_password
 
-DEFAULT_HEARTBEAT = 10  # seconds between a worker's heartbeats for its running trials
-GRACE_BEATS = 3  # a trial whose last heartbeat is this many intervals old is stale
 SCALING_OUT = ("use --storage postgresql://USER:PASSWORD@HOST/DATABASE and an MLflow server "
                "(--tracking-uri http://HOST:5000); see README, Scaling out")
 

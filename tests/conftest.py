@@ -18,6 +18,28 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# Each test module's layer (pytest -m unit | integration | e2e). A module may mark itself instead
+# (pytestmark); a module in neither place is an error, so every new test chooses its layer.
+LAYERS = {
+    "unit": {"test_activations", "test_checkpoint", "test_inits", "test_mlp_manual", "test_mlp_parity",
+             "test_schedules", "test_sweep_definitions"},
+    "integration": {"test_data", "test_tracking", "test_sweep_runner", "test_report", "test_compose"},
+    "e2e": {"test_workers", "test_cli_sweep", "test_cli_tracking", "test_browser"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(layer) for layer in LAYERS):
+            continue
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        layer = next((layer for layer, modules in LAYERS.items() if module in modules), None)
+        if layer is None:
+            raise pytest.UsageError(f"{module}: add it to tests/conftest.py LAYERS or give it a pytestmark "
+                                    f"({', '.join(LAYERS)})")
+        item.add_marker(layer)
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_isolated(tmp_path, monkeypatch):
     """No test reaches the project's store: the default URI is a store inside tmp_path."""

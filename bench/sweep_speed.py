@@ -1,0 +1,104 @@
+"""Section `sweep` of bench/speed.py: a real sweep end to end, population 8 against 1.
+
+    python bench/speed.py --only sweep            # learning_rate grid, 2 epochs: 18 trials twice a round
+    python bench/sweep_speed.py --sweep hidden_size --epochs 10 --populations 8   # the main job alone
+
+Each run is `runner.run_sweep` on fresh SQLite stores in a temporary folder (the embedded default's
+kind), with the data loaded once beforehand. Training time is the wall time spent inside
+`train_population` (training, validation and test passes); the rest of the parent run's duration
+(from MLflow's start and end times) is the sweep's own work: Optuna, MLflow, figures, checkpoints.
+Rounds alternate the two populations; medians and spreads are printed, nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fmnist_core import data as fdata  # noqa: E402
+from fmnist_core.trainer import SPLIT_SEED, resolve_device  # noqa: E402
+
+
+def timed_sweep(name: str, epochs: int, population: int, splits, device: str) -> dict[str, float]:
+    """One sweep from scratch: parent run duration, time inside train_population, trials."""
+    from mlflow import MlflowClient
+
+    from sweeps import runner
+
+    trained = []
+    train_population = runner.train_population
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return train_population(*args, **kwargs)
+        finally:
+            trained.append(time.perf_counter() - started)
+
+    runner.train_population = timed
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-sweep-") as folder:
+            uri = f"sqlite:///{folder}/mlflow.db"
+            [summary] = runner.run_sweep(name, overrides={"epochs": epochs, "device": device}, splits=splits,
+                                         population=population, tracking_uri=uri, progress=False,
+                                         storage=f"sqlite:///{folder}/optuna.db", experiment="bench")
+            client = MlflowClient(uri)
+            [parent] = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
+                                          "tags.sweep_role = 'parent'")
+            wall = (parent.info.end_time - parent.info.start_time) / 1000
+            trials = sum(summary.counts.values())
+    finally:
+        runner.train_population = train_population
+    return {"wall": wall, "train": sum(trained), "trials": trials}
+
+
+def sweep_section(*, name: str = "learning_rate", epochs: int = 2, populations=(1, 8), rounds: int = 2,
+                  device: str = "cpu") -> None:
+    splits = fdata.load_splits(None, val_size=10_000, seed=SPLIT_SEED, device=resolve_device(device))
+    print(f"\n== sweep: `sweep {name} --epochs {epochs}` end to end, population "
+          f"{' vs '.join(map(str, populations))}, {rounds} interleaved round(s), device {device}")
+    found: dict[int, list[dict]] = {p: [] for p in populations}
+    for round_number in range(rounds):
+        for population in populations if round_number % 2 == 0 else reversed(populations):
+            measured = timed_sweep(name, epochs, population, splits, device)
+            found[population].append(measured)
+            off = (measured["wall"] - measured["train"]) / measured["trials"]
+            print(f"  round {round_number + 1}, population {population}: {measured['wall']:.1f} s wall, "
+                  f"{measured['train']:.1f} s training ({measured['train'] / measured['wall']:.0%}), "
+                  f"{off:.2f} s per trial outside training, {measured['trials']} trials")
+    for population, runs in found.items():
+        walls = [r["wall"] for r in runs]
+        offs = [(r["wall"] - r["train"]) / r["trials"] for r in runs]
+        shares = [r["train"] / r["wall"] for r in runs]
+        print(f"  population {population}: median wall {statistics.median(walls):.1f} s "
+              f"(range {min(walls):.1f}-{max(walls):.1f}), training {statistics.median(shares):.0%} of it, "
+              f"outside training {statistics.median(offs):.2f} s per trial "
+              f"(range {min(offs):.2f}-{max(offs):.2f})")
+    if len(populations) == 2:
+        low, high = populations
+        ratios = [a["wall"] / b["wall"] for a, b in zip(found[low], found[high], strict=True)]
+        print(f"  population {high} vs {low}: {statistics.median(ratios):.2f}x faster end to end "
+              f"(per round: {', '.join(f'{r:.2f}x' for r in ratios)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", default="learning_rate")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--populations", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
+    args = parser.parse_args()
+    sweep_section(name=args.sweep, epochs=args.epochs, populations=tuple(args.populations),
+                  rounds=args.rounds, device=args.device)
+
+
+if __name__ == "__main__":
+    main()

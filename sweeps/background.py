@@ -1,0 +1,71 @@
+"""Tracking off the critical path: MLflow work of a sweep done on one thread while training goes on.
+
+A trial's epoch metrics and, once it is trained, its figures, tables, checkpoint, model and
+Optuna verdict (lease.settle) are queued here in order and done by one worker thread, so the
+trainer never waits on MLflow. One thread keeps each run's writes in order; the queue is
+bounded (`max_pending` jobs), so a store slower than training holds the trainer back instead
+of growing memory.
+
+Nothing is lost on the way out: `drain` waits for every queued job (the runner calls it
+before it looks for more work, before the report, and on Ctrl-C/SIGTERM, after re-queueing
+the trials still in training). A job that fails re-queues its trial (run FAILED, see lease.py)
+and the failure is raised in the main thread by the next `drain` or `submit`, as it would
+have been without the thread. A worker killed outright leaves its trials RUNNING with their
+heartbeats stopping: other workers re-queue them (lease.recover).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+DEFAULT_MAX_PENDING = 64  # jobs: epoch logs are small; a population's finished trials are a few each
+
+
+class Background:
+    """One ordered worker thread for MLflow writes, with a bound on the jobs waiting."""
+
+    def __init__(self, max_pending: int = DEFAULT_MAX_PENDING):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-background")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._pending: list[Future] = []
+        self._failure: BaseException | None = None
+
+    def submit(self, job: Callable[..., object], *args,
+               on_error: Callable[[BaseException], None] | None = None) -> None:
+        """Queue `job(*args)`; `on_error(error)` runs on the thread if it raises (e.g. re-queue a trial)."""
+        self._raise_failure()
+        self._slots.acquire()
+
+        def run() -> None:
+            try:
+                job(*args)
+            except Exception as error:  # noqa: BLE001 - reported in the main thread by drain/submit
+                if on_error is not None:
+                    on_error(error)
+                self._failure = self._failure or error
+            finally:
+                self._slots.release()
+
+        self._pending = [future for future in self._pending if not future.done()]
+        self._pending.append(self._pool.submit(run))
+
+    def drain(self) -> None:
+        """Wait until every queued job is done; raise the first failure of a job, if any."""
+        while self._pending:
+            self._pending.pop(0).result()
+        self._raise_failure()
+
+    def abort(self) -> None:
+        """Drop the jobs not started (their leases are re-queued by the caller); the running one ends."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pending = []
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
