@@ -6,6 +6,11 @@ P members: P separate TorchMLPs whose weights are stacked into one batched forwa
 flows back through torch.stack into each member's own leaf parameters), one param group per
 member (its own lr, momentum, weight decay), and clipping with torch.nn.utils per member.
 Initial weights and dropout masks come from `inits`, exactly as for the manual learner.
+
+Speed (a small step is mostly per-operation overhead): torch.optim runs its fused kernel
+(one pass over each tensor) where it has one, else its foreach kernels; the loss that is
+differentiated is also the step's statistic (one log-softmax); the forward is computed in
+the layout that gives autograd's weight gradients nn.Linear's layout (`_stacked_forward`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fmnist_core import inits
 from fmnist_core.activations import activation as find_activation
 from fmnist_core.config import RunConfig
-from fmnist_core.metrics import loss_and_correct
+from fmnist_core.metrics import cross_entropy_parts
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -73,6 +77,7 @@ class TorchLearner:
         self.generators = inits.dropout_generators([c.seed for c in configs], self.device)
         self.configs = list(configs)
         self.frozen = [False] * self.population
+        self._zero = torch.zeros((), device=self.device, dtype=dtype)  # the statistics of a frozen member
 
         # One optimizer per optimizer kind in the population, one param group per member.
         self.optimizers: list[torch.optim.Optimizer] = []
@@ -80,7 +85,7 @@ class TorchLearner:
         for kind in dict.fromkeys(c.optimizer for c in configs):
             members = [i for i, c in enumerate(configs) if c.optimizer == kind]
             groups = [self._param_group(configs[i], self.members[i]) for i in members]
-            optimizer = OPTIMIZERS[kind](groups, lr=groups[0]["lr"])
+            optimizer = _fastest_optimizer(kind, groups)
             self.optimizers.append(optimizer)
             for i, group in zip(members, optimizer.param_groups, strict=True):
                 self.param_groups[i] = group
@@ -97,18 +102,23 @@ class TorchLearner:
 
     def _stacked_forward(self, x: torch.Tensor, masks: torch.Tensor | None, *,
                          hidden_only: bool = False) -> torch.Tensor:
-        """Logits [P, B, 10] (or z1 [P, B, H]) of all members in one batched computation."""
+        """Logits [P, B, 10] (or z1 [P, B, H]) of all members in one batched computation.
+
+        Computed transposed, one column per sample (z1^T = W1 x^T + b1): autograd's gradient of W1
+        is then dz1^T . x, which comes out in nn.Linear's [out, in] layout. The untransposed form
+        gives x^T . dz1, which AccumulateGrad copies into that layout, every step (800 KB at H=256).
+        """
         W1 = _stack([m.fc1.weight for m in self.members])  # [P, H, 784]
-        b1 = _stack([m.fc1.bias for m in self.members]).unsqueeze(1)  # [P, 1, H]
-        z1 = torch.baddbmm(b1, x, W1.transpose(1, 2))
+        b1 = _stack([m.fc1.bias for m in self.members]).unsqueeze(2)  # [P, H, 1]
+        z1_t = torch.baddbmm(b1, W1, x.transpose(1, 2))  # [P, H, B]
         if hidden_only:
-            return z1
-        h1 = self.act(z1)
+            return z1_t.transpose(1, 2)
+        h1_t = self.act(z1_t)
         if masks is not None:
-            h1 = h1 * masks
+            h1_t = h1_t * masks.transpose(1, 2)
         W2 = _stack([m.fc2.weight for m in self.members])  # [P, 10, H]
-        b2 = _stack([m.fc2.bias for m in self.members]).unsqueeze(1)  # [P, 1, 10]
-        return torch.baddbmm(b2, h1, W2.transpose(1, 2))
+        b2 = _stack([m.fc2.bias for m in self.members]).unsqueeze(2)  # [P, 10, 1]
+        return torch.baddbmm(b2, W2, h1_t).transpose(1, 2)  # [P, B, 10]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step for every member. Pass `lr` on the CPU: torch.optim takes Python floats,
@@ -121,38 +131,37 @@ class TorchLearner:
         masks = inits.dropout_masks(self.dropout, x.shape[1], self.configs[0].hidden_size, self.generators,
                                     device=self.device, dtype=self.dtype)
         logits = self._stacked_forward(x, masks)
+        loss_sum, correct, _ = cross_entropy_parts(logits, y)  # the loss to train on is also the statistic
         if not all(self.frozen):
-            per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            # Sum over members of each member's mean loss: member i's params see only its own mean.
-            per_sample.view_as(y).mean(1).sum().backward()
+            # d/d(loss_sum) of the sum over members of each member's mean loss: 1/B for every member,
+            # and member i's params see only its own mean.
+            loss_sum.backward(torch.full_like(loss_sum, 1 / y.shape[1]))
         grad_norm, clipped = self._clip()
         for optimizer in self.optimizers:
             optimizer.step()  # frozen members have no .grad, so torch.optim skips them
-        loss_sum, correct = loss_and_correct(logits.detach(), y)
-        return {"loss_sum": loss_sum, "correct": correct, "grad_norm": grad_norm, "clipped": clipped.float()}
+        return {"loss_sum": loss_sum.detach(), "correct": correct, "grad_norm": grad_norm, "clipped": clipped}
 
     def _clip(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip each member's gradients by its own rule; pre-clip global norms [P] and flags [P]."""
-        zero = torch.zeros((), device=self.device, dtype=self.dtype)
+        """Clip each member's gradients by its own rule; pre-clip global norms [P] and 0/1 flags [P]."""
         norms, flags = [], []
         for cfg, member, frozen in zip(self.configs, self.members, self.frozen, strict=True):
-            params = list(member.parameters())
             if frozen:
-                norms.append(zero)
-                flags.append(zero.bool())
-            elif cfg.clip_mode == "norm":
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_value)
-                norms.append(norm)
-                flags.append(cfg.clip_value / (norm + 1e-6) < 1)  # the factor clip_grad_norm_ applied
+                norms.append(self._zero)
+                flags.append(self._zero)
+                continue
+            params = list(member.parameters())
+            grads = [p.grad for p in params]
+            norm = torch.nn.utils.get_total_norm(grads)  # what clip_grad_norm_ computes and returns
+            norms.append(norm)
+            if cfg.clip_mode == "norm":
+                torch.nn.utils.clip_grads_with_norm_(params, cfg.clip_value, norm)  # = clip_grad_norm_
+                flags.append(cfg.clip_value / (norm + 1e-6) < 1)  # the factor it applied was below 1
+            elif cfg.clip_mode == "value":
+                flags.append(torch.stack([(g.abs() > cfg.clip_value).any() for g in grads]).any())
+                torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
             else:
-                grads = [p.grad for p in params]
-                norms.append(torch.nn.utils.get_total_norm(grads))
-                if cfg.clip_mode == "value":
-                    flags.append(torch.stack([(g.abs() > cfg.clip_value).any() for g in grads]).any())
-                    torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
-                else:
-                    flags.append(zero.bool())
-        return torch.stack(norms).to(self.dtype), torch.stack(flags)
+                flags.append(self._zero)
+        return torch.stack(norms).to(self.dtype), torch.stack(flags).to(self.dtype)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +189,15 @@ class TorchLearner:
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack, but a view for a single tensor: a run of one copies no weights (nor their gradients)."""
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _fastest_optimizer(kind: str, groups: list[dict]) -> torch.optim.Optimizer:
+    """torch.optim's fused kernel (one pass over each tensor) where it has one for these tensors'
+    device and dtype, else its foreach kernels (one call for all tensors, not a Python loop)."""
+    try:
+        return OPTIMIZERS[kind](groups, lr=groups[0]["lr"], fused=True)
+    except RuntimeError:  # "`fused=True` requires all the params to be ... of supported devices"
+        return OPTIMIZERS[kind](groups, lr=groups[0]["lr"], foreach=True)
 
 
 def make_torch_learner(configs: Sequence[RunConfig], device: torch.device, *,
