@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import numpy
 import torch
+from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
@@ -39,6 +41,7 @@ EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_
 # best_val_acc and best_value (the objective at the best epoch) exist only with a validation split
 FINAL_METRICS = ("test_loss", "test_acc", "best_epoch", "best_val_acc", "best_value")
 CHECKPOINT_ARTIFACT = "checkpoint.pt"
+VAL_CORRECT_ARTIFACT = "val_correct.npy"  # bool [n_val]: which validation images the best epoch got right
 MODEL_NAME = "model"  # the MLflow model inside each run: runs:/<run_id>/model
 FAILURE_TAG = "failure_reason"
 SYSTEM_METRICS_SECONDS = 5.0  # between samples of a sweep's system metrics
@@ -99,34 +102,32 @@ class RunLogger:
                                                     for k, v in metrics.items() if k != "epoch"])
 
     def log_result(self, result: TrainResult, splits: fdata.Splits, checkpoint_path: Path) -> None:
-        """Final metrics, figures, per-class accuracy, the checkpoint and the MLflow model."""
+        """Final metrics, figures, per-class accuracy, per-image validation correctness, the checkpoint
+        (one upload of one folder: a round trip per run, not per file, to a tracking server) and the
+        MLflow model."""
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, result.best_epoch)
                                   for k, v in result.final_metrics().items()],
             tags=[RunTag("stop_reason", result.stop_reason)])
         checkpoint = load_checkpoint(checkpoint_path)
-        model = serving.plain_model(checkpoint.state_dict, result.config.activation)
-        test = serving.evaluate(model, splits.test_x, splits.test_y)
-        cfg = result.config
-        title = f"{cfg.impl} MLP 784-{cfg.hidden_size}-10, {cfg.activation}, lr {cfg.lr:g}"
-        self.client.log_figure(self.run_id, plots.learning_curves(result.history, title=title),
-                               "plots/learning_curves.png")
-        confusion = plots.confusion_matrix(test.confusion, splits.classes,
-                                           title=f"test set, best epoch {result.best_epoch}")
-        self.client.log_figure(self.run_id, confusion, "plots/confusion_matrix_test.png")
+        test = serving.evaluate(serving.plain_model(checkpoint.state_dict, result.config.activation),
+                                splits.test_x, splits.test_y)
         pixels = serving.pixels_of(splits.test_x, splits.mean, splits.std)
-        self.client.log_figure(self.run_id, plots.misclassified_grid(pixels, splits.test_y, test.predictions,
-                                                                     splits.classes),
-                               "plots/misclassified_test.png")
-        self.client.log_dict(self.run_id, {"split": "test", "accuracy": test.accuracy,
-                                           "classes": serving.per_class_table(test, splits.classes)},
-                             "per_class_accuracy.json")
-        with tempfile.TemporaryDirectory(prefix="fmnist-ckpt-") as scratch:
-            shutil.copyfile(checkpoint_path, Path(scratch, CHECKPOINT_ARTIFACT))
-            self.client.log_artifact(self.run_id, str(Path(scratch, CHECKPOINT_ARTIFACT)))
+        with tempfile.TemporaryDirectory(prefix="fmnist-result-") as scratch:
+            folder = Path(scratch)
+            for name, figure in run_figures(result, test, pixels, splits).items():
+                (folder / name).parent.mkdir(exist_ok=True)
+                figure.savefig(folder / name)
+            (folder / "per_class_accuracy.json").write_text(json.dumps(
+                {"split": "test", "accuracy": test.accuracy,
+                 "classes": serving.per_class_table(test, splits.classes)}, indent=2))
+            if result.val_correct is not None:  # which validation images the best epoch got right
+                numpy.save(folder / VAL_CORRECT_ARTIFACT, result.val_correct.numpy())
+            shutil.copyfile(checkpoint_path, folder / CHECKPOINT_ARTIFACT)
+            self.client.log_artifacts(self.run_id, scratch)
         export.log_mlflow_model(self.client, self.experiment_id, self.run_id, checkpoint, pixels[:5].numpy(),
-                                 name=MODEL_NAME)
+                                name=MODEL_NAME)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Close the run as FINISHED, FAILED or KILLED; a second call does nothing."""
@@ -196,6 +197,18 @@ def system_metrics(client: MlflowClient, run_id: str,
         yield
     finally:
         monitor.finish()
+
+
+def run_figures(result: TrainResult, test: serving.Evaluation, pixels: torch.Tensor,
+                splits: fdata.Splits) -> dict[str, Figure]:
+    """A finished run's figures by artifact path: learning curves, test confusion, misclassified images."""
+    cfg = result.config
+    title = f"{cfg.impl} MLP 784-{cfg.hidden_size}-10, {cfg.activation}, lr {cfg.lr:g}"
+    return {"plots/learning_curves.png": plots.learning_curves(result.history, title=title),
+            "plots/confusion_matrix_test.png": plots.confusion_matrix(
+                test.confusion, splits.classes, title=f"test set, best epoch {result.best_epoch}"),
+            "plots/misclassified_test.png": plots.misclassified_grid(pixels, splits.test_y, test.predictions,
+                                                                     splits.classes)}
 
 
 def dataset_input(splits: fdata.Splits) -> DatasetInput:

@@ -127,7 +127,7 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
                 summary = work(study, plan, splits, tracker, worker, storage, population=population,
                                progress=progress)
             if summary is not None:
-                click.echo(report.ranked_table(summary))
+                click.echo(report.answer(summary))
                 summaries.append(summary)
     return summaries
 
@@ -200,6 +200,7 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     client.update_run(parent_id, status="RUNNING")
     parent = run_log.RunLogger(client, parent_id, tracker.experiment_id)
     parent.set_tags({"dataset_digest": tracker.dataset_digest})  # `--create` made it without data
+    client.log_inputs(parent_id, datasets=[run_log.dataset_input(splits)])  # MLflow keeps one of each
     click.echo(f"Sweep {plan.study_name}: {plan.definition.description}\n"
                f"  Optuna study in {without_password(storage)}; MLflow parent run {parent_id}; "
                f"worker {worker.name}")
@@ -409,7 +410,6 @@ def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], 
     results = train_population([held.config for held in leases], splits, on_epoch=on_epoch,
                                objective=objective)
     for member, (held, result) in enumerate(zip(leases, results, strict=True)):
-        record_training(held, result)
         held.trained()
         background.submit(finish_trial, plan, held, result, splits, pruned_at.get(member),
                           on_error=held.requeue)
@@ -445,6 +445,7 @@ def finish_trial(plan: StudyPlan, held: TrialLease, result: TrainResult, splits:
     """Log the outcome to the child run, then settle the lease: a COMPLETE trial always has its artifacts.
     Runs in the background thread (train_group), one trial after another."""
     trial = held.trial
+    record_training(held, result)
     if result.error is not None:
         trial.set_user_attr("failure", str(result.error))
         held.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),
