@@ -102,7 +102,7 @@ def verdict_records(summary: Summary) -> list[dict]:
             "run_ids": [t.user_attrs.get("mlflow_run_id") for t in row.trials],
             "seeds": [t.user_attrs.get("seed", t.params.get("seed")) for t in row.trials],
             "accuracy": verdict.accuracy, "interval": [_null(v) for v in verdict.interval],
-            "interval_kind": verdict.interval_kind, "diff_images": verdict.difference_images,
+            "interval_kind": verdict.interval_kind, "diff_images": _rounded(verdict.difference_images),
             "p_value": verdict.p_value, "p_adjusted": verdict.p_adjusted, "verdict": verdict.verdict,
             "method": verdict.method, "cost_seconds_per_epoch": _null(row.seconds_per_epoch),
             "test_acc": verdict.test_acc})
@@ -139,6 +139,11 @@ def _p(value: float | None) -> str:
 
 def _number(value: float, digits: int = 4) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _rounded(images: float | None) -> float | None:
+    """A count of images (a mean over seeds): the float dust of accuracy x n removed."""
+    return None if images is None else round(images, 3)
 
 
 def _null(value: float) -> float | None:

@@ -196,8 +196,8 @@ def train_val_gap(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], fiel
     axes.minorticks_off()
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set(xlabel=field, ylabel="train accuracy - validation accuracy",
-             title=f"{summary.study_name}: train-validation gap vs {field}\n(train accuracy: running, "
-                   "during the epoch, with dropout and augmentation on)")
+             title=f"{summary.study_name}: train-validation gap vs {field}\n(train accuracy: the running "
+                   "accuracy during the epoch, with dropout and augmentation where they are on)")
     axes.title.set_fontsize(9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
