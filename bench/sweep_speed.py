@@ -29,10 +29,10 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
     """One sweep from scratch: parent run duration, time inside train_population, trials."""
     from mlflow import MlflowClient
 
-    from sweeps import runner
+    from sweeps import runner, trials
 
     trained = []
-    train_population = runner.train_population
+    train_population = trials.train_population
 
     def timed(*args, **kwargs):
         started = time.perf_counter()
@@ -41,7 +41,7 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
         finally:
             trained.append(time.perf_counter() - started)
 
-    runner.train_population = timed
+    trials.train_population = timed
     try:
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as folder:
             uri = f"sqlite:///{folder}/mlflow.db"
@@ -54,7 +54,7 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
             wall = (parent.info.end_time - parent.info.start_time) / 1000
             trials = sum(summary.counts.values())
     finally:
-        runner.train_population = train_population
+        trials.train_population = train_population
     return {"wall": wall, "train": sum(trained), "trials": trials}
 
 

@@ -101,7 +101,7 @@ def label_of(params: dict) -> str:
 
 
 def config_of(plan: StudyPlan, params: dict) -> RunConfig:
-    """The RunConfig a trial with `params` trained (bundle labels expanded), as runner.suggest_config."""
+    """The RunConfig a trial with `params` trained (bundle labels expanded), as trials.suggest_config."""
     overrides = {}
     for param in plan.definition.space:
         if param.name in params:

@@ -18,47 +18,25 @@ callback keeps their grid point), close their runs KILLED and end the worker (th
 KILLED too unless other workers still have trials running). A worker killed outright is
 recovered by the others through its trials' heartbeats. A trial's life, and what every interruption
 does to it, is lease.py's.
-
-Population: up to `population` trials are asked at once; those whose configurations share
-trainer.SHARED_FIELDS are trained together by `train_population`, each still its own trial
-and child run. On a shared storage a worker stops taking trials at the first change of shape,
-so it holds only what it trains together and leaves the rest of the queue to other workers.
-Each sampled configuration of a TPE/random sweep with K seeds is re-queued with seeds
-1..K-1, so its repeats are asked next and trained alongside it.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import optuna
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
-from tqdm import tqdm
 
 from fmnist_core import data as fdata
-from fmnist_core.checkpoint import save_checkpoint
-from fmnist_core.config import ConfigError, Objective, RunConfig
-from fmnist_core.trainer import (
-    SHARED_FIELDS,
-    SPLIT_SEED,
-    TrainResult,
-    checkpoint_payload,
-    resolve_device,
-    train_population,
-)
+from fmnist_core.trainer import SPLIT_SEED, resolve_device
 from fmnist_tracking import run_log, signals, store
-from sweeps import evidence, lease, report
+from sweeps import lease, report
 from sweeps import storage as stores
-from sweeps.background import Background
 from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_POPULATION
 from sweeps.definitions import load_definition
-from sweeps.lease import TrialLease, Worker
+from sweeps.lease import Worker
 from sweeps.study import (
     PARENT_ATTR,
     SETTINGS_ATTR,
@@ -69,26 +47,12 @@ from sweeps.study import (
     mark_ready,
     open_study,
     plan_studies,
-    study_done,
-    trials_claimed,
-    trials_done,
     wait_until_ready,
     without_password,
 )
+from sweeps.trials import Tracker, fmt_value, run_trials
 
 READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating the study
-
-
-@dataclass(frozen=True)
-class Tracker:
-    client: object  # MlflowClient
-    experiment_id: str
-    parent_run_id: str
-    splits: fdata.Splits  # every child run's dataset input
-
-    @property
-    def dataset_digest(self) -> str:  # tagged on every child run: `best` checks a checkpoint against its data
-        return self.splits.digest
 
 
 def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | None = None,
@@ -183,9 +147,10 @@ def sweep_params(plan: StudyPlan) -> dict[str, str]:
     params = {k: v for k, v in plan.base.as_dict().items() if k not in d.fields}
     for param in d.space:
         if param.choices:
-            params[param.name] = "[" + ", ".join(_fmt(value) for value in param.choices) + "]"
+            params[param.name] = "[" + ", ".join(fmt_value(value) for value in param.choices) + "]"
         else:
-            params[param.name] = f"{_fmt(param.low)}..{_fmt(param.high)}{' (log)' if param.log else ''}"
+            scale = " (log)" if param.log else ""
+            params[param.name] = f"{fmt_value(param.low)}..{fmt_value(param.high)}{scale}"
     if plan.seeds > 1:
         params["seed"] = f"[0..{plan.seeds - 1}]"
     params["swept"] = ", ".join(p.name for p in d.space)
@@ -219,275 +184,3 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     summary = report.build_report(study, plan, client, parent_id)
     parent.end("FINISHED")
     return summary
-
-
-def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker,
-               worker: Worker, *, population: int = DEFAULT_POPULATION, progress: bool = True) -> bool:
-    """Take, train and tell trials until none is queued or running anywhere, the budget is used up or
-    this invocation's timeout passes. Returns True when this worker closes the sweep: it told the
-    last trial, found the study already finished, or timed out with no other worker at work.
-
-    Interrupted (Ctrl-C, SIGTERM, an error): the trials in training are re-queued at once, the trials
-    already trained get their pending MLflow work finished (a second Ctrl-C re-queues them too)."""
-    total = plan.total_trials()
-    to_go = None if total is None else max(0, total - trials_done(study))
-    bar = tqdm(total=to_go, unit="trial", desc=plan.study_name, disable=not progress, dynamic_ncols=True)
-    background = Background()
-    with bar, worker.heartbeats():
-        try:
-            closes = trial_loop(study, plan, splits, tracker, worker, background, population,
-                                shown=lambda held: show_progress(bar, study, plan, held, worker, progress))
-        except BaseException as error:
-            stop_cleanly(worker, background, error)
-            raise
-        finally:
-            background.close()
-    return closes
-
-
-def stop_cleanly(worker: Worker, background: Background, error: BaseException) -> None:
-    """Interrupted: re-queue the trials in training, let the background thread finish and tell the trained
-    ones; a second Ctrl-C (or a failed upload) meanwhile drops what it has not started, re-queued too."""
-    try:
-        worker.requeue_all(error, trained=False)
-        background.drain()
-    except BaseException:  # noqa: B036 - whatever it was, every lease left is re-queued below
-        background.abort()
-    worker.requeue_all(error)
-
-
-def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker, worker: Worker,
-               background: Background, population: int, shown) -> bool:
-    """run_trials' loop: recover, claim a population, train it, queue its MLflow work; repeat."""
-    deadline = time.monotonic() + plan.timeout if plan.timeout else None
-    total = plan.total_trials()
-    trained = waited = fresh = False  # fresh: trained since this worker last found nothing to take
-    poll = min(5.0, worker.heartbeat or 1.0)  # seconds between looks at the queue while others train
-    while deadline is None or time.monotonic() < deadline:
-        lease.recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
-        leases = claim_population(study, plan, population, total, worker)
-        for group in by_shape(leases):
-            train_group(study, plan, group, splits, tracker, background, shown)
-        if leases:
-            trained = fresh = True
-            continue
-        background.drain()  # nothing more to take: this worker's trials are told before it looks
-        if study_done(study, plan):
-            return fresh or not (trained or waited)  # it told the last trial, or found it done (a re-run)
-        fresh = False
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not waited and running:
-            owners = ", ".join(sorted({t.user_attrs.get("worker", "?") for t in running}))
-            tqdm.write(f"{worker.name} waits for {len(running)} trial(s) running on {owners}; a trial "
-                       f"whose worker stops is re-queued after {worker.grace} s without a heartbeat")
-        waited = True
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            time.sleep(poll)
-    background.drain()
-    return not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-
-
-def show_progress(bar: tqdm, study: optuna.Study, plan: StudyPlan, held: TrialLease, worker: Worker,
-                  progress: bool) -> None:
-    """After a trial is told (in the background thread): the bar, or one line per trial."""
-    bar.update(1)
-    best = best_value(study)
-    if best is not None:
-        bar.set_postfix({f"best {plan.definition.metric}": f"{best:.4f}"})
-    if not progress:
-        tqdm.write(outcome_line(study, held, plan, worker))
-
-
-def outcome_line(study: optuna.Study, held: TrialLease, plan: StudyPlan, worker: Worker) -> str:
-    """One line per trial where there is no progress bar (several workers, logs)."""
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == held.number)
-    value = "" if frozen.value is None else f": {plan.definition.metric} {frozen.value:.4f}"
-    return f"trial {frozen.number} {frozen.state.name} ({describe(frozen)}){value} [{worker.name}]"
-
-
-def claim_population(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None,
-                     worker: Worker) -> list[TrialLease]:
-    """Up to `limit` trials with their configurations: queued trials first (grid points, re-queued
-    and repeated trials), then, for TPE/random within the budget, newly sampled ones. Every trial
-    taken is held by `worker` from the moment it is RUNNING (see lease.py)."""
-    leases: list[TrialLease] = []
-    shared = not worker.exclusive
-    while len(leases) < limit:
-        if shared and leases and next_shape_differs(study, plan, leases[0].config):
-            break  # leave it to a worker that is free
-        sample = plan.definition.sampler != "grid" and (total is None or trials_claimed(study) < total)
-        held = TrialLease.claim(worker, study, sample=sample)
-        if held is None:
-            break
-        try:
-            held.config = suggest_config(held.trial, plan)
-        except ConfigError as error:  # a sampled combination the config refuses: this trial only
-            held.trial.set_user_attr("failure", str(error))
-            held.settle(TrialState.FAIL)
-            tqdm.write(f"trial {held.number} failed: {error}")
-            continue
-        leases.append(held)
-        trial = held.trial
-        if plan.seeds > 1 and not plan.seed_axis and "seed" not in trial.user_attrs:
-            for seed in range(1, plan.seeds):  # the repeats of a newly sampled configuration
-                study.enqueue_trial(trial.params, user_attrs={"seed": seed, "repeat_of": trial.number})
-        trial.set_user_attr("seed", held.config.seed)
-        if shared and len(leases) > 1 and shape(held.config) != shape(leases[0].config):
-            break  # a newly sampled trial of another shape: trained after the first group
-    return leases
-
-
-def shape(config: RunConfig) -> tuple:
-    """What population members must share (trainer.SHARED_FIELDS)."""
-    return tuple(getattr(config, f) for f in SHARED_FIELDS)
-
-
-def next_shape_differs(study: optuna.Study, plan: StudyPlan, first: RunConfig) -> bool:
-    """Whether the next queued trial (the one pop_queued would take) cannot join `first`'s population."""
-    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if not queued:
-        return False  # nothing queued: a new trial is sampled, or the loop ends
-    params = queued[0].system_attrs.get("fixed_params", queued[0].params)
-    overrides = {}
-    for param in plan.definition.space:
-        if param.name in params:
-            overrides.update(param.overrides(params[param.name]))
-    try:
-        return shape(plan.base.replace(overrides, source="queued trial")) != shape(first)
-    except ConfigError:
-        return True
-
-
-def suggest_config(trial: optuna.Trial, plan: StudyPlan) -> RunConfig:
-    """The trial's RunConfig: each axis of the space suggested, then applied to the base."""
-    overrides = {}
-    for param in plan.definition.space:
-        if param.choices:
-            value = trial.suggest_categorical(param.name, list(param.choices))
-        elif param.integer:
-            value = trial.suggest_int(param.name, int(param.low), int(param.high), log=param.log,
-                                      step=int(param.step or 1))
-        else:
-            value = trial.suggest_float(param.name, param.low, param.high, log=param.log, step=param.step)
-        overrides.update(param.overrides(value))
-    if plan.seed_axis:
-        overrides["seed"] = trial.suggest_categorical("seed", plan.grid()["seed"])
-    elif plan.seeds > 1:
-        overrides["seed"] = trial.user_attrs.get("seed", 0)
-    return plan.base.replace(overrides, source=f"trial {trial.number}")
-
-
-def by_shape(leases: list[TrialLease]) -> Iterator[list[TrialLease]]:
-    """Leases grouped by the fields population members must share, in order of first appearance."""
-    groups: dict[tuple, list[TrialLease]] = {}
-    for held in leases:
-        groups.setdefault(shape(held.config), []).append(held)
-    yield from groups.values()
-
-
-def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], splits: fdata.Splits,
-                tracker: Tracker, background: Background, shown: Callable[[TrialLease], None]) -> None:
-    """Train leases of one shape as one population: a child run each, every epoch reported to Optuna
-    at once and logged to MLflow in the background; what a trained trial still needs is queued there too."""
-    metric = plan.definition.metric
-    pruned_at: dict[int, int] = {}
-
-    def on_epoch(member: int, metrics: dict[str, float]) -> bool:
-        held = leases[member]
-        background.submit(held.run.log_epoch, metrics)
-        if held.report(metrics, metric):
-            pruned_at[member] = int(metrics["epoch"])
-            return True
-        return False
-
-    for held in leases:
-        held.track(lambda held=held: run_log.RunLogger.start(
-            tracker.client, tracker.experiment_id, held.config, parent_run_id=tracker.parent_run_id,
-            run_name=run_name(plan, held), dataset=tracker.splits,
-            tags=dict(trial_tags(plan, held), dataset_digest=tracker.dataset_digest)))
-        held.trial.set_user_attr("population", len(leases))  # epoch_seconds is the whole population's
-    objective = Objective(plan.definition.metric, plan.definition.direction)
-    results = train_population([held.config for held in leases], splits, on_epoch=on_epoch,
-                               objective=objective)
-    for member, (held, result) in enumerate(zip(leases, results, strict=True)):
-        held.trained()
-        background.submit(finish_trial, plan, held, result, splits, pruned_at.get(member),
-                          on_error=held.requeue)
-        background.submit(shown, held)
-
-
-def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
-    tags = {"sweep": plan.definition.name, "study": plan.study_name, "sweep_role": "trial",
-            "trial": str(held.number), "seed": str(held.config.seed)}
-    tags.update({f"sampled.{k}": str(v) for k, v in held.trial.params.items()})
-    if "repeat_of" in held.trial.user_attrs:
-        tags["repeat_of"] = str(held.trial.user_attrs["repeat_of"])
-    if held.retry_of is not None:
-        tags["retry_of"] = str(held.retry_of)
-    return tags
-
-
-def record_training(held: TrialLease, result: TrainResult) -> None:
-    """What the report needs of a trained trial, in its Optuna user attrs: the per-epoch history (the
-    why-figures) and, with a result, which validation images its best epoch got right (paired tests)."""
-    trial, history = held.trial, result.history
-    trial.set_user_attr("epochs", len(history))
-    trial.set_user_attr("epoch_seconds", sum(m["epoch_seconds"] for m in history) / max(1, len(history)))
-    trial.set_user_attr("history", [{k: round(v, 6) for k, v in dict(m, epoch=e).items()}
-                                    for e, m in enumerate(history, 1)])
-    if result.val_correct is not None:
-        trial.set_user_attr("val_correct", evidence.pack_correct(result.val_correct.numpy()))
-        trial.set_user_attr("n_val", len(result.val_correct))
-
-
-def finish_trial(plan: StudyPlan, held: TrialLease, result: TrainResult, splits: fdata.Splits,
-                 pruned_epoch: int | None) -> None:
-    """Log the outcome to the child run, then settle the lease: a COMPLETE trial always has its artifacts.
-    Runs in the background thread (train_group), one trial after another."""
-    trial = held.trial
-    record_training(held, result)
-    if result.error is not None:
-        trial.set_user_attr("failure", str(result.error))
-        held.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),
-                    run_tags={"stop_reason": "diverged"})
-        tqdm.write(f"trial {trial.number} ({describe(trial)}) failed: {result.error}")
-        return
-    if pruned_epoch is not None:
-        held.settle(TrialState.PRUNED, run_status="KILLED",
-                    run_tags={"pruned": "true", "stop_reason": "pruned"},
-                    reason=f"pruned by the {plan.definition.pruner} pruner after epoch {pruned_epoch}")
-        return
-    with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
-        path = save_checkpoint(Path(scratch, run_log.CHECKPOINT_ARTIFACT),
-                               **checkpoint_payload(result, splits))
-        held.run.log_result(result, splits, path)
-    for key, metric_value in result.final_metrics().items():
-        trial.set_user_attr(key, metric_value)
-    trial.set_user_attr("checkpoint", f"runs:/{held.run.run_id}/{run_log.CHECKPOINT_ARTIFACT}")
-    held.settle(TrialState.COMPLETE, result.best_value)
-
-
-def run_name(plan: StudyPlan, held: TrialLease) -> str:
-    """What varies, e.g. `hidden_size=1024`, with `, seed=1` when the sweep has several seeds."""
-    label = describe_params({k: v for k, v in held.trial.params.items() if k != "seed"}) or plan.study_name
-    return f"{label}, seed={held.config.seed}" if plan.seeds > 1 else label
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def describe_params(params: dict) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-
-
-def describe(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
-    return describe_params(trial.params)
-
-
-def best_value(study: optuna.Study) -> float | None:
-    try:
-        return study.best_value
-    except ValueError:  # no COMPLETE trial yet
-        return None
-

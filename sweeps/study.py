@@ -6,7 +6,7 @@ Exactly one of them creates it (the storage's unique study name decides); the ot
 until the creator has stored the study's settings, which it does last.
 
 A grid is a queue: every grid point (x seed) is enqueued as a WAITING trial when the study is
-created, and workers only take queued trials (runner.ask_jobs), which the storage hands out
+created, and workers only take queued trials (trials.claim_population), which the storage hands out
 atomically. Optuna's GridSampler is not used for it: it does not count queued trials as
 visited, fails on the last tell of a one-point grid with queued trials, and with several
 workers samples a point that is still running elsewhere again.

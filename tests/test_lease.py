@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from fmnist_core.config import RunConfig
 from fmnist_tracking import run_log, store
 from fmnist_tracking.signals import Terminated, handle_sigterm
-from sweeps import lease, runner
+from sweeps import lease, trials
 from sweeps import storage as stores
 from sweeps.background import Background
 from sweeps.lease import State, TrialLease, Worker
@@ -233,7 +233,7 @@ def test_interrupted_the_trial_in_training_is_re_queued_and_the_trained_one_fini
     worker.requeue_all(KeyboardInterrupt(), trained=False)
     assert training.state == State.REQUEUED and uploading.state == State.TRAINED
     go.set()
-    runner.stop_cleanly(worker, background, KeyboardInterrupt())
+    trials.stop_cleanly(worker, background, KeyboardInterrupt())
     assert uploading.state == State.TOLD and states(study)[uploading.number] == TrialState.COMPLETE
     assert client.get_run(uploading.run.run_id).info.status == "FINISHED"
     assert client.get_run(training.run.run_id).info.status == "KILLED"

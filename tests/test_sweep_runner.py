@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from fmnist_core import trainer
 from fmnist_tracking import run_log, store
 from sweeps import evidence, report, runner
+from sweeps import trials as trial_loop
 from sweeps.definitions import DefinitionError
 from sweeps.study import StudyError
 
@@ -37,7 +38,7 @@ def count_training(monkeypatch):
         calls.append(len(configs))
         return trainer.train_population(configs, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_population", counting)
+    monkeypatch.setattr(trial_loop, "train_population", counting)
     return calls
 
 
@@ -123,14 +124,14 @@ def test_an_interrupted_trial_is_requeued_and_trained_on_resume(tmp_path, stores
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "train_population", interrupted)
+    monkeypatch.setattr(trial_loop, "train_population", interrupted)
     with pytest.raises(KeyboardInterrupt):  # both points asked at once; two shapes: two groups
         runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
     _, [parent], [child] = runs_of(stores, "tiny")  # only the first group had started its run
     assert parent.info.status == "KILLED" and child.info.status == "KILLED"
     states = [t.state for t in study_of(stores, "tiny-manual").trials]
     assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
-    monkeypatch.setattr(runner, "train_population", trainer.train_population)
+    monkeypatch.setattr(trial_loop, "train_population", trainer.train_population)
     runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
     trials = study_of(stores, "tiny-manual").trials
     assert sorted(t.params["hidden_size"] for t in trials if t.state == TrialState.COMPLETE) == [8, 16]
