@@ -25,6 +25,7 @@ from fmnist_core.mlp_manual import (
     make_manual_learner,
     parameter_shapes,
     row_views,
+    row_width,
 )
 
 CPU = torch.device("cpu")
@@ -92,9 +93,12 @@ def test_gradients_match_autograd_for_a_population_with_dropout(activation):
 def random_grads(population=3, hidden=6, scale=1.0, seed=0):
     """Gradient rows [P, N] in the manual MLP's layout, and their dW1, db1, dW2, db2 views."""
     shapes = parameter_shapes(hidden)
-    width = sum(h * w for h, w in shapes.values())
-    rows = torch.randn(population, width, dtype=F64, generator=torch.Generator().manual_seed(seed)) * scale
-    return rows, {"d" + name: view for name, view in row_views(rows, shapes).items()}
+    rows = torch.zeros(population, row_width(shapes), dtype=F64)  # the padding stays 0, as in ManualMLP
+    views = {"d" + name: view for name, view in row_views(rows, shapes).items()}
+    generator = torch.Generator().manual_seed(seed)
+    for view in views.values():
+        view.copy_(torch.randn(view.shape, dtype=F64, generator=generator) * scale)
+    return rows, views
 
 
 @pytest.mark.parametrize("clip_value", [0.5, 1e4])  # acts / does not act
@@ -222,3 +226,14 @@ def test_member_state_round_trip_and_shapes():
     assert all(torch.equal(learner.member_state(0)[k], state[k]) for k in state)
     with pytest.raises(ValueError, match=r"fc1\.weight"):
         learner.load_member_state(0, {**state, "fc1.weight": torch.zeros(3, 784)})
+
+
+def test_row_padding_stays_zero_so_norms_and_updates_see_only_parameters():
+    learner = make_manual_learner([config(seed=0, hidden_size=5, clip_mode="norm", weight_decay=0.1),
+                                   config(seed=1, hidden_size=5, clip_mode="value", clip_value=1e-3)], CPU)
+    used = sum(h * w for h, w in parameter_shapes(5).values())  # 3985 elements
+    assert learner.model.weights.shape == (2, 4000)  # padded to whole cache lines
+    for x, y in batches(2, 3):
+        learner.train_step(x, y, torch.tensor([0.1, 0.1]))
+    for rows in (learner.model.weights, learner.model.gradients, learner.optimizer.buffer):
+        assert rows[:, used:].eq(0).all() and rows[:, :used].ne(0).any()
