@@ -108,20 +108,45 @@ def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | No
         sys.exit(143)
 
 
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind. The UI has no login: keep it on loopback unless the network is "
-                   "trusted.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="TCP port.")
-@tracking_uri_option
-def ui(host: str, port: int, tracking_uri: str | None) -> None:
-    """Start the MLflow UI on the tracking store (the embedded one by default) and print its address."""
-    from fmnist_tracking.registry import ui_command, ui_runs_url
+def host_option(what: str):
+    return click.option("--host", default="127.0.0.1", show_default=True,
+                        help=f"Interface to bind. {what} has no login: keep it on loopback unless the "
+                             "network is trusted.")
 
-    argv, environment, uri, experiment_id = ui_command(tracking_uri, host, port)
-    click.echo(f"MLflow UI over {uri}: {ui_runs_url(host, port, experiment_id)} (Ctrl-C stops it)")
+
+def port_option(default: int):
+    return click.option("--port", type=click.IntRange(1, 65535), default=default, show_default=True,
+                        help="TCP port.")
+
+
+def exec_server(argv: list[str], environment: dict[str, str] | None = None) -> None:
+    """Replace this process with the server: Ctrl-C and SIGTERM reach it directly."""
     sys.stdout.flush()
-    os.execve(argv[0], argv, environment)  # the server takes over this process: signals reach it directly
+    os.execve(argv[0], argv, os.environ if environment is None else environment)
+
+
+@cli.command()
+@click.option("--sweep", default=None,
+              help="Open on this sweep's runs: best validation accuracy first, with the params it varies and "
+                   "validation/test accuracy as columns (an MLflow saved view, `sweep-NAME`).")
+@host_option("The UI")
+@port_option(5000)
+@tracking_uri_option
+@experiment_option
+def ui(sweep: str | None, host: str, port: int, tracking_uri: str | None, experiment: str) -> None:
+    """Start the MLflow UI on the tracking store (the embedded one by default) and print its address."""
+    from fmnist_tracking.servers import save_sweep_view, ui_command, ui_run_url, ui_runs_url
+    from fmnist_tracking.store import setup
+
+    argv, environment, uri, experiment_id = ui_command(tracking_uri, host, port, experiment)
+    view, parents = None, []
+    if sweep is not None:
+        view, parents = save_sweep_view(setup(uri, experiment)[0], experiment_id, sweep)
+    click.echo(f"MLflow UI over {uri}: {ui_runs_url(host, port, experiment_id, view)} (Ctrl-C stops it)")
+    for parent in parents:
+        click.echo(f"  the sweep's conclusion, figures and ranked table: "
+                   f"{ui_run_url(host, port, experiment_id, parent)}")
+    exec_server(argv, environment)
 
 
 @cli.command()
@@ -185,6 +210,37 @@ def best(sweep: str | None, metric: str, out: Path, register: bool, data_dir: Pa
     found = fetch_best(client, [experiment_id], out, sweep=sweep, metric=metric, data_dir=data_dir,
                        register=register)
     click.echo(found.describe())
+
+
+@cli.command()
+@click.option("--run-id", default=None, help="Serve this run's model.")
+@click.option("--sweep", default=None, help="Serve the model of this sweep's best FINISHED run (as `best`).")
+@click.option("--model-uri", default=None,
+              help="Serve this MLflow model instead, e.g. models:/fmnist-mlp@champion or runs:/RUN_ID/model.")
+@host_option("The model server")
+@port_option(5001)
+@tracking_uri_option
+@experiment_option
+def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: str, port: int,
+          tracking_uri: str | None, experiment: str) -> None:
+    """Serve a model over HTTP with `mlflow models serve`: by default the best FINISHED run's, by
+    validation accuracy. Prints the request and response format and the class of each probability.
+
+    Runs in this Python environment (--env-manager local), with $MLFLOW_TRACKING_URI and $PATH set for
+    `mlflow models serve`; a run without an MLflow model gets one from its checkpoint first.
+    """
+    from fmnist_tracking.servers import serve_command, served_model, serving_help
+    from fmnist_tracking.store import resolve_tracking_uri, setup
+
+    if sum(option is not None for option in (run_id, sweep, model_uri)) > 1:
+        raise ConfigError("--run-id, --sweep, --model-uri: give one of them, or none for the best run")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = resolve_tracking_uri(tracking_uri)
+    client, experiment_id = setup(uri, experiment, create=False)
+    served, what, classes = served_model(client, experiment_id, run_id=run_id, sweep=sweep,
+                                         model_uri=model_uri)
+    click.echo(f"Serving {served}: {what} (Ctrl-C stops it)\n{serving_help(host, port, classes)}")
+    exec_server(*serve_command(served, uri, host, port))
 
 
 @cli.command()
@@ -368,6 +424,28 @@ def report(name: str, impl: str | None, storage: str | None, tracking_uri: str |
     from sweeps.report import rebuild_reports
 
     rebuild_reports(name, impl=impl, storage=storage, tracking_uri=tracking_uri, experiment=experiment)
+
+
+@cli.command()
+@click.argument("name")
+@storage_option
+@host_option("optuna-dashboard")
+@port_option(8080)
+@tracking_uri_option
+def dashboard(name: str, storage: str | None, host: str, port: int, tracking_uri: str | None) -> None:
+    """Open optuna-dashboard on the Optuna storage of sweep NAME and print the address of its studies."""
+    from fmnist_tracking.servers import dashboard_command, dashboard_study_urls
+    from sweeps.study import default_storage, without_password
+
+    storage = storage or default_storage(tracking_uri)
+    urls = dashboard_study_urls(storage, name, host, port)
+    if not urls:
+        raise ConfigError(f"no study of sweep {name!r} in {without_password(storage)}; run `python cli.py "
+                          f"sweep {name}` first or pass the sweep's --storage")
+    for study, url in urls.items():
+        click.echo(f"optuna-dashboard, study {study}: {url}")
+    click.echo("(Ctrl-C stops it)")
+    exec_server(dashboard_command(storage, host, port))
 
 
 if __name__ == "__main__":

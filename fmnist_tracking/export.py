@@ -1,13 +1,19 @@
-"""The MLflow model of a run: `serving_model` (raw pixels in, probabilities out) logged as pt2.
+"""The MLflow model of a run: `serving_model` (raw pixels in, probabilities out) logged as pt2, at the
+end of training or later from the run's checkpoint (`ensure_model`, for serving and registering).
 
 The network itself is built by `fmnist_core.serving` (torch only); this module is the MLflow side.
 """
 
 from __future__ import annotations
 
-import torch
+import tempfile
 
-from fmnist_core.checkpoint import Checkpoint
+import torch
+from mlflow.exceptions import MlflowException
+
+from fmnist_core.checkpoint import Checkpoint, load_checkpoint
+from fmnist_core.config import first_line
+from fmnist_core.data import INPUT_SIZE
 from fmnist_core.serving import serving_model
 
 
@@ -42,3 +48,31 @@ def log_mlflow_model(client, experiment_id: str, run_id: str, checkpoint: Checkp
     finally:
         mlflow.set_tracking_uri(previous_uri)
     return logged.model_id
+
+
+def ensure_model(client, run, *, name: str = "model") -> str:
+    """The id of the run's MLflow model `name` (`runs:/<run id>/<name>`); when the run has none, it is
+    logged first from the run's checkpoint.pt (loaded with weights_only=True).
+
+    The input example of a model logged this way is random pixels of the right shape: the run's
+    images are not at hand here, and an example only shows the format.
+    """
+    import numpy as np
+
+    from fmnist_tracking.run_log import CHECKPOINT_ARTIFACT  # here: run_log imports this module
+    from fmnist_tracking.store import TrackingError
+
+    run_id = run.info.run_id
+    outputs = client.get_run(run_id).outputs  # a run found by search_runs carries no outputs
+    for output in outputs.model_outputs if outputs else []:
+        if client.get_logged_model(output.model_id).name == name:
+            return output.model_id
+    with tempfile.TemporaryDirectory(prefix="fmnist-export-") as scratch:
+        try:
+            path = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, scratch)
+        except (MlflowException, OSError) as error:
+            raise TrackingError(f"run {run_id} has neither an MLflow model {name!r} nor a readable "
+                                f"{CHECKPOINT_ARTIFACT} to make one from ({first_line(error)})") from None
+        checkpoint = load_checkpoint(path)
+    example = np.random.default_rng(0).integers(0, 256, size=(5, INPUT_SIZE)).astype(np.float32)
+    return log_mlflow_model(client, run.info.experiment_id, run_id, checkpoint, example, name=name)

@@ -1,6 +1,5 @@
 """Getting models back out of MLflow: the runs table, the best checkpoint fetched and verified (with
-what its sweep's paired tests say of it, verdicts.py), the Model Registry champion, and the command
-line of the MLflow UI.
+what its sweep's paired tests say of it, verdicts.py), and the Model Registry champion.
 
 `fetch_best` trusts nothing it downloads: the checkpoint goes through
 `checkpoint.load_checkpoint` (weights_only=True), and its validation accuracy, recomputed
@@ -11,7 +10,6 @@ what the run logged before the file is moved to where the user asked.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,15 +23,13 @@ from fmnist_core import data as fdata
 from fmnist_core import serving
 from fmnist_core.config import first_line
 from fmnist_core.trainer import SPLIT_SEED
-from fmnist_tracking.run_log import CHECKPOINT_ARTIFACT
+from fmnist_tracking.export import ensure_model
+from fmnist_tracking.run_log import CHECKPOINT_ARTIFACT, MODEL_NAME
 from fmnist_tracking.store import (
     TrackingError,
     find_best_run,
-    local_artifact_root,
-    resolve_tracking_uri,
     search_runs,
     selection_metric,
-    setup,
 )
 from fmnist_tracking.verdicts import tie_report
 
@@ -195,11 +191,9 @@ def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sw
 
 
 def register_champion(client: MlflowClient, run: Run, name: str = REGISTERED_MODEL):
-    """Register the run's MLflow model as a new version of `name`; point the alias `champion` at it."""
-    outputs = client.get_run(run.info.run_id).outputs
-    model_ids = [output.model_id for output in (outputs.model_outputs if outputs else [])]
-    if not model_ids:
-        raise TrackingError(f"run {run.info.run_id} has no logged MLflow model to register")
+    """Register the run's MLflow model (logged from its checkpoint if missing) as a new version of `name`;
+    point the alias `champion` at it."""
+    model_id = ensure_model(client, run, name=MODEL_NAME)
     try:
         client.create_registered_model(name, description="Fashion-MNIST MLP: 784 pixels 0..255 -> 10 class "
                                                          "probabilities; alias champion = best by validation")
@@ -207,33 +201,8 @@ def register_champion(client: MlflowClient, run: Run, name: str = REGISTERED_MOD
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     version = client.create_model_version(
-        name, source=f"models:/{model_ids[0]}", run_id=run.info.run_id, model_id=model_ids[0],
+        name, source=f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
         tags={"best_val_acc": str(run.data.metrics.get("best_val_acc")),
               "test_acc": str(run.data.metrics.get("test_acc"))})
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
     return version
-
-
-def ui_command(tracking_uri: str | None, host: str, port: int) -> tuple[list[str], dict[str, str], str, str]:
-    """(argv and environment of `mlflow server` over the store, the store's URI, the experiment id).
-
-    The store and the default experiment exist afterwards, so the UI opens on them.
-    """
-    uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        raise TrackingError(f"{uri} is a tracking server already: open it in a browser")
-    _, experiment_id = setup(uri)
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-            "--port", str(port), "--workers", "1"]
-    artifacts = local_artifact_root(uri)
-    if artifacts is not None:  # experiments made in the UI keep their files next to the database too
-        argv += ["--no-serve-artifacts", "--default-artifact-root", artifacts.as_uri()]
-    # The job runner serves GenAI evaluation jobs: a dozen idle processes a training UI does not need.
-    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return argv, environment, uri, experiment_id
-
-
-def ui_runs_url(host: str, port: int, experiment_id: str) -> str:
-    """The page with an experiment's training runs (MLflow 3 otherwise opens on its GenAI pages)."""
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

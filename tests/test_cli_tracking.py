@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -219,6 +223,7 @@ def test_a_run_killed_mid_training_by_sigterm_or_ctrl_c_ends_killed(make_mlflow_
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.unit
 def test_the_training_progress_bar_ends_full_although_the_trainer_reports_every_50_steps(
         tiny_splits, tmp_path, capsys):
     from fmnist_core.trainer import PROGRESS_EVERY
@@ -348,3 +353,129 @@ def test_best_reports_the_sweeps_own_ranking_where_it_differs_from_the_pick(mlfl
     lone_run = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="outside")
     lone_run.end()
     assert tie_report(client, client.get_run(lone_run.run_id)) == []
+
+
+def _run_with_only_a_checkpoint(client, experiment_id: str, checkpoint_path: Path) -> str:
+    """A FINISHED run holding checkpoint.pt but no MLflow model (a model exported lazily, not yet)."""
+    run = run_log.RunLogger.start(client, experiment_id, RunConfig(hidden_size=12), run_name="no-model-yet")
+    with tempfile.TemporaryDirectory() as scratch:
+        shutil.copyfile(checkpoint_path, Path(scratch, run_log.CHECKPOINT_ARTIFACT))
+        client.log_artifact(run.run_id, str(Path(scratch, run_log.CHECKPOINT_ARTIFACT)))
+    client.log_metric(run.run_id, "best_val_acc", 0.5)
+    run.end()
+    return run.run_id
+
+
+def test_ensure_model_logs_a_missing_mlflow_model_from_the_checkpoint_once(mlflow_store, random_checkpoint):
+    from fmnist_tracking.export import ensure_model
+
+    client, experiment_id = store.setup(mlflow_store)
+    run_id = _run_with_only_a_checkpoint(client, experiment_id, random_checkpoint)
+    assert not client.get_run(run_id).outputs.model_outputs
+    model_id = ensure_model(client, client.get_run(run_id))
+    assert ensure_model(client, client.get_run(run_id)) == model_id  # the second call finds it
+    assert [output.model_id for output in client.get_run(run_id).outputs.model_outputs] == [model_id]
+
+    pixels = torch.randint(0, 256, (4, 784), generator=torch.Generator().manual_seed(2)).float()
+    served = mlflow.pyfunc.load_model(f"models:/{model_id}").predict(pixels.numpy())
+    model, checkpoint = serving.load_model(random_checkpoint)
+    normalised = (pixels / 255 - checkpoint.normalization["mean"]) / checkpoint.normalization["std"]
+    expected = torch.softmax(serving.logits_of(model, normalised), -1).numpy()
+    assert served == pytest.approx(expected, abs=1e-5)
+
+
+def _stop_group(process: subprocess.Popen) -> str:
+    """End a server started with start_new_session (it and its workers), return what it printed."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.stdout.read()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(url: str, process: subprocess.Popen, timeout: float = 120.0) -> bytes:
+    """The body at `url` once the server answers; fails if the server exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, _stop_group(process)
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"no answer at {url} within {timeout:.0f} s: {_stop_group(process)}")
+
+
+def test_serve_answers_a_real_test_image_with_ten_probabilities_without_the_venv_on_path(
+        mlflow_store, random_checkpoint, small_real_splits):
+    client, experiment_id = store.setup(mlflow_store)
+    run_id = _run_with_only_a_checkpoint(client, experiment_id, random_checkpoint)  # serve exports it first
+    port = _free_port()
+    environment = {**os.environ, "PATH": "/usr/bin:/bin"}  # as in a fresh shell: no venv activated
+    server = subprocess.Popen([sys.executable, "cli.py", "serve", "--run-id", run_id, "--port", str(port),
+                               "--tracking-uri", mlflow_store], cwd=ROOT, env=environment, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        banner = server.stdout.readline() + server.stdout.readline()
+        assert banner.startswith("Serving models:/") and f"run {run_id}" in banner, banner
+        _get(f"http://127.0.0.1:{port}/ping", server)
+        splits = small_real_splits
+        pixels = serving.pixels_of(splits.test_x[:1], splits.mean, splits.std)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": pixels.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+    finally:
+        printed = _stop_group(server)
+    assert len(predictions) == 1 and len(predictions[0]) == 10
+    model, checkpoint = serving.load_model(random_checkpoint)
+    expected = torch.softmax(serving.logits_of(model, small_real_splits.test_x[:1]), -1)[0]
+    assert predictions[0] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert "probability i is class i: 0 T-shirt/top, 1 Trouser" in banner + printed
+
+
+def test_dashboard_serves_the_sweeps_study_on_loopback(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="hidden_size-manual", direction="maximize")
+    for value in (0.89, 0.90):
+        study.add_trial(optuna.trial.create_trial(params={"hidden_size": int(value * 1000)}, value=value,
+                                                  distributions={"hidden_size": optuna.distributions
+                                                                 .IntDistribution(1, 2048)}))
+    optuna.create_study(storage=storage, study_name="other-sweep")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "cli.py", "dashboard", "hidden_size", "--storage", storage,
+                               "--port", str(port)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        line = server.stdout.readline().strip()
+        assert line.startswith("optuna-dashboard, study hidden_size-manual: http://127.0.0.1:"), line
+        url = line.split(": ", 1)[1]
+        studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies", server))["study_summaries"]
+        page = _get(url, server).decode()
+    finally:
+        _stop_group(server)
+    shown = {s["study_name"]: s for s in studies}
+    assert url.endswith(f"/dashboard/studies/{shown['hidden_size-manual']['study_id']}")
+    assert "<html" in page.lower()
+
+
+def test_server_commands_refuse_bad_input_in_one_line(mlflow_store, tmp_path):
+    store.setup(mlflow_store)
+    assert_one_line_error(invoke("serve", "--run-id", "abc", "--sweep", "x"), "give one of them")
+    assert_one_line_error(invoke("serve", "--run-id", "0" * 32), "no run")
+    assert_one_line_error(invoke("serve"), "no FINISHED run")
+    assert_one_line_error(invoke("dashboard", "hidden_size", "--storage", f"sqlite:///{tmp_path / 'o.db'}"),
+                          "no study of sweep 'hidden_size'")
+    assert_one_line_error(invoke("ui", "--sweep", "nothing_here"), "no runs of sweep 'nothing_here'")

@@ -1,0 +1,183 @@
+"""The servers the command line starts, as (argv, environment) plus the address to print: the MLflow UI
+(with a saved view of a sweep's runs), `mlflow models serve` for a run's model, and optuna-dashboard.
+
+Each server replaces the CLI process (os.execve), so Ctrl-C and SIGTERM reach it directly. All bind
+to loopback unless told otherwise: none of them has a login.
+
+The sweep view is an MLflow "saved view" (MLflow >= 3.15: the Runs page's Views menu): an experiment
+tag `mlflow.sharedViewState.<id>` holding `{name, createdAt, updatedAt, state}`, where `state` is the
+JSON of the runs table's search facets and UI state (filter, sort, selected columns). The UI opens it
+from `#/experiments/<id>/runs?viewStateShareKey=<id>`; it accepts the state as plain JSON (the UI
+itself deflates it, and reads both), the format MLflow's own demo data writes from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from fmnist_core.config import first_line
+from fmnist_tracking.store import (
+    DEFAULT_EXPERIMENT,
+    TrackingError,
+    local_artifact_root,
+    resolve_tracking_uri,
+    search_runs,
+    setup,
+)
+
+SAVED_VIEW_TAG = "mlflow.sharedViewState."
+# Always shown for a sweep: validation accuracy (what selects) and test accuracy (only reported).
+SWEEP_METRICS = ("best_val_acc", "test_acc")
+
+
+def _address(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def ui_command(tracking_uri: str | None, host: str, port: int,
+               experiment: str = DEFAULT_EXPERIMENT) -> tuple[list[str], dict[str, str], str, str]:
+    """(argv and environment of `mlflow server` over the store, the store's URI, the experiment id).
+
+    The store and the experiment exist afterwards, so the UI opens on them.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise TrackingError(f"{uri} is a tracking server already: open it in a browser")
+    _, experiment_id = setup(uri, experiment)
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+            "--port", str(port), "--workers", "1"]
+    artifacts = local_artifact_root(uri)
+    if artifacts is not None:  # experiments made in the UI keep their files next to the database too
+        argv += ["--no-serve-artifacts", "--default-artifact-root", artifacts.as_uri()]
+    # The job runner serves GenAI evaluation jobs: a dozen idle processes a training UI does not need.
+    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return argv, environment, uri, experiment_id
+
+
+def ui_runs_url(host: str, port: int, experiment_id: str, view: str | None = None) -> str:
+    """The page with an experiment's training runs (MLflow 3 otherwise opens on its GenAI pages),
+    through the saved view `view` when given."""
+    query = f"viewStateShareKey={view}&" if view else ""
+    return f"{_address(host, port)}/#/experiments/{experiment_id}/runs?{query}workflowType=machine_learning"
+
+
+def ui_run_url(host: str, port: int, experiment_id: str, run_id: str) -> str:
+    """A run's Overview page: its description (a sweep parent's conclusion), params, metrics."""
+    return f"{_address(host, port)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str) -> tuple[str, list[str]]:
+    """Save (or refresh) the view of sweep `sweep`'s trial runs, best validation accuracy first, with
+    the params they vary and their validation and test accuracy as columns.
+
+    Returns (view id, the sweep's parent run ids); TrackingError if the experiment holds no such sweep.
+    """
+    runs = search_runs(client, [experiment_id], sweep=sweep)
+    trials = [run for run in runs if run.data.tags.get("sweep_role") != "parent"]
+    parents = [run.info.run_id for run in runs if run.data.tags.get("sweep_role") == "parent"]
+    if not runs:
+        raise TrackingError(f"no runs of sweep {sweep!r} in this experiment; run `python cli.py sweep "
+                            f"{sweep}` or check --experiment / --tracking-uri")
+    names = {key for run in trials for key in run.data.params}
+    varying = sorted(key for key in names if len({run.data.params.get(key) for run in trials}) > 1)
+    state = {
+        "searchFilter": f"tags.sweep = '{sweep}' and tags.sweep_role = 'trial'",
+        "orderByKey": "metrics.`best_val_acc`", "orderByAsc": False,
+        "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": [f"params.`{key}`" for key in varying]
+                           + [f"metrics.`{key}`" for key in SWEEP_METRICS],
+    }
+    view = "sweep-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", sweep).strip("-") or "sweep")
+    now = int(time.time() * 1000)
+    envelope = {"name": f"sweep {sweep}: runs by validation accuracy", "createdAt": now, "updatedAt": now,
+                "state": json.dumps(state, separators=(",", ":"))}
+    client.set_experiment_tag(experiment_id, SAVED_VIEW_TAG + view,
+                              json.dumps(envelope, separators=(",", ":")))
+    return view, parents
+
+
+def serve_command(model_uri: str, tracking_uri: str | None, host: str,
+                  port: int) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of `mlflow models serve` for `model_uri` in this Python environment.
+
+    `mlflow models serve` resolves runs:/ and models:/ URIs through $MLFLOW_TRACKING_URI, and starts
+    its server as the command `uvicorn`, looked up on $PATH: both are set here, so a fresh clone
+    serves without an activated venv.
+    """
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(tracking_uri),
+                   "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "--model-uri", model_uri,
+            "--env-manager", "local", "--host", host, "--port", str(port)]
+    return argv, environment
+
+
+def serving_help(host: str, port: int, classes: list[str]) -> str:
+    """How to call the served model: the request, the response, and which class each probability is."""
+    mapping = ", ".join(f"{index} {name}" for index, name in enumerate(classes))
+    return (f"  POST {_address(host, port)}/invocations  Content-Type: application/json\n"
+            '  request:  {"inputs": [[784 pixel values 0..255 of a 28x28 image, row by row], ...]}\n'
+            '  response: {"predictions": [[10 class probabilities], ...]}\n'
+            f"  probability i is class i: {mapping}")
+
+
+def dashboard_command(storage: str, host: str, port: int) -> list[str]:
+    """argv of optuna-dashboard over `storage`, from this Python environment."""
+    executable = Path(sys.executable).parent / "optuna-dashboard"
+    return [str(executable), storage, "--host", host, "--port", str(port)]
+
+
+def dashboard_study_urls(storage: str, sweep: str, host: str, port: int) -> dict[str, str]:
+    """Study name -> its page in optuna-dashboard, for the studies of sweep `sweep` (NAME or NAME-impl)."""
+    import optuna
+
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as error:  # optuna raises what SQLAlchemy or the driver raise: a bad URL, no server
+        raise TrackingError(f"cannot open the Optuna storage: {first_line(error)}") from None
+    names = sorted(name for name in names if name == sweep or name.startswith(f"{sweep}-"))
+    ids = optuna.storages.get_storage(storage)
+    return {name: f"{_address(host, port)}/dashboard/studies/{ids.get_study_id_from_name(name)}"
+            for name in names}
+
+
+def served_model(client: MlflowClient, experiment_id: str, *, run_id: str | None = None,
+                 sweep: str | None = None, model_uri: str | None = None) -> tuple[str, str, list[str]]:
+    """(model URI, a line saying what it is, its class names) of what `cli.py serve` serves: `model_uri`
+    as given, else the MLflow model of run `run_id`, else of the best FINISHED run (of `sweep`) by
+    validation accuracy; a run's model is logged from its checkpoint first if it has none."""
+    import mlflow
+
+    from fmnist_core.data import CLASSES
+    from fmnist_tracking.export import ensure_model
+    from fmnist_tracking.run_log import MODEL_NAME
+    from fmnist_tracking.store import find_best_run
+
+    if model_uri is None:
+        if run_id is not None:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:
+                raise TrackingError(f"no run {run_id!r} in {client.tracking_uri}; `python cli.py runs` "
+                                    "lists them") from None
+        else:
+            run = find_best_run(client, [experiment_id], sweep=sweep)
+        model_uri = f"models:/{ensure_model(client, run, name=MODEL_NAME)}"
+        val_acc = run.data.metrics.get("best_val_acc")
+        what = (f"run {run.info.run_id} ({run.info.run_name}"
+                + (f", best_val_acc {val_acc:.4f}" if val_acc is not None else "") + ")")
+    else:
+        what = model_uri
+    try:
+        metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    except (MlflowException, OSError) as error:
+        raise TrackingError(f"cannot read the MLflow model {model_uri}: {first_line(error)}") from None
+    return model_uri, what, list(metadata.get("classes") or CLASSES)
