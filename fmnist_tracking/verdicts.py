@@ -86,12 +86,17 @@ def tie_report(client: MlflowClient, run: Run) -> list[str]:
 
 
 def _cheapest(group: list[dict]) -> str:
-    priced = [v for v in group if v.get("cost_seconds_per_epoch") is not None]
+    """The cheapest configuration of `group`, by the cost the sweep's conclusion uses (`cost` in
+    `cost_name`, e.g. parameters) when the file records it, else by seconds per epoch."""
+    key, unit = ("cost", group[0].get("cost_name") or "") if "cost" in group[0] else \
+        ("cost_seconds_per_epoch", "s/epoch")
+    priced = [v for v in group if v.get(key) is not None]
     if not priced:
-        return "no epoch times to say which of them is cheapest"
-    pick = min(priced, key=lambda v: v["cost_seconds_per_epoch"])
+        return f"no {unit or 'cost'} recorded to say which of them is cheapest"
+    pick = min(priced, key=lambda v: v[key])
+    cost = f"{pick[key]:,.0f}" if abs(pick[key]) >= 1000 else f"{pick[key]:.3g}"  # parameter counts
     test = f", test_acc {pick['test_acc']:.4f}" if pick.get("test_acc") is not None else ""
-    return f"the cheapest of them is {pick['label']} ({pick['cost_seconds_per_epoch']:.3g} s/epoch{test})"
+    return f"the cheapest of them is {pick['label']} ({' '.join(filter(None, [cost, unit]))}{test})"
 
 
 def _named(verdict: dict) -> str:

@@ -344,6 +344,11 @@ def test_best_reports_the_sweeps_own_ranking_where_it_differs_from_the_pick(mlfl
     assert "puts hidden_size=1024 first (val 0.9015)" in text
     assert "this run's hidden_size=512 (val 0.9001) is within noise of it (p=0.31" in text
     assert "the cheapest of them is hidden_size=512 (1 s/epoch" in text
+    for verdict, parameters in zip(verdicts, (814_090, 407_050, 101_770), strict=True):
+        verdict.update(cost=parameters, cost_name="parameters")  # the cost the sweep's conclusion used
+    client.log_text(made["parent"], json.dumps(verdicts), "sweep/verdicts.json")
+    text = "\n".join(tie_report(client, picked))
+    assert "the cheapest of them is hidden_size=512 (407,050 parameters" in text
 
     client.log_text(made["parent"], json.dumps(verdicts[:1] + verdicts[2:]), "sweep/verdicts.json")
     alone = tie_report(client, client.get_run(made["hidden_size=1024"]))
