@@ -140,7 +140,7 @@ class ManualMLP:
         batch_size = x.shape[1]
         probs = torch.softmax(z2, dim=-1) if probs is None else probs  # p = softmax(z2)
         # dL/dz2 = (p - onehot(y)) / B: subtract 1 at each sample's label, then scale
-        dz2 = probs.scatter_add(-1, y.unsqueeze(-1), self._minus_one.expand(*y.shape, 1)).div_(batch_size)
+        dz2 = probs.scatter_add_(-1, y.unsqueeze(-1), self._minus_one.expand(*y.shape, 1)).div_(batch_size)
         dW2 = torch.bmm(h1_dropped.transpose(1, 2), dz2, out=self.dW2)  # dL/dW2 = h1^T . dz2
         db2 = torch.sum(dz2, 1, keepdim=True, out=self.db2)  # dL/db2 = sum_b dz2
         dh1 = torch.bmm(dz2, self.W2.transpose(1, 2))  # dL/dh1 = dz2 . W2^T
