@@ -16,6 +16,8 @@ from pathlib import Path
 import click
 
 from fmnist_core.config import CHOICES, ConfigError, RunConfig
+from fmnist_tracking.defaults import DEFAULT_EXPERIMENT
+from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_POPULATION, GRACE_BEATS
 
 ROOT = Path(__file__).resolve().parent
 
@@ -66,7 +68,7 @@ tracking_uri_option = click.option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
     help="MLflow store or server. Default: $MLFLOW_TRACKING_URI, else the embedded sqlite store in mlruns/.")
 experiment_option = click.option(
-    "--experiment", default="fmnist", show_default=True,  # = fmnist_tracking.runs.DEFAULT_EXPERIMENT
+    "--experiment", default=DEFAULT_EXPERIMENT, show_default=True,
     help="MLflow experiment name.")
 
 
@@ -281,7 +283,7 @@ def parse_set(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
 
 
 impl_variant_option = click.option(
-    "--impl", type=click.Choice(["manual", "torch", "both"]), default=None,
+    "--impl", type=click.Choice([*CHOICES["impl"], "both"]), default=None,
     help="Implementation to sweep; `both` runs one study per implementation. Default: the definition's.")
 storage_option = click.option(
     "--storage", envvar="OPTUNA_STORAGE", default=None,
@@ -303,7 +305,7 @@ storage_option = click.option(
               help="Train every configuration with seeds 0..K-1. Default: the definition's `seeds`.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=parse_set,
               help="Override a RunConfig field for every trial (repeatable), e.g. --set batch_size=128.")
-@click.option("--population", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--population", type=click.IntRange(min=1), default=DEFAULT_POPULATION, show_default=True,
               help="Trials of the same shape trained together as one batched computation; 1 turns it off.")
 @click.option("--fresh", is_flag=True,
               help="Delete this sweep's stored Optuna study and start it again (its MLflow runs are kept).")
@@ -318,9 +320,9 @@ storage_option = click.option(
               help="Only recover what stopped workers left: fail and re-queue their stale trials, close "
                    "their MLflow runs KILLED, close an idle parent run; trains nothing.")
 @click.option("--heartbeat", type=click.IntRange(min=1), metavar="SECONDS", show_default=True,
-              default=10,  # = sweeps.storage.DEFAULT_HEARTBEAT
+              default=DEFAULT_HEARTBEAT,
               help="Seconds between a worker's heartbeats for its trials (shared storages); a trial "
-                   "without one for 3x this long is failed and re-queued by another worker.")
+                   f"without one for {GRACE_BEATS}x this long is failed and re-queued by another worker.")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar, or one line per trial. Default: a bar when stderr is a terminal.")
 @storage_option

@@ -105,6 +105,7 @@ def verdict_records(summary: Summary) -> list[dict]:
             "interval_kind": verdict.interval_kind, "diff_images": _rounded(verdict.difference_images),
             "p_value": verdict.p_value, "p_adjusted": verdict.p_adjusted, "verdict": verdict.verdict,
             "method": verdict.method, "cost_seconds_per_epoch": _null(row.seconds_per_epoch),
+            "cost": _null(verdict.cost), "cost_name": summary.cost_name,  # as the conclusion prices
             "test_acc": verdict.test_acc})
     return records
 

@@ -27,7 +27,7 @@ from sweeps.study import plan_studies
 N_VAL = 2000
 VERDICT_KEYS = {"label", "params", "trials", "run_ids", "seeds", "accuracy", "interval", "interval_kind",
                 "diff_images", "p_value", "p_adjusted", "verdict", "method", "cost_seconds_per_epoch",
-                "test_acc"}
+                "cost", "cost_name", "test_acc"}
 WIDTHS = {"description": "Which hidden size works best?", "base": {"epochs": 3},
           "space": {"hidden_size": [256, 512, 1024, 2048]}, "plot": {"x": "hidden_size", "log_x": True}}
 

@@ -234,11 +234,15 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
 
     The workers stop at the end of their first epoch (the lease's `training` point) and write a
     handshake file there, so the signal lands while every held trial is in training, on any machine."""
-    storage = make_postgres_database("optuna")
+    ctrl_c_with_two_workers(tmp_path, mlflow_server, make_postgres_database("optuna"), "interrupted")
+
+
+def ctrl_c_with_two_workers(tmp_path, mlflow_server, storage: str, experiment: str) -> None:
+    """The Ctrl-C scenario above, in its own experiment (a loop of it shares one MLflow server)."""
     sweep = grid_file(tmp_path, [8, 16], [0.05, 0.1], epochs=2)
     handshake = tmp_path / "handshake"
     handshake.mkdir()
-    argv = worker_argv(sweep, storage, mlflow_server, "interrupted", "--workers", "2")
+    argv = worker_argv(sweep, storage, mlflow_server, experiment, "--workers", "2")
     parent_process = start(argv, tmp_path, "interrupted", {lease.HANDSHAKE_ENV: str(handshake),
                                                            lease.PAUSE_ENV: "training"})
 
@@ -252,7 +256,7 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
     assert "Interrupted: the running trials are re-queued" in output(parent_process)
 
     stopped = trials(storage, "tiny_grid-torch")
-    client, children, parent = children_and_parent(mlflow_server, "interrupted")
+    client, children, parent = children_and_parent(mlflow_server, experiment)
     story = [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("worker"))
              for t in stopped]
     assert claimed == {0, 1, 2, 3}, story  # two populations of two, one per worker
@@ -268,11 +272,11 @@ def test_ctrl_c_stops_all_local_workers_cleanly_and_the_next_run_resumes(tmp_pat
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert parent.info.status == "KILLED"
 
-    again = start(worker_argv(sweep, storage, mlflow_server, "interrupted"), tmp_path, "resumed")  # one
+    again = start(worker_argv(sweep, storage, mlflow_server, experiment), tmp_path, "resumed")  # one
     assert finish([again]) == [0], output(again)
     assert_every_point_complete_once(trials(storage, "tiny_grid-torch"), {(h, lr) for h in (8, 16)
                                                                          for lr in (0.05, 0.1)})
-    _, children, parent = children_and_parent(mlflow_server, "interrupted")
+    _, children, parent = children_and_parent(mlflow_server, experiment)
     assert parent.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]
 
