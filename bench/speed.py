@@ -14,6 +14,8 @@ Sections:
 4. wall      wall time of a default 10-epoch run (hidden 256), both implementations.
 5. step      one training step at the seed's settings (hidden 256, batch 64, one member): the
              five matrix products alone vs each learner's train_step, in ms and as ratios.
+6. sweep     a real `sweep learning_rate` end to end (2 epochs), population 8 vs 1: wall time, the
+             share spent training, and the seconds per trial outside training (bench/sweep_speed.py).
 --device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
 Timings go to stdout; nothing here is asserted, so CI never fails on a busy machine.
 """
@@ -262,11 +264,20 @@ def _learner_step(learner, xs: torch.Tensor, ys: torch.Tensor, lr: torch.Tensor,
     learner.train_step(xs[step % len(xs)], ys[step % len(ys)], lr)
 
 
+def section_sweep(splits: fdata.Splits, quick: bool, device: str) -> None:
+    """6. a real `sweep learning_rate` end to end, population 8 vs 1 (bench/sweep_speed.py; needs MLflow
+    and Optuna, like the sweeps themselves)."""
+    from sweep_speed import sweep_section
+
+    sweep_section(name="learning_rate", epochs=1 if quick else 2, rounds=1 if quick else 2, device=device,
+                  splits=splits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (partial epochs)")
-    parser.add_argument("--only", choices=("pipeline", "flops", "population", "wall", "step"),
+    parser.add_argument("--only", choices=("pipeline", "flops", "population", "wall", "step", "sweep"),
                         action="append")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"),
                         help="where ours and the baseline's model run (its DataLoader stays on the CPU)")
@@ -279,7 +290,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}")
     sections = {"pipeline": section_pipeline, "flops": section_flops, "population": section_population,
-                "wall": section_wall, "step": section_step}
+                "wall": section_wall, "step": section_step, "sweep": section_sweep}
     names = args.only or list(sections)
     splits = None  # section 5 makes its own batches, so it runs where the data set is not installed
     if any(name != "step" for name in names):

@@ -59,8 +59,9 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
 
 
 def sweep_section(*, name: str = "learning_rate", epochs: int = 2, populations=(1, 8), rounds: int = 2,
-                  device: str = "cpu") -> None:
-    splits = fdata.load_splits(None, val_size=10_000, seed=SPLIT_SEED, device=resolve_device(device))
+                  device: str = "cpu", splits=None) -> None:
+    if splits is None:
+        splits = fdata.load_splits(None, val_size=10_000, seed=SPLIT_SEED, device=resolve_device(device))
     print(f"\n== sweep: `sweep {name} --epochs {epochs}` end to end, population "
           f"{' vs '.join(map(str, populations))}, {rounds} interleaved round(s), device {device}")
     found: dict[int, list[dict]] = {p: [] for p in populations}

@@ -21,20 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fmnist_core.activations import ACTIVATIONS
 from fmnist_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from fmnist_core.data import IMAGE_SIDE, INPUT_SIZE, NUM_CLASSES, DataError, load_splits
 from fmnist_core.learner import EVAL_CHUNK
 from fmnist_core.metrics import loss_and_correct
 
-# Same functions and constants as fmnist_core.mlp_torch.ACTIVATIONS, as modules.
-ACTIVATION_MODULES = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(negative_slope=0.01),
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "elu": nn.ELU,  # alpha = 1
-    "silu": nn.SiLU,
-}
 # Checkpoint keys (nn.Linear names of TorchMLP) -> nn.Sequential keys.
 SEQUENTIAL_KEYS = {"fc1.weight": "0.weight", "fc1.bias": "0.bias",
                    "fc2.weight": "2.weight", "fc2.bias": "2.bias"}
@@ -45,11 +37,11 @@ def plain_model(state_dict: dict[str, torch.Tensor], activation: str) -> nn.Sequ
 
     Dropout is absent: at inference it is the identity.
     """
-    if activation not in ACTIVATION_MODULES:
+    if activation not in ACTIVATIONS:
         raise CheckpointError(f"unknown activation {activation!r} in checkpoint config")
     hidden = state_dict["fc1.weight"].shape[0]
     # Built on the meta device, so nn.Linear's own init neither runs nor moves the global RNG.
-    model = nn.Sequential(nn.Linear(INPUT_SIZE, hidden, device="meta"), ACTIVATION_MODULES[activation](),
+    model = nn.Sequential(nn.Linear(INPUT_SIZE, hidden, device="meta"), ACTIVATIONS[activation].module(),
                           nn.Linear(hidden, NUM_CLASSES, device="meta"))
     renamed = {SEQUENTIAL_KEYS[k]: v.detach().to("cpu", torch.float32).clone() for k, v in state_dict.items()}
     model.load_state_dict(renamed, assign=True)
