@@ -78,6 +78,27 @@ def runs_table(client: MlflowClient, experiment_ids: list[str], *, sweep: str | 
     if not runs:
         return "no runs" + (f" of sweep {sweep!r}" if sweep else "") + " in this experiment"
 
+    columns = _columns(runs, ranking)
+    cells = [list(columns)]
+    for place, run in enumerate(runs, 1):
+        ranked = ranking is not None and ranking.logged in run.data.metrics
+        cells.append([str(cell(run)) if cell else str(place) if ranked else "-" for cell in columns.values()])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    notes = []
+    if ranking is not None:
+        notes.append(f"ranked by the sweep's objective: {ranking.metric} at each run's selected epoch, "
+                     f"{ranking.direction}d ({ranking.logged}); test_acc is reported, not used to rank")
+        notes += [f"parent run {parent.info.run_id[:8]} ({parent.info.run_name}): figures, ranked summary "
+                  "and conclusion" for parent in parents]
+    if more:
+        notes.append(f"more runs than shown: --limit {limit * 2}")
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *notes])
+
+
+def _columns(runs: list[Run], ranking: Ranking | None) -> dict:
+    """The runs table's columns: header -> cell of a run (None: the rank, filled in by the caller)."""
     def metric(run: Run, key: str) -> str:
         value = run.data.metrics.get(key)
         return "-" if value is None else f"{value:.4f}"
@@ -109,22 +130,7 @@ def runs_table(client: MlflowClient, experiment_ids: list[str], *, sweep: str | 
     if ranking is None:
         columns["sweep"] = sweep_cell
     columns["started"] = lambda r: time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000))
-    cells = [list(columns)]
-    for place, run in enumerate(runs, 1):
-        ranked = ranking is not None and ranking.logged in run.data.metrics
-        cells.append([str(cell(run)) if cell else str(place) if ranked else "-" for cell in columns.values()])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
-    notes = []
-    if ranking is not None:
-        notes.append(f"ranked by the sweep's objective: {ranking.metric} at each run's selected epoch, "
-                     f"{ranking.direction}d ({ranking.logged}); test_acc is reported, not used to rank")
-        notes += [f"parent run {parent.info.run_id[:8]} ({parent.info.run_name}): figures, ranked summary "
-                  "and conclusion" for parent in parents]
-    if more:
-        notes.append(f"more runs than shown: --limit {limit * 2}")
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *notes])
+    return columns
 
 
 @dataclass
