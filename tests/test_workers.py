@@ -249,7 +249,8 @@ def ctrl_c_with_two_workers(tmp_path, mlflow_server, storage: str, experiment: s
     def both_workers_training():
         return len({path.name.split("-")[0] for path in handshake.glob("*.training")}) == 2
 
-    wait_for(both_workers_training, what="both workers paused in training")
+    # A bound for two workers to start (Python, torch, MLflow, the data) on a busy machine, not a timing.
+    wait_for(both_workers_training, timeout=300, what="both workers paused in training")
     claimed = {int(path.stem.split("-t")[1]) for path in handshake.glob("*.claimed")}
     parent_process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the --workers process forwards it
     assert parent_process.wait(timeout=60) == 130, output(parent_process)
@@ -259,7 +260,11 @@ def ctrl_c_with_two_workers(tmp_path, mlflow_server, storage: str, experiment: s
     client, children, parent = children_and_parent(mlflow_server, experiment)
     story = [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("worker"))
              for t in stopped]
-    assert claimed == {0, 1, 2, 3}, story  # two populations of two, one per worker
+    # Each worker holds one population: two of two, or (when both pop the queue at once) one trial
+    # each of the first shape, the other shape left queued.
+    assert claimed in ({0, 1, 2, 3}, {0, 1}), story
+    for unclaimed in {0, 1, 2, 3} - claimed:
+        assert [t.state for t in stopped if t.number == unclaimed] == [TrialState.WAITING], story
     for number in claimed:
         [trial] = [t for t in stopped if t.number == number]
         assert trial.state == TrialState.FAIL, story
