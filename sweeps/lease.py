@@ -88,10 +88,12 @@ class TrialLease:
         return self.trial.number
 
     @classmethod
-    def claim(cls, worker: Worker, study: optuna.Study, *, sample: bool) -> TrialLease | None:
-        """The next queued trial, else (`sample`) a newly sampled one, now this worker's; None if none."""
+    def claim(cls, worker: Worker, study: optuna.Study, *, sample: bool,
+              accept: Callable[[FrozenTrial], bool] | None = None) -> TrialLease | None:
+        """The next queued trial (if `accept`s it), else (`sample`) a newly sampled one, now this
+        worker's; None if none."""
         with _step():  # taken and listed in worker.leases at once: requeue_all finds every trial taken
-            popped = worker.pop_queued(study)
+            popped = worker.pop_queued(study, accept)
             if popped is not None:
                 trial, queued = popped
                 retry_of = queued.system_attrs.get("failed_trial")
@@ -213,13 +215,18 @@ class Worker:
     def trial_state(self, study: optuna.Study, number: int) -> TrialState:
         return self.storage.get_trial(self.trial_id(study, number)).state
 
-    def pop_queued(self, study: optuna.Study) -> tuple[optuna.Trial, FrozenTrial] | None:
-        """The next queued trial, now RUNNING and this worker's; None when the queue is empty.
+    def pop_queued(self, study: optuna.Study, accept: Callable[[FrozenTrial], bool] | None = None
+                   ) -> tuple[optuna.Trial, FrozenTrial] | None:
+        """The next queued trial, now RUNNING and this worker's; None when the queue is empty, or when
+        the next one still queued is not one `accept`s (taken by another worker meanwhile, the one
+        after it may be of another shape).
 
         study.ask() pops the queue the same way (an atomic WAITING -> RUNNING update, row-locked on
         PostgreSQL) but creates a new trial when the queue is empty: on a grid, a point trained twice.
         """
         for queued in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if accept is not None and not accept(queued):
+                return None
             trial_id = self.trial_id(study, queued.number)
             if self.heartbeat is not None:  # beat first: killed right after the pop, it still goes stale
                 self.storage.record_heartbeat(trial_id)

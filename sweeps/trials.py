@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from fmnist_core import data as fdata
@@ -152,10 +152,13 @@ def claim_population(study: optuna.Study, plan: StudyPlan, limit: int, total: in
     leases: list[TrialLease] = []
     shared = not worker.exclusive
     while len(leases) < limit:
-        if shared and leases and next_shape_differs(study, plan, leases[0].config):
+        # On a shared storage only trials of the first one's shape join: the rest is left to other workers.
+        fits = joins_population(plan, leases[0].config) if shared and leases else None
+        queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if fits and queued and not fits(queued[0]):
             break  # leave it to a worker that is free
         sample = plan.definition.sampler != "grid" and (total is None or trials_claimed(study) < total)
-        held = TrialLease.claim(worker, study, sample=sample)
+        held = TrialLease.claim(worker, study, sample=sample, accept=fits)
         if held is None:
             break
         try:
@@ -181,20 +184,20 @@ def shape(config: RunConfig) -> tuple:
     return tuple(getattr(config, f) for f in SHARED_FIELDS)
 
 
-def next_shape_differs(study: optuna.Study, plan: StudyPlan, first: RunConfig) -> bool:
-    """Whether the next queued trial (the one pop_queued would take) cannot join `first`'s population."""
-    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if not queued:
-        return False  # nothing queued: a new trial is sampled, or the loop ends
-    params = queued[0].system_attrs.get("fixed_params", queued[0].params)
-    overrides = {}
-    for param in plan.definition.space:
-        if param.name in params:
-            overrides.update(param.overrides(params[param.name]))
-    try:
-        return shape(plan.base.replace(overrides, source="queued trial")) != shape(first)
-    except ConfigError:
-        return True
+def joins_population(plan: StudyPlan, first: RunConfig) -> Callable[[FrozenTrial], bool]:
+    """Whether a queued trial can join `first`'s population (same shape, from its fixed params)."""
+    def fits(queued: FrozenTrial) -> bool:
+        params = queued.system_attrs.get("fixed_params", queued.params)
+        overrides = {}
+        for param in plan.definition.space:
+            if param.name in params:
+                overrides.update(param.overrides(params[param.name]))
+        try:
+            return shape(plan.base.replace(overrides, source="queued trial")) == shape(first)
+        except ConfigError:
+            return False
+
+    return fits
 
 
 def suggest_config(trial: optuna.Trial, plan: StudyPlan) -> RunConfig:

@@ -88,8 +88,8 @@ def test_ctrl_c_the_moment_a_trial_turns_running_re_queues_it(setting):
     study, worker = setting[0], setting[1]
     take = worker.pop_queued
 
-    def interrupted_pop(study):
-        taken = take(study)
+    def interrupted_pop(study, accept=None):
+        taken = take(study, accept)
         os.kill(os.getpid(), signal.SIGINT)  # inside the claim step: deferred until the lease is held
         return taken
 
@@ -272,3 +272,13 @@ def test_a_failed_upload_re_queues_its_trial_and_is_raised_in_the_main_thread(se
     assert uploading.state == State.REQUEUED and states(study)[uploading.number] == TrialState.FAIL
     run = client.get_run(uploading.run.run_id)
     assert run.info.status == "FAILED" and "unreachable" in run.data.tags[run_log.FAILURE_TAG]
+
+
+def test_claim_takes_no_queued_trial_its_population_cannot_train(setting):
+    """Another worker took the next trial of this population's shape: the one after it, of another
+    shape, is left queued for a free worker, not held until this population is done."""
+    study, worker = setting[0], setting[1]
+    same_shape = lambda queued: queued.system_attrs["fixed_params"]["hidden_size"] == 8  # noqa: E731
+    assert TrialLease.claim(worker, study, sample=False, accept=same_shape).number == 0
+    assert TrialLease.claim(worker, study, sample=False, accept=same_shape) is None
+    assert states(study) == {0: TrialState.RUNNING, 1: TrialState.WAITING}

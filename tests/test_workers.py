@@ -261,7 +261,8 @@ def ctrl_c_with_two_workers(tmp_path, mlflow_server, storage: str, experiment: s
     story = [(t.number, t.state.name, t.system_attrs.get("failed_trial"), t.user_attrs.get("worker"))
              for t in stopped]
     # Each worker holds one population: two of two, or (when both pop the queue at once) one trial
-    # each of the first shape, the other shape left queued.
+    # each of the first shape, the other shape left queued (a worker takes no trial it cannot train
+    # with its population).
     assert claimed in ({0, 1, 2, 3}, {0, 1}), story
     for unclaimed in {0, 1, 2, 3} - claimed:
         assert [t.state for t in stopped if t.number == unclaimed] == [TrialState.WAITING], story
