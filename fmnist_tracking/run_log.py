@@ -26,6 +26,7 @@ import torch
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from fmnist_core import data as fdata
 from fmnist_core import serving
@@ -82,7 +83,7 @@ class RunLogger:
             params = cfg.as_dict() if params is None else params
             client.log_batch(logger.run_id, params=[Param(k, str(v)) for k, v in params.items()])
             if dataset is not None:
-                client.log_inputs(logger.run_id, datasets=[dataset_input(dataset)])
+                log_dataset(client, logger.run_id, dataset)
         except BaseException as error:
             if logger is not None:  # the run exists: close it with the reason
                 logger.__exit__(type(error), error, error.__traceback__)
@@ -209,6 +210,20 @@ def run_figures(result: TrainResult, test: serving.Evaluation, pixels: torch.Ten
                 test.confusion, splits.classes, title=f"test set, best epoch {result.best_epoch}"),
             "plots/misclassified_test.png": plots.misclassified_grid(pixels, splits.test_y, test.predictions,
                                                                      splits.classes)}
+
+
+def log_dataset(client: MlflowClient, run_id: str, splits: fdata.Splits, attempts: int = 3) -> None:
+    """`splits` as the run's dataset input. The first run of an experiment to log it inserts the
+    dataset row; workers starting at once race on that insert (a unique-key violation on PostgreSQL,
+    which MLflow does not retry), and a second try finds the row and links it."""
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=[dataset_input(splits)])
+            return
+        except MlflowException as error:
+            duplicate = any(word in str(error) for word in ("duplicate key", "UNIQUE constraint"))
+            if not duplicate or attempt == attempts - 1:
+                raise
 
 
 def dataset_input(splits: fdata.Splits) -> DatasetInput:

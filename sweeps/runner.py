@@ -165,7 +165,7 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     client.update_run(parent_id, status="RUNNING")
     parent = run_log.RunLogger(client, parent_id, tracker.experiment_id)
     parent.set_tags({"dataset_digest": tracker.dataset_digest})  # `--create` made it without data
-    client.log_inputs(parent_id, datasets=[run_log.dataset_input(splits)])  # MLflow keeps one of each
+    run_log.log_dataset(client, parent_id, splits)  # every worker: MLflow keeps one of each
     click.echo(f"Sweep {plan.study_name}: {plan.definition.description}\n"
                f"  Optuna study in {without_password(storage)}; MLflow parent run {parent_id}; "
                f"worker {worker.name}")

@@ -7,6 +7,7 @@ workers that are `python cli.py sweep` processes. Real Fashion-MNIST with tiny s
 seconds, mostly the figures and the model logged to MLflow.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -250,10 +251,17 @@ def ctrl_c_with_two_workers(tmp_path, mlflow_server, storage: str, experiment: s
         return len({path.name.split("-")[0] for path in handshake.glob("*.training")}) == 2
 
     # A bound for two workers to start (Python, torch, MLflow, the data) on a busy machine, not a timing.
-    wait_for(both_workers_training, timeout=300, what="both workers paused in training")
-    claimed = {int(path.stem.split("-t")[1]) for path in handshake.glob("*.claimed")}
-    parent_process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the --workers process forwards it
-    assert parent_process.wait(timeout=60) == 130, output(parent_process)
+    try:
+        wait_for(both_workers_training, timeout=300, what="both workers paused in training")
+        claimed = {int(path.stem.split("-t")[1]) for path in handshake.glob("*.claimed")}
+        parent_process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the --workers process forwards it
+        assert parent_process.wait(timeout=60) == 130, output(parent_process)
+    except BaseException:  # no worker is left paused after a failure (each has a session of its own)
+        for pid in {int(path.name.split("-")[0]) for path in handshake.iterdir() if "-t" in path.name}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent_process.kill()
+        raise
     assert "Interrupted: the running trials are re-queued" in output(parent_process)
 
     stopped = trials(storage, "tiny_grid-torch")
@@ -326,6 +334,34 @@ def test_workers_that_tag_one_run_at_once_all_get_through(mlflow_server):
         assert run.info.status == "KILLED"
         found = run.data.tags
         assert found["dataset_digest"] == "d1" and found[run_log.FAILURE_TAG] == "worker lost"
+
+
+def test_workers_that_log_the_dataset_at_once_all_get_through(mlflow_server, tiny_splits):
+    """The first runs of an experiment to log the dataset input race on inserting its row (a
+    unique-key violation on PostgreSQL; a --workers 2 sweep once lost a worker to it). Four runs,
+    one thread each, in a fresh experiment, ten times: every call returns and each run has it."""
+    client = MlflowClient(mlflow_server)
+    for _ in range(10):
+        experiment = client.create_experiment(f"dataset-race-{uuid.uuid4().hex[:8]}")
+        runs = [client.create_run(experiment).info.run_id for _ in range(4)]
+        barrier, errors = threading.Barrier(4), []
+
+        def log(run_id: str, barrier=barrier, errors=errors) -> None:
+            barrier.wait()
+            try:
+                run_log.log_dataset(client, run_id, tiny_splits)
+            except Exception as error:  # noqa: BLE001 - collected, asserted below
+                errors.append(error)
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        for run_id in runs:
+            [found] = client.get_run(run_id).inputs.dataset_inputs
+            assert found.dataset.digest == tiny_splits.digest
 
 
 def test_several_workers_on_the_embedded_sqlite_stores_are_refused_in_one_line():
