@@ -52,10 +52,10 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
             [parent] = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
                                           "tags.sweep_role = 'parent'")
             wall = (parent.info.end_time - parent.info.start_time) / 1000
-            trials = sum(summary.counts.values())
+            trial_count = sum(summary.counts.values())
     finally:
         trials.train_population = train_population
-    return {"wall": wall, "train": sum(trained), "trials": trials}
+    return {"wall": wall, "train": sum(trained), "trials": trial_count}
 
 
 def sweep_section(*, name: str = "learning_rate", epochs: int = 2, populations=(1, 8), rounds: int = 2,
