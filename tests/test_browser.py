@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from fmnist_core.config import RunConfig
 from fmnist_tracking import run_log, store
@@ -34,11 +34,6 @@ CONCLUSION = ("Which hidden size works best? hidden_size=1024 has the best valid
               "got right vs 139 only the best, p=0.80 Holm-adjusted). Worse: hidden_size=128 (-0.0097, "
               "p<0.001 Holm-adjusted).")
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_until_serving(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -95,7 +90,7 @@ def test_cli_ui_opens_on_the_sweeps_ranked_runs_and_its_conclusion(mlflow_store,
     from playwright.sync_api import sync_playwright
 
     runs = _sweep_runs(mlflow_store)
-    command = [sys.executable, "cli.py", "ui", "--sweep", "hidden_size", "--port", str(_free_port()),
+    command = [sys.executable, "cli.py", "ui", "--sweep", "hidden_size", "--port", str(free_port()),
                "--tracking-uri", mlflow_store]
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)

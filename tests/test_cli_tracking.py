@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import free_port
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -401,11 +401,6 @@ def _stop_group(process: subprocess.Popen) -> str:
     return process.stdout.read()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def _get(url: str, process: subprocess.Popen, timeout: float = 120.0) -> bytes:
     """The body at `url` once the server answers; fails if the server exits or never answers."""
@@ -424,7 +419,7 @@ def test_serve_answers_a_real_test_image_with_ten_probabilities_without_the_venv
         mlflow_store, random_checkpoint, small_real_splits):
     client, experiment_id = store.setup(mlflow_store)
     run_id = _run_with_only_a_checkpoint(client, experiment_id, random_checkpoint)  # serve exports it first
-    port = _free_port()
+    port = free_port()
     environment = {**os.environ, "PATH": "/usr/bin:/bin"}  # as in a fresh shell: no venv activated
     server = subprocess.Popen([sys.executable, "cli.py", "serve", "--run-id", run_id, "--port", str(port),
                                "--tracking-uri", mlflow_store], cwd=ROOT, env=environment, text=True,
@@ -459,7 +454,7 @@ def test_dashboard_serves_the_sweeps_study_on_loopback(tmp_path):
                                                   distributions={"hidden_size": optuna.distributions
                                                                  .IntDistribution(1, 2048)}))
     optuna.create_study(storage=storage, study_name="other-sweep")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "cli.py", "dashboard", "hidden_size", "--storage", storage,
                                "--port", str(port)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, start_new_session=True)
