@@ -190,6 +190,22 @@ def compose_command(service: str, variables: dict[str, str],
     return [here(arg) for arg in spec["command"]], {key: here(value) for key, value in environment.items()}
 
 
+def stop_group(process, timeout: float = 20) -> None:
+    """End a server started with start_new_session: SIGTERM to its whole process group (it and its
+    workers), SIGKILL if it has not ended within `timeout` seconds."""
+    import os
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def free_port() -> int:
     import socket
 

@@ -7,9 +7,7 @@ except the one check that a chart draws a line.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, stop_group
 
 from fmnist_core.config import RunConfig
 from fmnist_tracking import run_log, store
@@ -52,13 +50,7 @@ def _wait_until_serving(url: str, server: subprocess.Popen, timeout: float = 120
 
 def _stop(server: subprocess.Popen) -> None:
     """The server and its uvicorn child share a process group of their own: end exactly that group."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+    stop_group(server, timeout=15)
 
 
 def _sweep_runs(uri: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import free_port
+from conftest import free_port, stop_group
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -391,13 +391,7 @@ def test_ensure_model_logs_a_missing_mlflow_model_from_the_checkpoint_once(mlflo
 
 def _stop_group(process: subprocess.Popen) -> str:
     """End a server started with start_new_session (it and its workers), return what it printed."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_group(process)
     return process.stdout.read()
 
 
