@@ -53,6 +53,10 @@ class Learner(Protocol):
         """z1 = x W1 + b1 before the activation, no gradient: x [P, B, 784] -> [P, B, H]."""
         ...
 
+    def logits_and_preactivations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`logits(x)` and `hidden_preactivations(x)` from one forward pass, the same values."""
+        ...
+
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
         """A copy of member i's weights in the nn.Linear layout, float32 on the CPU:
         fc1.weight [H, 784], fc1.bias [H], fc2.weight [10, H], fc2.bias [10]. Later steps
@@ -77,23 +81,31 @@ class Evaluation:
     loss: list[float]  # [P]
     accuracy: list[float]  # [P]
     correct: torch.Tensor  # bool [P, n] on the images' device, in their order
+    dead_fraction: list[float] | None = None  # [P], with dead_units=True: dead_unit_fraction on these images
 
 
 @torch.no_grad()
-def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
-    """Mean loss, accuracy and per-image correctness of every member on (x, y), in chunks."""
+def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor, *, dead_units: bool = False
+                     ) -> Evaluation:
+    """Mean loss, accuracy and per-image correctness of every member on (x, y), in chunks; with
+    `dead_units`, also `dead_unit_fraction` on x, from the same forward pass (the trainer's validation:
+    a second pass for the dead units cost as much as the validation itself)."""
     loss_sum = correct = 0
-    hits = []
+    hits, alive = [], None
     for start in range(0, x.shape[0], EVAL_CHUNK):
         xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
         yb = y[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1)
-        logits = learner.logits(xb)
+        if dead_units:
+            logits, z1 = learner.logits_and_preactivations(xb)
+            alive = _fires(z1, alive)
+        else:
+            logits = learner.logits(xb)
         chunk_loss, chunk_correct = loss_and_correct(logits, yb)
         loss_sum, correct = loss_sum + chunk_loss, correct + chunk_correct
         hits.append(is_correct(logits, yb))  # chunk_correct is its sum; kept per image for paired tests
     n = x.shape[0]
     return Evaluation(loss=(loss_sum / n).tolist(), accuracy=(correct.double() / n).tolist(),
-                      correct=torch.cat(hits, dim=1))
+                      correct=torch.cat(hits, dim=1), dead_fraction=_dead(alive) if dead_units else None)
 
 
 @torch.no_grad()
@@ -102,6 +114,15 @@ def dead_unit_fraction(learner: Learner, x: torch.Tensor) -> list[float]:
     alive = None
     for start in range(0, x.shape[0], EVAL_CHUNK):
         xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
-        fires = (learner.hidden_preactivations(xb) > 0).any(dim=1)  # [P, H]
-        alive = fires if alive is None else alive | fires
+        alive = _fires(learner.hidden_preactivations(xb), alive)
+    return _dead(alive)
+
+
+def _fires(z1: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
+    """bool [P, H]: units positive for some sample of z1 [P, B, H] or already in `alive`."""
+    fires = (z1 > 0).any(dim=1)
+    return fires if alive is None else alive | fires
+
+
+def _dead(alive: torch.Tensor) -> list[float]:
     return (1.0 - alive.double().mean(dim=1)).tolist()

@@ -100,19 +100,21 @@ class TorchLearner:
             group.update(betas=(cfg.momentum, 0.999))
         return group
 
-    def _stacked_forward(self, x: torch.Tensor, masks: torch.Tensor | None, *,
-                         hidden_only: bool = False) -> torch.Tensor:
-        """Logits [P, B, 10] (or z1 [P, B, H]) of all members in one batched computation.
+    def _stacked_forward(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """Logits [P, B, 10] of all members in one batched computation."""
+        return self._stacked_output(self._stacked_hidden(x), masks)
 
-        Computed transposed, one column per sample (z1^T = W1 x^T + b1): autograd's gradient of W1
-        is then dz1^T . x, which comes out in nn.Linear's [out, in] layout. The untransposed form
-        gives x^T . dz1, which AccumulateGrad copies into that layout, every step (800 KB at H=256).
-        """
+    def _stacked_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """z1^T [P, H, B], computed transposed, one column per sample (z1^T = W1 x^T + b1): autograd's
+        gradient of W1 is then dz1^T . x, which comes out in nn.Linear's [out, in] layout. The
+        untransposed form gives x^T . dz1, which AccumulateGrad copies into that layout, every step
+        (800 KB at H=256)."""
         W1 = _stack([m.fc1.weight for m in self.members])  # [P, H, 784]
         b1 = _stack([m.fc1.bias for m in self.members]).unsqueeze(2)  # [P, H, 1]
-        z1_t = torch.baddbmm(b1, W1, x.transpose(1, 2))  # [P, H, B]
-        if hidden_only:
-            return z1_t.transpose(1, 2)
+        return torch.baddbmm(b1, W1, x.transpose(1, 2))  # [P, H, B]
+
+    def _stacked_output(self, z1_t: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """Logits [P, B, 10] from z1^T [P, H, B]."""
         h1_t = self.act(z1_t)
         if masks is not None:
             h1_t = h1_t * masks.transpose(1, 2)
@@ -169,7 +171,12 @@ class TorchLearner:
 
     @torch.no_grad()
     def hidden_preactivations(self, x: torch.Tensor) -> torch.Tensor:
-        return self._stacked_forward(x.to(self.dtype), None, hidden_only=True)
+        return self._stacked_hidden(x.to(self.dtype)).transpose(1, 2)
+
+    @torch.no_grad()
+    def logits_and_preactivations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z1_t = self._stacked_hidden(x.to(self.dtype))
+        return self._stacked_output(z1_t, None), z1_t.transpose(1, 2)
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
         state = self.members[i].state_dict()

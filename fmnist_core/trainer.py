@@ -100,13 +100,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_learner(configs: Sequence[RunConfig], device: torch.device) -> Learner:
-    """The learner of the population's implementation (members share `impl`)."""
+def make_learner(configs: Sequence[RunConfig], device: torch.device, *, steps: int = 0) -> Learner:
+    """The learner of the population's implementation (members share `impl`); `steps`, the steps it will
+    be trained for where known, decides whether the manual learner compiles its update (fuse_pays)."""
     learner: Learner
     if configs[0].impl == "manual":
         from fmnist_core.mlp_manual import make_manual_learner
 
-        learner = make_manual_learner(list(configs), device)
+        learner = make_manual_learner(list(configs), device, steps=steps)
     else:
         from fmnist_core.mlp_torch import make_torch_learner
 
@@ -171,7 +172,7 @@ class _PopulationRun:
         # lr of every member at every step, on the device: [T, P]
         self.lrs = torch.stack([lr_table(c, self.steps_per_epoch) for c in configs], dim=1
                                ).to(device, torch.float32)
-        self.learner = make_learner(configs, device)
+        self.learner = make_learner(configs, device, steps=self.shared.epochs * self.steps_per_epoch)
         self.results = [TrainResult(config=c, objective=objective, device=str(device)) for c in configs]
         self.active = list(range(len(configs)))  # members still training, in index order
         # Members with the same seed share data order and augmentation draws: one batch each.
@@ -223,15 +224,16 @@ class _PopulationRun:
         """Every member on the validation split; None without one (val_size = 0)."""
         if not self.shared.val_size:
             return None
-        return evaluate_learner(self.learner, self.splits.val_x, self.splits.val_y)
+        return evaluate_learner(self.learner, self.splits.val_x, self.splits.val_y, dead_units=True)
 
     def epoch_metrics(self, epoch: int, per_step: torch.Tensor, epoch_seconds: float,
                       validation: Evaluation | None) -> dict[int, dict[str, float]]:
         """The metrics of the epoch of every active member: training statistics, lr, timing,
         dead units and, with a validation split, validation loss and accuracy."""
         sums = {k: v.tolist() for k, v in zip(STEP_STATS, per_step.double().sum(0), strict=True)}  # float64
-        dead_probe = self.splits.val_x if validation is not None else self.train_x[:EVAL_CHUNK]
-        dead = dead_unit_fraction(self.learner, dead_probe)
+        # dead units on the validation images (from its pass), else on the first training images
+        dead = validation.dead_fraction if validation is not None else \
+            dead_unit_fraction(self.learner, self.train_x[:EVAL_CHUNK])
         last_step = epoch * self.steps_per_epoch - 1
         n_train, steps = self.n_train, self.steps_per_epoch
         by_member = {}

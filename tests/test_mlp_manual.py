@@ -237,3 +237,57 @@ def test_row_padding_stays_zero_so_norms_and_updates_see_only_parameters():
         learner.train_step(x, y, torch.tensor([0.1, 0.1]))
     for rows in (learner.model.weights, learner.model.gradients, learner.optimizer.buffer):
         assert rows[:, used:].eq(0).all() and rows[:, :used].ne(0).any()
+
+
+def sgd_run(optimizer: ManualSGD, steps: int = 4) -> torch.Tensor:
+    for step in range(steps):
+        rows, _ = random_grads(seed=200 + step)
+        optimizer.step(rows, torch.tensor([0.1, 0.05, 0.2], dtype=F64) / (step + 1))
+    return optimizer.weights
+
+
+def three_members(nesterov: bool, steps: int = 0) -> ManualSGD:
+    weights, _ = random_grads(seed=1)
+    return ManualSGD(weights.clone(), momentum=torch.tensor([0.9, 0.5, 0.0], dtype=F64),
+                     weight_decay=torch.tensor([5e-4, 0.0, 1e-2], dtype=F64),
+                     nesterov=torch.tensor([nesterov] * 3), steps=steps)
+
+
+def test_only_long_population_runs_on_the_cpu_compile_their_update():
+    rows = torch.zeros(8, 200_000)
+    enough = mlp_manual.FUSE_MIN_PARAMETER_STEPS // rows.numel() + 1
+    assert mlp_manual.fuse_pays(rows, enough) and not mlp_manual.fuse_pays(rows, enough // 2)
+    assert not mlp_manual.fuse_pays(torch.zeros(1, 1_600_000), enough)  # one member: no faster
+    assert not mlp_manual.fuse_pays(rows.to("meta"), enough)  # only measured on the CPU
+
+
+@pytest.mark.integration  # compiles (inductor's disk cache makes later runs take seconds)
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_the_compiled_population_update_is_the_eager_one(monkeypatch, nesterov):
+    """A population's update fused by torch.compile (for long runs of real populations) gives the weights
+    of the four eager passes, to float64 rounding."""
+    eager = sgd_run(three_members(nesterov))
+    monkeypatch.setattr(mlp_manual, "FUSE_MIN_PARAMETER_STEPS", 1)
+    optimizer = three_members(nesterov, steps=4)
+    assert optimizer.fused
+    fused = sgd_run(optimizer)
+    assert optimizer.fused, "the compiled update fell back to eager"
+    assert_rel_close(fused, eager, 1e-14)
+
+
+def test_a_failing_compiler_leaves_the_eager_update(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    eager = sgd_run(three_members(True))
+    monkeypatch.setattr(mlp_manual, "FUSE_MIN_PARAMETER_STEPS", 1)
+    monkeypatch.setattr(torch, "compile", broken)
+    mlp_manual.fused_sgd_update.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"no C\+\+ compiler"):
+            optimizer = three_members(True, steps=4)  # the compile is tried when the optimizer is made
+        fallen_back = sgd_run(optimizer)
+    finally:
+        mlp_manual.fused_sgd_update.cache_clear()
+    assert not optimizer.fused
+    assert torch.equal(fallen_back, eager)

@@ -162,6 +162,25 @@ def test_eval_paths_agree_and_checkpoints_load_into_torch_mlp():
     assert_rel_close(torch_learner.logits(x), manual.logits(x), 1e-6)
 
 
+@pytest.mark.parametrize("impl", LEARNERS)
+def test_validation_with_dead_units_is_one_pass_of_the_same_values(impl):
+    """The trainer's validation takes logits and dead units from one forward: the same numbers, bit for
+    bit, as learner.logits and a separate dead_unit_fraction pass."""
+    from fmnist_core.learner import dead_unit_fraction, evaluate_learner
+
+    configs = [config(seed=0, init="zeros"), config(seed=4)]  # zeros: every unit dead, others not
+    _, learner = train(impl, configs, 20)
+    x, y = DATA[0][:300], DATA[1][:300]
+    both = learner.logits_and_preactivations(x.expand(2, -1, -1))
+    assert torch.equal(both[0], learner.logits(x.expand(2, -1, -1)))
+    assert torch.equal(both[1], learner.hidden_preactivations(x.expand(2, -1, -1)))
+    together, alone = evaluate_learner(learner, x, y, dead_units=True), evaluate_learner(learner, x, y)
+    assert together.dead_fraction == dead_unit_fraction(learner, x)
+    assert together.dead_fraction[0] == 1.0 and together.dead_fraction[1] < 1.0
+    assert (together.loss, together.accuracy) == (alone.loss, alone.accuracy) and alone.dead_fraction is None
+    assert torch.equal(together.correct, alone.correct)
+
+
 def test_torch_learner_isolates_nan_and_freezes():
     configs = [config(seed=0, clip_mode="norm"), config(seed=1)]
     clean, poisoned = make_torch_learner(configs, CPU), make_torch_learner(configs, CPU)
