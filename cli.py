@@ -260,6 +260,31 @@ def evaluate(checkpoint: Path, data_dir: Path | None) -> None:
 
 
 @cli.command()
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
+@data_dir_option
+@tracking_uri_option
+@experiment_option
+def figures(run_ids: tuple[str, ...], data_dir: Path | None, tracking_uri: str | None,
+            experiment: str) -> None:
+    """Make finished runs' figures (learning curves, test confusion matrix, misclassified test images)
+    and log them to each run under plots/.
+
+    A `train` run has them already. A sweep makes them for its best run only: they cost more CPU than
+    the rest of a trial's MLflow work, and few of a sweep's runs are ever looked at one by one.
+    """
+    from fmnist_core import data as fdata
+    from fmnist_core.trainer import SPLIT_SEED
+    from fmnist_tracking.run_log import log_figures
+    from fmnist_tracking.store import setup
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client, _ = setup(tracking_uri, experiment, create=False)
+    splits = fdata.load_splits(data_dir, val_size=0, seed=SPLIT_SEED)  # the test split is what they show
+    for run_id in run_ids:
+        click.echo(f"run {run_id}: logged {', '.join(log_figures(client, run_id, splits))}")
+
+
+@cli.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def predict(checkpoint: Path, images: tuple[Path, ...]) -> None:

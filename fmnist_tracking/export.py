@@ -14,7 +14,12 @@ from mlflow.exceptions import MlflowException
 from fmnist_core.checkpoint import Checkpoint, load_checkpoint
 from fmnist_core.config import first_line
 from fmnist_core.data import INPUT_SIZE
+from fmnist_core.mlp_manual import TRACING_LOCK
 from fmnist_core.serving import serving_model
+
+# (hidden size, activation) of the networks whose MLflow model this process has loaded back and served its
+# input example with: MLflow's check that a logged model serves, done once per shape (log_mlflow_model).
+_SERVED_SHAPES: set[tuple[int, str]] = set()
 
 
 def log_mlflow_model(client, experiment_id: str, run_id: str, checkpoint: Checkpoint, example, *,
@@ -23,7 +28,9 @@ def log_mlflow_model(client, experiment_id: str, run_id: str, checkpoint: Checkp
 
     Saved as pt2 (torch.export: loading it unpickles nothing), with a signature and an input
     example (`example`: float32 pixels [N>1, 784]), so that `mlflow.pyfunc.load_model` and
-    `mlflow models serve` work on it without this project's code.
+    `mlflow models serve` work on it without this project's code. MLflow checks that a model serves
+    its input example by loading it back, a third of the cost of logging it: that is done for the first
+    model of each shape in a process (a sweep's later trials differ only in their weights).
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -38,16 +45,36 @@ def log_mlflow_model(client, experiment_id: str, run_id: str, checkpoint: Checkp
                                         model_type="fmnist-mlp")
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(client.tracking_uri)  # log_model writes to the process-wide store
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+    metadata = {"input": "float32 [N, 784]: pixel values 0..255 of 28x28 grayscale images, row-major",
+                "output": "float32 [N, 10]: class probabilities", "classes": list(checkpoint.classes)}
+    shape = (checkpoint.hidden_size, checkpoint.config["activation"])
     try:
-        mlflow.pytorch.log_model(
-            network, name=name, model_id=logged.model_id, run_id=run_id,
-            signature=infer_signature(example, output), input_example=example, serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            metadata={"input": "float32 [N, 784]: pixel values 0..255 of 28x28 grayscale images, row-major",
-                      "output": "float32 [N, 10]: class probabilities", "classes": list(checkpoint.classes)})
+        with TRACING_LOCK:  # torch.export traces the network: not beside a torch.compile of the trainer's
+            mlflow.pytorch.log_model(
+                network, name=name, model_id=logged.model_id, run_id=run_id,
+                signature=infer_signature(example, output), input_example=example, serialization_format="pt2",
+                pip_requirements=requirements, metadata=metadata,
+                validate_serving_input=shape not in _SERVED_SHAPES)
     finally:
         mlflow.set_tracking_uri(previous_uri)
+    _SERVED_SHAPES.add(shape)
     return logged.model_id
+
+
+def run_checkpoint(client, run_id: str, needed_for: str) -> Checkpoint:
+    """The run's checkpoint.pt, downloaded and loaded (weights_only); a run without a readable one is a
+    TrackingError that ends with `needed_for`, what cannot be done without it."""
+    from fmnist_tracking.run_log import CHECKPOINT_ARTIFACT  # here: run_log imports this module
+    from fmnist_tracking.store import TrackingError
+
+    with tempfile.TemporaryDirectory(prefix="fmnist-checkpoint-") as scratch:
+        try:
+            path = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, scratch)
+        except (MlflowException, OSError) as error:
+            raise TrackingError(f"run {run_id} has no readable {CHECKPOINT_ARTIFACT} ({first_line(error)}): "
+                                f"{needed_for}") from None
+        return load_checkpoint(path)
 
 
 def ensure_model(client, run, *, name: str = "model") -> str:
@@ -59,20 +86,11 @@ def ensure_model(client, run, *, name: str = "model") -> str:
     """
     import numpy as np
 
-    from fmnist_tracking.run_log import CHECKPOINT_ARTIFACT  # here: run_log imports this module
-    from fmnist_tracking.store import TrackingError
-
     run_id = run.info.run_id
     outputs = client.get_run(run_id).outputs  # a run found by search_runs carries no outputs
     for output in outputs.model_outputs if outputs else []:
         if client.get_logged_model(output.model_id).name == name:
             return output.model_id
-    with tempfile.TemporaryDirectory(prefix="fmnist-export-") as scratch:
-        try:
-            path = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, scratch)
-        except (MlflowException, OSError) as error:
-            raise TrackingError(f"run {run_id} has neither an MLflow model {name!r} nor a readable "
-                                f"{CHECKPOINT_ARTIFACT} to make one from ({first_line(error)})") from None
-        checkpoint = load_checkpoint(path)
+    checkpoint = run_checkpoint(client, run_id, f"nor an MLflow model {name!r} to serve or register")
     example = np.random.default_rng(0).integers(0, 256, size=(5, INPUT_SIZE)).astype(np.float32)
     return log_mlflow_model(client, run.info.experiment_id, run_id, checkpoint, example, name=name)

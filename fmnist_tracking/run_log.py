@@ -30,12 +30,12 @@ from mlflow.exceptions import MlflowException
 
 from fmnist_core import data as fdata
 from fmnist_core import serving
-from fmnist_core.checkpoint import load_checkpoint
-from fmnist_core.config import RunConfig
+from fmnist_core.checkpoint import Checkpoint, load_checkpoint
+from fmnist_core.config import RunConfig, first_line
 from fmnist_core.trainer import SPLIT_SEED, Diverged, TrainResult, resolve_device
 from fmnist_tracking import export, plots
 from fmnist_tracking.signals import Terminated, handle_sigterm, signals_deferred
-from fmnist_tracking.store import DEFAULT_EXPERIMENT, device_name, git_state, setup
+from fmnist_tracking.store import DEFAULT_EXPERIMENT, TrackingError, device_name, git_state, setup
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
                  "samples_per_second", "grad_norm", "clip_fraction", "dead_relu_fraction")
@@ -45,6 +45,7 @@ CHECKPOINT_ARTIFACT = "checkpoint.pt"
 VAL_CORRECT_ARTIFACT = "val_correct.npy"  # bool [n_val]: which validation images the best epoch got right
 MODEL_NAME = "model"  # the MLflow model inside each run: runs:/<run_id>/model
 FAILURE_TAG = "failure_reason"
+MODEL_EXAMPLES = 5  # test images in the MLflow model's input example
 SYSTEM_METRICS_SECONDS = 5.0  # between samples of a sweep's system metrics
 _TAG_LIMIT = 5000  # characters kept of a failure reason (MLflow caps tag values at 8000)
 
@@ -102,24 +103,28 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
                                                     for k, v in metrics.items() if k != "epoch"])
 
-    def log_result(self, result: TrainResult, splits: fdata.Splits, checkpoint_path: Path) -> None:
+    def log_result(self, result: TrainResult, splits: fdata.Splits, checkpoint_path: Path, *,
+                   figures: bool = True) -> None:
         """Final metrics, figures, per-class accuracy, per-image validation correctness, the checkpoint
         (one upload of one folder: a round trip per run, not per file, to a tracking server) and the
-        MLflow model."""
+        MLflow model. `figures=False` (a sweep's trials) leaves the three figures to `log_figures`, which
+        makes them later from what is logged here: rendering them costs about 1 s of CPU a run, more
+        than the rest of this put together."""
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, result.best_epoch)
                                   for k, v in result.final_metrics().items()],
             tags=[RunTag("stop_reason", result.stop_reason)])
         checkpoint = load_checkpoint(checkpoint_path)
-        test = serving.evaluate(serving.plain_model(checkpoint.state_dict, result.config.activation),
-                                splits.test_x, splits.test_y)
-        pixels = serving.pixels_of(splits.test_x, splits.mean, splits.std)
+        test = evaluate_on_test(checkpoint, splits)
+        # Pixels of the whole test set for the misclassified images; the model's input example needs five.
+        pixels = serving.pixels_of(splits.test_x if figures else splits.test_x[:MODEL_EXAMPLES],
+                                   splits.mean, splits.std)
         with tempfile.TemporaryDirectory(prefix="fmnist-result-") as scratch:
             folder = Path(scratch)
-            for name, figure in run_figures(result, test, pixels, splits).items():
-                (folder / name).parent.mkdir(exist_ok=True)
-                figure.savefig(folder / name)
+            if figures:
+                save_figures(folder, run_figures(result.config, result.history, result.best_epoch, test,
+                                                 pixels, splits))
             (folder / "per_class_accuracy.json").write_text(json.dumps(
                 {"split": "test", "accuracy": test.accuracy,
                  "classes": serving.per_class_table(test, splits.classes)}, indent=2))
@@ -127,8 +132,8 @@ class RunLogger:
                 numpy.save(folder / VAL_CORRECT_ARTIFACT, result.val_correct.numpy())
             shutil.copyfile(checkpoint_path, folder / CHECKPOINT_ARTIFACT)
             self.client.log_artifacts(self.run_id, scratch)
-        export.log_mlflow_model(self.client, self.experiment_id, self.run_id, checkpoint, pixels[:5].numpy(),
-                                name=MODEL_NAME)
+        export.log_mlflow_model(self.client, self.experiment_id, self.run_id, checkpoint,
+                                pixels[:MODEL_EXAMPLES].numpy(), name=MODEL_NAME)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Close the run as FINISHED, FAILED or KILLED; a second call does nothing."""
@@ -200,16 +205,59 @@ def system_metrics(client: MlflowClient, run_id: str,
         monitor.finish()
 
 
-def run_figures(result: TrainResult, test: serving.Evaluation, pixels: torch.Tensor,
-                splits: fdata.Splits) -> dict[str, Figure]:
+def run_figures(cfg: RunConfig, history: list[dict[str, float]], best_epoch: int, test: serving.Evaluation,
+                pixels: torch.Tensor, splits: fdata.Splits) -> dict[str, Figure]:
     """A finished run's figures by artifact path: learning curves, test confusion, misclassified images."""
-    cfg = result.config
     title = f"{cfg.impl} MLP 784-{cfg.hidden_size}-10, {cfg.activation}, lr {cfg.lr:g}"
-    return {"plots/learning_curves.png": plots.learning_curves(result.history, title=title),
+    return {"plots/learning_curves.png": plots.learning_curves(history, title=title),
             "plots/confusion_matrix_test.png": plots.confusion_matrix(
-                test.confusion, splits.classes, title=f"test set, best epoch {result.best_epoch}"),
+                test.confusion, splits.classes, title=f"test set, best epoch {best_epoch}"),
             "plots/misclassified_test.png": plots.misclassified_grid(pixels, splits.test_y, test.predictions,
                                                                      splits.classes)}
+
+
+def save_figures(folder: Path, figures: dict[str, Figure]) -> None:
+    for name, figure in figures.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(folder / name)
+
+
+def evaluate_on_test(checkpoint: Checkpoint, splits: fdata.Splits) -> serving.Evaluation:
+    """The checkpoint's predictions on the test split: confusion matrix, per-class table, figures."""
+    return serving.evaluate(serving.plain_model(checkpoint.state_dict, checkpoint.config["activation"]),
+                            splits.test_x, splits.test_y)
+
+
+def log_figures(client: MlflowClient, run_id: str, splits: fdata.Splits) -> list[str]:
+    """Make a finished run's three figures now and log them to it; returns their artifact paths.
+
+    They come from what the run logged: its per-epoch metrics (the curves) and its checkpoint.pt (the test
+    predictions), so they are the figures `log_result` would have made. A sweep makes them this way for
+    its best run when it closes; `cli.py figures RUN_ID` for any other.
+    """
+    try:
+        client.get_run(run_id)
+    except MlflowException as error:
+        raise TrackingError(f"no run {run_id} in {client.tracking_uri}: {first_line(error)}") from None
+    checkpoint = export.run_checkpoint(client, run_id, "figures are made from it (a finished run has one)")
+    cfg = RunConfig.from_dict(checkpoint.config, source=f"run {run_id}'s checkpoint")
+    test = evaluate_on_test(checkpoint, splits)
+    pixels = serving.pixels_of(splits.test_x, splits.mean, splits.std)
+    figures = run_figures(cfg, logged_history(client, run_id), int(checkpoint.metrics["best_epoch"]), test,
+                          pixels, splits)
+    with tempfile.TemporaryDirectory(prefix="fmnist-figures-") as folder:
+        save_figures(Path(folder), figures)
+        client.log_artifacts(run_id, folder)
+    return list(figures)
+
+
+def logged_history(client: MlflowClient, run_id: str) -> list[dict[str, float]]:
+    """The run's learning curves as the trainer's history: one dict per epoch (step), in order."""
+    by_epoch: dict[int, dict[str, float]] = {}
+    for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        for metric in client.get_metric_history(run_id, name):
+            by_epoch.setdefault(metric.step, {})[name] = metric.value
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def log_dataset(client: MlflowClient, run_id: str, splits: fdata.Splits, attempts: int = 3) -> None:

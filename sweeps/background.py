@@ -1,8 +1,8 @@
 """Tracking off the critical path: MLflow work of a sweep done on one thread while training goes on.
 
-A trial's epoch metrics and, once it is trained, its figures, tables, checkpoint, model and
-Optuna verdict (lease.settle) are queued here in order and done by one worker thread, so the
-trainer never waits on MLflow. One thread keeps each run's writes in order; the queue is
+A trial's dataset input, its epoch metrics and, once it is trained, its tables, checkpoint, model
+and Optuna verdict (lease.settle) are queued here in order and done by one worker thread, so the
+trainer never waits on MLflow. (Its figures are made for the sweep's best run only, by the report.) One thread keeps each run's writes in order; the queue is
 bounded (`max_pending` jobs), so a store slower than training holds the trainer back instead
 of growing memory.
 

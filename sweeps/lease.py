@@ -332,7 +332,11 @@ class RequeueStale:
 def recover(study: optuna.Study, worker: Worker, client, experiment_id: str, parent_run_id: str | None, *,
             startup: bool = False) -> None:
     """Fail and re-queue the trials of dead workers and close their MLflow runs: stale heartbeats on a
-    shared storage; on SQLite at start-up, every RUNNING trial (the lock proves its worker is gone)."""
+    shared storage; on SQLite at start-up, every RUNNING trial (the lock proves its worker is gone).
+    Without heartbeats (SQLite) nothing can be left behind by another worker after start-up, so the
+    calls between populations return at once (a search of the run table each time, before)."""
+    if worker.heartbeat is None and not startup:
+        return
     orphans = []
     if worker.heartbeat is not None:
         with warnings.catch_warnings():

@@ -29,9 +29,10 @@ from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core import data as fdata
+from fmnist_core.config import ConfigError, RunConfig, first_line
 from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
-from fmnist_tracking import store
+from fmnist_tracking import run_log, store
 from sweeps import evidence, sweep_figures, why_figures
 from sweeps.definitions import load_definition
 from sweeps.report_text import ARTIFACT_DIR, answer, ranked_table, run_note, summary_csv, verdict_records
@@ -188,8 +189,11 @@ def _missing_vectors(rows: list[ConfigRow]) -> list[str]:
             "and with one seed nothing measures the noise."]
 
 
-def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str) -> Summary:
-    """Summarise the study; log figures, tables, verdicts, the run note and best-trial tags to the parent."""
+def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str,
+                 splits: fdata.Splits | None = None) -> Summary:
+    """Summarise the study; log figures, tables, verdicts, the run note and best-trial tags to the parent.
+    With `splits` (the sweep closing), the best trial's run also gets its own figures, which a sweep makes
+    for no other trial (trials.finish_trial): `cli.py figures RUN_ID` makes them for any run."""
     summary = summarise(study, plan)
     figures = sweep_figures.figures(plan, summary) + why_figures.figures(plan, summary) + \
         sweep_figures.optuna_figures(study, plan)
@@ -210,6 +214,12 @@ def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str) -> S
                      "best_checkpoint": best.user_attrs.get("checkpoint"),
                      "best_params": ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())})
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # race-safe
+    best_run_id = summary.best_trial.user_attrs.get("mlflow_run_id") if summary.best_trial else None
+    if splits is not None and best_run_id:
+        try:
+            run_log.log_figures(client, best_run_id, splits)
+        except (ConfigError, MlflowException) as error:  # e.g. a study resumed against another store
+            click.echo(f"note: the best run's figures were not made: {first_line(error)}", err=True)
     return summary
 
 

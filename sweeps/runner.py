@@ -181,6 +181,6 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     if not closes:
         click.echo(f"Worker {worker.name} done; the sweep is closed by the worker that finished it.")
         return None
-    summary = report.build_report(study, plan, client, parent_id)
+    summary = report.build_report(study, plan, client, parent_id, splits=splits)
     parent.end("FINISHED")
     return summary

@@ -154,9 +154,10 @@ def claim_population(study: optuna.Study, plan: StudyPlan, limit: int, total: in
     while len(leases) < limit:
         # On a shared storage only trials of the first one's shape join: the rest is left to other workers.
         fits = joins_population(plan, leases[0].config) if shared and leases else None
-        queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if fits and queued and not fits(queued[0]):
-            break  # leave it to a worker that is free
+        if fits is not None:  # read only where it decides something: each read loads every queued trial
+            queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if queued and not fits(queued[0]):
+                break  # leave it to a worker that is free
         sample = plan.definition.sampler != "grid" and (total is None or trials_claimed(study) < total)
         held = TrialLease.claim(worker, study, sample=sample, accept=fits)
         if held is None:
@@ -245,9 +246,9 @@ def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], 
     for held in leases:
         held.track(lambda held=held: run_log.RunLogger.start(
             tracker.client, tracker.experiment_id, held.config, parent_run_id=tracker.parent_run_id,
-            run_name=run_name(plan, held), dataset=tracker.splits,
+            run_name=run_name(plan, held),
             tags=dict(trial_tags(plan, held), dataset_digest=tracker.dataset_digest)))
-        held.trial.set_user_attr("population", len(leases))  # epoch_seconds is the whole population's
+        background.submit(finish_start, tracker, held, len(leases))
     objective = Objective(plan.definition.metric, plan.definition.direction)
     results = train_population([held.config for held in leases], splits, on_epoch=on_epoch,
                                objective=objective)
@@ -256,6 +257,14 @@ def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], 
         background.submit(finish_trial, plan, held, result, splits, pruned_at.get(member),
                           on_error=held.requeue)
         background.submit(shown, held)
+
+
+def finish_start(tracker: Tracker, held: TrialLease, population: int) -> None:
+    """What a tracked trial's start still needs, in the background (a database write each, before):
+    the child run's dataset input and the trial's population size (its epoch_seconds are the whole
+    population's)."""
+    run_log.log_dataset(tracker.client, held.run.run_id, tracker.splits)
+    held.trial.set_user_attr("population", population)
 
 
 def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
@@ -302,7 +311,7 @@ def finish_trial(plan: StudyPlan, held: TrialLease, result: TrainResult, splits:
     with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
         path = save_checkpoint(Path(scratch, run_log.CHECKPOINT_ARTIFACT),
                                **checkpoint_payload(result, splits))
-        held.run.log_result(result, splits, path)
+        held.run.log_result(result, splits, path, figures=False)  # the best run's: report.build_report
     for key, metric_value in result.final_metrics().items():
         trial.set_user_attr(key, metric_value)
     trial.set_user_attr("checkpoint", f"runs:/{held.run.run_id}/{run_log.CHECKPOINT_ARTIFACT}")

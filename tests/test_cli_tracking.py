@@ -65,6 +65,10 @@ def test_best_fetches_the_best_finished_checkpoint_which_reproduces_the_logged_t
     assert f"Best run {best_id}" in result.stdout and "registered: fmnist-mlp version 1" in result.stdout
     logged_artifact = client.download_artifacts(best_id, run_log.CHECKPOINT_ARTIFACT, str(tmp_path))
     assert out.read_bytes() == Path(logged_artifact).read_bytes()
+    figures = invoke("figures", best_id, "--tracking-uri", mlflow_store)  # made again, on the real test set
+    assert figures.exit_code == 0, figures.output
+    assert figures.stdout.strip() == (f"run {best_id}: logged plots/learning_curves.png, "
+                                      "plots/confusion_matrix_test.png, plots/misclassified_test.png")
 
     # Anyone can use it with plain torch: no code of ours below.
     raw = torch.load(out, weights_only=True)
@@ -174,6 +178,7 @@ def test_user_errors_exit_2_with_one_line(mlflow_store, tmp_path):
     store.setup(mlflow_store)
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt"), "no FINISHED run")
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt", "--sweep", "it's"), "quotes")
+    assert_one_line_error(invoke("figures", "0123abc"), "no run 0123abc")
     assert_one_line_error(invoke("ui", "--tracking-uri", "http://127.0.0.1:9"), "tracking server already")
     assert not (tmp_path / "b.pt").exists()
 

@@ -97,6 +97,15 @@ def test_grid_sweep_gives_a_parent_and_a_finished_child_per_point(tmp_path, stor
     assert parent.data.tags["best_checkpoint"] == f"runs:/{best.info.run_id}/{run_log.CHECKPOINT_ARTIFACT}"
     assert summary.best_trial.user_attrs["mlflow_run_id"] == best.info.run_id
     assert len(summary.rows) == 2 and summary.rows[0].vs_best == "best"
+    # every child has its result; the three figures are made for the best run only (on demand for others)
+    figures = {"plots/learning_curves.png", "plots/confusion_matrix_test.png", "plots/misclassified_test.png"}
+    for child in children:
+        run_id = child.info.run_id
+        files = {a.path for folder in (None, "plots") for a in client.list_artifacts(run_id, folder)}
+        assert {"checkpoint.pt", "per_class_accuracy.json", "val_correct.npy"} <= files
+        [dataset] = client.get_run(run_id).inputs.dataset_inputs  # logged in the background
+        assert dataset.dataset.digest == tiny_splits.digest
+        assert (figures <= files) == (run_id == best.info.run_id), files
 
 
 def test_rerun_resumes_without_retraining_and_fresh_starts_over(tmp_path, stores, tiny_splits,

@@ -73,6 +73,29 @@ def test_a_short_run_logs_figures_per_class_table_and_the_checkpoint(tracked_run
     assert accuracy == pytest.approx(client.get_run(run_id).data.metrics["test_acc"])
 
 
+def test_figures_made_later_from_what_the_run_logged_are_the_ones_it_logged_at_the_end(tracked_run, tmp_path):
+    """What a sweep's trials leave for later (log_result(figures=False), then log_figures on demand)
+    gives the same PNGs, to the byte, as a run that made them at the end."""
+    client, run_id = MlflowClient(tracked_run["uri"]), tracked_run["run_id"]
+    names = ["plots/learning_curves.png", "plots/confusion_matrix_test.png", "plots/misclassified_test.png"]
+    at_the_end = {name: open(client.download_artifacts(run_id, name, str(tmp_path / "end")), "rb").read()
+                  for name in names}
+    assert sorted(run_log.log_figures(client, run_id, tracked_run["splits"])) == sorted(names)
+    later = {name: open(client.download_artifacts(run_id, name, str(tmp_path / "later")), "rb").read()
+             for name in names}
+    assert later == at_the_end
+
+
+def test_figures_of_a_run_without_a_checkpoint_or_of_no_run_are_refused_in_one_sentence(tracked_run):
+    client = MlflowClient(tracked_run["uri"])
+    experiment_id = client.get_run(tracked_run["run_id"]).info.experiment_id
+    empty = client.create_run(experiment_id).info.run_id
+    with pytest.raises(store.TrackingError, match="no readable checkpoint.pt"):
+        run_log.log_figures(client, empty, tracked_run["splits"])
+    with pytest.raises(store.TrackingError, match="no run 0123456789abcdef"):
+        run_log.log_figures(client, "0123456789abcdef", tracked_run["splits"])
+
+
 def test_the_logged_mlflow_model_predicts_the_classes_of_the_checkpoint(tracked_run):
     mlflow.set_tracking_uri(tracked_run["uri"])
     client = MlflowClient(tracked_run["uri"])
