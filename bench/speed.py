@@ -13,7 +13,8 @@ Sections:
              population vs one after another by our own trainer: throughput ratio.
 4. wall      wall time of a default 10-epoch run (hidden 256), both implementations.
 5. step      one training step at the seed's settings (hidden 256, batch 64, one member): the
-             five matrix products alone vs each learner's train_step, in ms and as ratios.
+             five matrix products alone vs each learner's train_step, in ms and as ratios; then
+             the manual step of a population of 8 with its SGD update eager vs fused (torch.compile).
 6. sweep     a real `sweep learning_rate` end to end (2 epochs), population 8 vs 1: wall time, the
              share spent training, and the seconds per trial outside training (bench/sweep_speed.py).
 --device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
@@ -240,24 +241,62 @@ def section_step(splits: fdata.Splits | None, quick: bool, device: str) -> None:
         candidates[f"{impl} train_step"] = partial(_learner_step, learner, xs, ys, lr)
 
     repeats, rounds = (STEP_REPEATS // 4, 3) if quick else (STEP_REPEATS, STEP_ROUNDS)
+    print_step_times(interleaved_ms(candidates, repeats, rounds, device), "matrix products", repeats, rounds)
+    population_update(hidden, batch, device, repeats // 4, rounds)
+
+
+def interleaved_ms(candidates: dict, repeats: int, rounds: int, device: str) -> dict[str, list[float]]:
+    """ms per call of each candidate(step), one value per round; rounds interleave the candidates, so a
+    slow spell of a shared machine hits every candidate."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for run_step in candidates.values():  # warm-up: allocator, kernels, lazy initialisation
+    for run_step in candidates.values():  # warm-up: allocator, kernels, lazy initialisation, compiling
         for step in range(repeats):
             run_step(step)
-    for _ in range(rounds):  # interleaved, so a slow spell of a shared machine hits every candidate
+    for _ in range(rounds):
         for name, run_step in candidates.items():
             synchronize(device)
             started = time.perf_counter()
             for step in range(repeats):
                 run_step(step)
             synchronize(device)
-            times[name].append((time.perf_counter() - started) / repeats * 1e3)  # ms per step
+            times[name].append((time.perf_counter() - started) / repeats * 1e3)
+    return times
+
+
+def print_step_times(times: dict[str, list[float]], reference: str, repeats: int, rounds: int) -> None:
     print(f"median of {rounds} rounds of {repeats} steps, {torch.get_num_threads()} threads; "
-          "[min, max] over rounds; ratios are to the same round's products")
+          f"[min, max] over rounds; ratios are to the same round's {reference}")
     for name, values in times.items():
-        ratios = [v / products_ms for v, products_ms in zip(values, times["matrix products"], strict=True)]
+        ratios = [v / base for v, base in zip(values, times[reference], strict=True)]
         print(f"{name:20s} {statistics.median(values):6.3f} ms  [{min(values):6.3f}, {max(values):6.3f}]"
-              f"   {statistics.median(ratios):4.2f}x the products  [{min(ratios):4.2f}, {max(ratios):4.2f}]")
+              f"   {statistics.median(ratios):4.2f}x the {reference}  "
+              f"[{min(ratios):4.2f}, {max(ratios):4.2f}]")
+
+
+POPULATION_STEP = 8  # members in section 5's second table
+
+
+def population_update(hidden: int, batch: int, device: str, repeats: int, rounds: int) -> None:
+    """Section 5, second table: the manual step of a population of 8 with its SGD update as four eager
+    passes over the [8, N] rows, and fused into one pass by torch.compile (mlp_manual.fused_sgd_update)."""
+    from fmnist_core.trainer import make_learner
+
+    print(f"\n   the manual step of a population of {POPULATION_STEP} (hidden {hidden}, batch {batch}): "
+          "SGD update eager vs fused by torch.compile")
+    generator = torch.Generator().manual_seed(1)
+    xs = torch.randn(8, POPULATION_STEP, batch, 784, generator=generator).to(device)
+    ys = torch.randint(0, 10, (8, POPULATION_STEP, batch), generator=generator).to(device)
+    lr = torch.full((POPULATION_STEP,), 0.05, device=device)
+    configs = [RunConfig(impl="manual", hidden_size=hidden, batch_size=batch, device=device, seed=seed)
+               for seed in range(POPULATION_STEP)]
+    candidates = {}
+    for name, steps in (("eager update", 0), ("fused update", 10**15)):  # steps: whether fusing pays
+        learner = make_learner(configs, torch.device(device), steps=steps)
+        if learner.optimizer.fused != bool(steps):
+            print("   (no fused update here: only the CPU has one)")
+            return
+        candidates[name] = partial(_learner_step, learner, xs, ys, lr)
+    print_step_times(interleaved_ms(candidates, repeats, rounds, device), "eager update", repeats, rounds)
 
 
 def _learner_step(learner, xs: torch.Tensor, ys: torch.Tensor, lr: torch.Tensor, step: int) -> None:

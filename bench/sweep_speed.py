@@ -4,9 +4,10 @@
     python bench/sweep_speed.py --sweep hidden_size --epochs 10 --populations 8   # the main job alone
 
 Each run is `runner.run_sweep` on fresh SQLite stores in a temporary folder (the embedded default's
-kind), with the data loaded once beforehand. Training time is the wall time spent inside
-`train_population` (training, validation and test passes); the rest of the parent run's duration
-(from MLflow's start and end times) is the sweep's own work: Optuna, MLflow, figures, checkpoints.
+kind), with the data loaded once beforehand. Training is counted two ways: the wall time spent inside
+`train_population` (the learner's set-up, training, validation and test passes), and the epochs alone
+(each population's `epoch_seconds`, what the trainer logs). The rest of the parent run's duration (from
+MLflow's start and end times) is the sweep's own work: Optuna, MLflow, figures, checkpoints, the report.
 Rounds alternate the two populations; medians and spreads are printed, nothing is asserted.
 """
 
@@ -27,6 +28,7 @@ from fmnist_core.trainer import SPLIT_SEED, resolve_device  # noqa: E402
 
 def timed_sweep(name: str, epochs: int, population: int, splits, device: str) -> dict[str, float]:
     """One sweep from scratch: parent run duration, time inside train_population, trials."""
+    import optuna
     from mlflow import MlflowClient
 
     from sweeps import runner, trials
@@ -42,6 +44,7 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
             trained.append(time.perf_counter() - started)
 
     trials.train_population = timed
+    forget_compiled_code()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as folder:
             uri = f"sqlite:///{folder}/mlflow.db"
@@ -53,9 +56,28 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
                                           "tags.sweep_role = 'parent'")
             wall = (parent.info.end_time - parent.info.start_time) / 1000
             trial_count = sum(summary.counts.values())
+            study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{folder}/optuna.db")
+            # Each member of a population records the population's epoch time: count it once per population.
+            epochs = sum(t.user_attrs["epoch_seconds"] * t.user_attrs["epochs"] / t.user_attrs["population"]
+                         for t in study.trials if "epoch_seconds" in t.user_attrs)
     finally:
         trials.train_population = train_population
-    return {"wall": wall, "train": sum(trained), "trials": trial_count}
+    return {"wall": wall, "train": sum(trained), "epochs": epochs, "trials": trial_count}
+
+
+def forget_compiled_code() -> None:
+    """Each sweep pays for compiling the manual update (where it compiles it) as a fresh `cli.py sweep`
+    process would, from inductor's disk cache, not reusing what an earlier sweep of this process compiled."""
+    from fmnist_core import mlp_manual
+
+    mlp_manual.fused_sgd_update.cache_clear()
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+
+
+def outside(measured: dict[str, float], part: str) -> float:
+    """Seconds per trial of the parent run's duration outside `part` (train_population, or the epochs)."""
+    return (measured["wall"] - measured[part]) / measured["trials"]
 
 
 def sweep_section(*, name: str = "learning_rate", epochs: int = 2, populations=(1, 8), rounds: int = 2,
@@ -69,18 +91,22 @@ def sweep_section(*, name: str = "learning_rate", epochs: int = 2, populations=(
         for population in populations if round_number % 2 == 0 else reversed(populations):
             measured = timed_sweep(name, epochs, population, splits, device)
             found[population].append(measured)
-            off = (measured["wall"] - measured["train"]) / measured["trials"]
-            print(f"  round {round_number + 1}, population {population}: {measured['wall']:.1f} s wall, "
-                  f"{measured['train']:.1f} s training ({measured['train'] / measured['wall']:.0%}), "
-                  f"{off:.2f} s per trial outside training, {measured['trials']} trials")
+            wall, train, in_epochs = measured["wall"], measured["train"], measured["epochs"]
+            print(f"  round {round_number + 1}, population {population}: {wall:.1f} s wall; {train:.1f} s in "
+                  f"train_population ({train / wall:.0%}), {in_epochs:.1f} s of it epochs "
+                  f"({in_epochs / wall:.0%}); "
+                  f"outside them per trial {outside(measured, 'train'):.2f} s / "
+                  f"{outside(measured, 'epochs'):.2f} s, {measured['trials']} trials")
     for population, runs in found.items():
         walls = [r["wall"] for r in runs]
-        offs = [(r["wall"] - r["train"]) / r["trials"] for r in runs]
-        shares = [r["train"] / r["wall"] for r in runs]
         print(f"  population {population}: median wall {statistics.median(walls):.1f} s "
-              f"(range {min(walls):.1f}-{max(walls):.1f}), training {statistics.median(shares):.0%} of it, "
-              f"outside training {statistics.median(offs):.2f} s per trial "
-              f"(range {min(offs):.2f}-{max(offs):.2f})")
+              f"(range {min(walls):.1f}-{max(walls):.1f})")
+        for part, name in (("train", "train_population"), ("epochs", "the epochs")):
+            shares = [r[part] / r["wall"] for r in runs]
+            offs = [outside(r, part) for r in runs]
+            print(f"    {name}: {statistics.median(shares):.0%} of the wall time (range {min(shares):.0%}-"
+                  f"{max(shares):.0%}); outside it {statistics.median(offs):.2f} s per trial "
+                  f"(range {min(offs):.2f}-{max(offs):.2f})")
     if len(populations) == 2:
         low, high = populations
         ratios = [a["wall"] / b["wall"] for a, b in zip(found[low], found[high], strict=True)]
