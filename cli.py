@@ -373,6 +373,8 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
     from sweeps.study import default_storage
     from sweeps.supervisor import run_local_workers
 
+    # the report reads the best run's checkpoint to make its figures: no download bar in the sweep's output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if create + repair + (workers > 1) > 1:
         raise click.BadParameter("use one of --create, --repair and --workers N at a time",
                                  param_hint="--create")

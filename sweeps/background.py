@@ -2,9 +2,9 @@
 
 A trial's dataset input, its epoch metrics and, once it is trained, its tables, checkpoint, model
 and Optuna verdict (lease.settle) are queued here in order and done by one worker thread, so the
-trainer never waits on MLflow. (Its figures are made for the sweep's best run only, by the report.) One thread keeps each run's writes in order; the queue is
-bounded (`max_pending` jobs), so a store slower than training holds the trainer back instead
-of growing memory.
+trainer never waits on MLflow (its figures are made for the sweep's best run only, by the
+report). One thread keeps each run's writes in order; the queue is bounded (`max_pending` jobs),
+so a store slower than training holds the trainer back instead of growing memory.
 
 Nothing is lost on the way out: `drain` waits for every queued job (the runner calls it
 before it looks for more work, before the report, and on Ctrl-C/SIGTERM, after re-queueing
