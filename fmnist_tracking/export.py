@@ -91,6 +91,6 @@ def ensure_model(client, run, *, name: str = "model") -> str:
     for output in outputs.model_outputs if outputs else []:
         if client.get_logged_model(output.model_id).name == name:
             return output.model_id
-    checkpoint = run_checkpoint(client, run_id, f"nor an MLflow model {name!r} to serve or register")
+    checkpoint = run_checkpoint(client, run_id, f"it has no MLflow model {name!r} either, so none to serve")
     example = np.random.default_rng(0).integers(0, 256, size=(5, INPUT_SIZE)).astype(np.float32)
     return log_mlflow_model(client, run.info.experiment_id, run_id, checkpoint, example, name=name)
