@@ -225,18 +225,23 @@ class ManualSGD:
         flags = nesterov.tolist()  # once, on the host: most populations are all or none Nesterov
         self.nesterov_kind = "all" if all(flags) else "none" if not any(flags) else "mixed"
         self.buffer = torch.zeros_like(weights)  # momentum buffers, [P, N]
-        self.fused = fuse_pays(weights, steps) and self.nesterov_kind != "mixed"
-        if self.fused:  # compiled here, not inside the first epoch (whose epoch_seconds it would inflate)
-            self.fused = fused_sgd_update() is not None
+        # The compiled update, or None (eager). Compiled here, not inside the first epoch (whose
+        # epoch_seconds it would inflate).
+        fuse = fuse_pays(weights, steps) and self.nesterov_kind != "mixed"
+        self.fused_update = fused_sgd_update() if fuse else None
+
+    @property
+    def fused(self) -> bool:
+        return self.fused_update is not None
 
     @torch.no_grad()
     def step(self, gradients: torch.Tensor, lr: torch.Tensor, frozen: torch.Tensor | None = None) -> None:
         """Update in place from `gradients` [P, N], used as scratch space (in place: big fresh
         tensors are slow on the CPU); members where `frozen` [P] is True keep their weights and buffers."""
         w, lr, momentum = self.weights, lr.unsqueeze(1), self.momentum
-        if self.fused and frozen is None:
-            update = fused_sgd_update()
-            update(w, gradients, self.buffer, lr, momentum, self.weight_decay, self.nesterov_kind == "all")
+        if self.fused_update is not None and frozen is None:
+            self.fused_update(w, gradients, self.buffer, lr, momentum, self.weight_decay,
+                              self.nesterov_kind == "all")
             return
         g = gradients.addcmul_(self.weight_decay, w)  # L2: dL/dw += wd w
         old_buf = self.buffer
