@@ -28,7 +28,7 @@ def learning_curves(history: Sequence[dict[str, float]], *, title: str = "") -> 
             if history and key in history[0]:
                 axes.plot(epochs, [m[key] for m in history], style, markersize=3, label=split)
         axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(axes)
         axes.set_ylabel("cross-entropy" if metric == "loss" else "accuracy")
         axes.grid(alpha=0.3)
         axes.legend()
@@ -37,6 +37,12 @@ def learning_curves(history: Sequence[dict[str, float]], *, title: str = "") -> 
     if title:
         figure.suptitle(title)
     return figure
+
+
+def epoch_axis(axes) -> None:
+    """Whole epochs as the x ticks, for one epoch too: MaxNLocator wants two ticks by default and, with
+    one epoch in view, falls back to fractions (0.945 ... 1.050)."""
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], *, title: str = "") -> Figure:

@@ -12,6 +12,13 @@ the trials still in training). A job that fails re-queues its trial (run FAILED,
 and the failure is raised in the main thread by the next `drain` or `submit`, as it would
 have been without the thread. A worker killed outright leaves its trials RUNNING with their
 heartbeats stopping: other workers re-queue them (lease.recover).
+
+Cores: the thread runs its torch operations (the test set's per-class table, the model export) on one
+intra-op thread (`one_torch_thread`); training keeps all of them. With the default count it kept an
+OpenMP worker of its own, and with more OpenMP workers than cores libgomp has every worker sleep
+between parallel regions instead of spinning: each of the ~25 operations of a training step then
+waited for its worker to wake. On 2 cores, every epoch after a sweep's first trial took twice as long
+(1.7 against 0.8 s; about 28 voluntary context switches a step against none).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import torch
+
 DEFAULT_MAX_PENDING = 64  # jobs: epoch logs are small; a population's finished trials are a few each
 
 
@@ -27,7 +36,8 @@ class Background:
     """One ordered worker thread for MLflow writes, with a bound on the jobs waiting."""
 
     def __init__(self, max_pending: int = DEFAULT_MAX_PENDING):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-background")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-background",
+                                        initializer=one_torch_thread)
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pending: list[Future] = []
         self._failure: BaseException | None = None
@@ -69,3 +79,11 @@ class Background:
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
+
+
+def one_torch_thread() -> None:
+    """The calling thread's torch operations run on that thread alone (see the module's "Cores").
+    The count is read first: torch gives a thread its count at its first use, from the last count set
+    in any thread, which would undo one set before."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)

@@ -198,7 +198,9 @@ def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str,
     figures = sweep_figures.figures(plan, summary) + why_figures.figures(plan, summary) + \
         sweep_figures.optuna_figures(study, plan)
     for name, figure in figures:
-        client.log_figure(run_id, figure, f"{ARTIFACT_DIR}/{name}.png", save_kwargs={"bbox_inches": "tight"})
+        # ours are laid out (constrained) when drawn; "tight" (Optuna's) draws the whole figure once more
+        tight = None if figure.get_layout_engine() is not None else {"bbox_inches": "tight"}
+        client.log_figure(run_id, figure, f"{ARTIFACT_DIR}/{name}.png", save_kwargs=tight)
         sweep_figures.close(figure)
     client.log_text(run_id, summary_csv(summary), f"{ARTIFACT_DIR}/summary.csv")
     client.log_text(run_id, answer(summary, limit=None) + "\n", f"{ARTIFACT_DIR}/summary.md")

@@ -20,9 +20,9 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
+from fmnist_tracking import plots
 from sweeps import evidence
 
 if TYPE_CHECKING:
@@ -110,11 +110,11 @@ def validation_curves(plan: StudyPlan, summary: Summary, rows: list[ConfigRow]) 
             steps = sorted(trial.intermediate_values)
             values = [trial.intermediate_values[s] for s in steps]
             axes.plot(steps, [1 - v for v in values] if error else values, color=colors.colors[row.label],
-                      alpha=0.8)
+                      alpha=0.8, marker="o" if len(steps) == 1 else "")  # one epoch: a point, not a line
     name = "validation error" if error else summary.metric
     axes.set(xlabel="epoch", ylabel=name, title=f"{summary.study_name}: {name} per epoch (one line per seed)")
     axes.grid(alpha=0.3)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    plots.epoch_axis(axes)
     colors.finish(figure, axes)
     return figure
 

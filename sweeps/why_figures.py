@@ -19,8 +19,8 @@ import click
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
+from fmnist_tracking import plots
 from sweeps.sweep_figures import ordered, palette, row_palette
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def _two_panels(title: str) -> tuple[Figure, Any]:
     for panel in axes:
         panel.grid(alpha=0.3)
         panel.set_xlabel("epoch")
-        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+        plots.epoch_axis(panel)
     return figure, axes
 
 
@@ -152,13 +152,14 @@ def training_loss(plan: StudyPlan, summary: Summary, rows: list[ConfigRow]) -> F
         for trial in trials:
             points = [(m["epoch"], m["train_loss"]) for m in history(trial) if np.isfinite(m["train_loss"])]
             if points:
-                axes.plot(*zip(*points, strict=True), color=colors.colors[label], alpha=0.8)
+                axes.plot(*zip(*points, strict=True), color=colors.colors[label], alpha=0.8,
+                          marker="o" if len(points) == 1 else "")  # one epoch: a point, not a line
             if "diverged" in str(trial.user_attrs.get("failure", "")):
                 _mark_divergence(axes, trial, points, colors.colors[label])
     axes.set(xlabel="epoch", ylabel="training loss (mean over the epoch)", yscale="log",
              title=f"{summary.study_name}: training loss per epoch, one line per seed")
     axes.grid(alpha=0.3)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    plots.epoch_axis(axes)
     colors.extra = [Line2D([], [], marker="x", color="black", linestyle="", markersize=9,
                            label="diverged: last finite epoch")]
     colors.finish(figure, axes)

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 # (pytestmark); a module in neither place is an error, so every new test chooses its layer.
 LAYERS = {
     "unit": {"test_activations", "test_checkpoint", "test_inits", "test_mlp_manual", "test_mlp_parity",
-             "test_schedules", "test_sweep_definitions"},
+             "test_schedules", "test_sweep_definitions", "test_background"},
     "integration": {"test_data", "test_tracking", "test_sweep_runner", "test_report", "test_compose"},
     "e2e": {"test_workers", "test_cli_sweep", "test_cli_tracking", "test_browser"},
 }
