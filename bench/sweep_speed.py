@@ -9,11 +9,17 @@ kind), with the data loaded once beforehand. Training is counted two ways: the w
 (each population's `epoch_seconds`, what the trainer logs). The rest of the parent run's duration (from
 MLflow's start and end times) is the sweep's own work: Optuna, MLflow, figures, checkpoints, the report.
 Rounds alternate the two populations; medians and spreads are printed, nothing is asserted.
+
+Voluntary context switches (the whole process's, per second of epochs) are printed beside: a training
+step whose OpenMP workers sleep between operations blocks about 28 times (sweeps/background.py, "Cores"),
+about 11,000 a second in the 1-epoch grid on 2 cores; with spinning workers it was 900 a second there,
+the tracking thread's own waits (its writes, Python's lock).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -45,6 +51,7 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
 
     trials.train_population = timed
     forget_compiled_code()
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
     try:
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as folder:
             uri = f"sqlite:///{folder}/mlflow.db"
@@ -62,7 +69,8 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
                          for t in study.trials if "epoch_seconds" in t.user_attrs)
     finally:
         trials.train_population = train_population
-    return {"wall": wall, "train": sum(trained), "epochs": epochs, "trials": trial_count}
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches
+    return {"wall": wall, "train": sum(trained), "epochs": epochs, "trials": trial_count, "switches": switches}
 
 
 def forget_compiled_code() -> None:
@@ -96,7 +104,8 @@ def sweep_section(*, name: str = "learning_rate", epochs: int = 2, populations=(
                   f"train_population ({train / wall:.0%}), {in_epochs:.1f} s of it epochs "
                   f"({in_epochs / wall:.0%}); "
                   f"outside them per trial {outside(measured, 'train'):.2f} s / "
-                  f"{outside(measured, 'epochs'):.2f} s, {measured['trials']} trials")
+                  f"{outside(measured, 'epochs'):.2f} s, {measured['trials']} trials; "
+                  f"{measured['switches'] / in_epochs:.0f} voluntary context switches per second of epochs")
     for population, runs in found.items():
         walls = [r["wall"] for r in runs]
         print(f"  population {population}: median wall {statistics.median(walls):.1f} s "
