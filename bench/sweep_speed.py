@@ -70,7 +70,8 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
     finally:
         trials.train_population = train_population
     switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches
-    return {"wall": wall, "train": sum(trained), "epochs": epochs, "trials": trial_count, "switches": switches}
+    return {"wall": wall, "train": sum(trained), "epochs": epochs, "trials": trial_count,
+            "switches": switches}
 
 
 def forget_compiled_code() -> None:
