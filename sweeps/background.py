@@ -85,6 +85,6 @@ def one_torch_thread() -> None:
     """The calling thread's torch operations run on that thread alone (see the module's "Cores").
     The count is read first: torch gives a thread its count at its first use, from the last count set
     in any thread, which would undo one set before. Threads that start later (a library's, inside a job)
-    take 1 too, unless a count is set again; threads that already ran torch, training's among them, keep theirs."""
+    take 1 too, unless a count is set again; threads that already ran torch (training's) keep theirs."""
     torch.get_num_threads()
     torch.set_num_threads(1)
