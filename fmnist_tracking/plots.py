@@ -45,6 +45,12 @@ def epoch_axis(axes) -> None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
+def curve_marker(points: int) -> str:
+    """The marker of a per-epoch curve of `points` epochs: a dot for one (a line through one point draws
+    nothing), none otherwise."""
+    return "o" if points == 1 else ""
+
+
 def confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], *, title: str = "") -> Figure:
     """Counts of (true, predicted) pairs; the colour is the share of the true class's samples."""
     counts = confusion.cpu().long()

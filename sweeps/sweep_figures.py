@@ -110,7 +110,7 @@ def validation_curves(plan: StudyPlan, summary: Summary, rows: list[ConfigRow]) 
             steps = sorted(trial.intermediate_values)
             values = [trial.intermediate_values[s] for s in steps]
             axes.plot(steps, [1 - v for v in values] if error else values, color=colors.colors[row.label],
-                      alpha=0.8, marker="o" if len(steps) == 1 else "")  # one epoch: a point, not a line
+                      alpha=0.8, marker=plots.curve_marker(len(steps)))
     name = "validation error" if error else summary.metric
     axes.set(xlabel="epoch", ylabel=name, title=f"{summary.study_name}: {name} per epoch (one line per seed)")
     axes.grid(alpha=0.3)

@@ -153,7 +153,7 @@ def training_loss(plan: StudyPlan, summary: Summary, rows: list[ConfigRow]) -> F
             points = [(m["epoch"], m["train_loss"]) for m in history(trial) if np.isfinite(m["train_loss"])]
             if points:
                 axes.plot(*zip(*points, strict=True), color=colors.colors[label], alpha=0.8,
-                          marker="o" if len(points) == 1 else "")  # one epoch: a point, not a line
+                          marker=plots.curve_marker(len(points)))
             if "diverged" in str(trial.user_attrs.get("failure", "")):
                 _mark_divergence(axes, trial, points, colors.colors[label])
     axes.set(xlabel="epoch", ylabel="training loss (mean over the epoch)", yscale="log",
