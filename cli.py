@@ -176,7 +176,7 @@ def runs(sweep: str | None, limit: int, tracking_uri: str | None, experiment: st
 def sweep_ranking(name: str):
     """The objective of sweep NAME's definition; best validation accuracy if NAME is no definition here."""
     from fmnist_tracking.registry import Ranking
-    from sweeps.definitions import DefinitionError, list_definitions, load_definition
+    from sweeps.definitions.loader import DefinitionError, list_definitions, load_definition
 
     if name not in list_definitions():
         return Ranking()
@@ -367,11 +367,11 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
     """
     from fmnist_tracking.signals import Terminated
     from fmnist_tracking.store import resolve_tracking_uri
-    from sweeps.repair import repair_sweep
-    from sweeps.runner import run_sweep
-    from sweeps.storage import require_shared_stores
-    from sweeps.study import default_storage
-    from sweeps.supervisor import run_local_workers
+    from sweeps.execution.repair import repair_sweep
+    from sweeps.execution.runner import run_sweep
+    from sweeps.execution.storage import require_shared_stores
+    from sweeps.execution.study import default_storage
+    from sweeps.execution.supervisor import run_local_workers
 
     # the report reads the best run's checkpoint to make its figures: no download bar in the sweep's output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -425,7 +425,7 @@ def worker_command(name: str, *, impl, overrides, seeds, n_trials, timeout, popu
 @cli.command()
 def sweeps() -> None:
     """List the sweep definitions in sweeps/, one line each."""
-    from sweeps.definitions import DefinitionError, list_definitions, load_definition
+    from sweeps.definitions.loader import DefinitionError, list_definitions, load_definition
 
     for name, path in list_definitions().items():
         try:
@@ -450,7 +450,7 @@ def sweeps() -> None:
 def report(name: str, impl: str | None, storage: str | None, tracking_uri: str | None,
            experiment: str) -> None:
     """Rebuild the figures and ranked tables of sweep NAME's parent run(s) from its Optuna study."""
-    from sweeps.report import rebuild_reports
+    from sweeps.execution.runner import rebuild_reports
 
     rebuild_reports(name, impl=impl, storage=storage, tracking_uri=tracking_uri, experiment=experiment)
 
@@ -464,7 +464,7 @@ def report(name: str, impl: str | None, storage: str | None, tracking_uri: str |
 def dashboard(name: str, storage: str | None, host: str, port: int, tracking_uri: str | None) -> None:
     """Open optuna-dashboard on the Optuna storage of sweep NAME and print the address of its studies."""
     from fmnist_tracking.servers import dashboard_command, dashboard_study_urls
-    from sweeps.study import default_storage, without_password
+    from sweeps.execution.study import default_storage, without_password
 
     storage = storage or default_storage(tracking_uri)
     urls = dashboard_study_urls(storage, name, host, port)

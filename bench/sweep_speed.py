@@ -37,7 +37,7 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
     import optuna
     from mlflow import MlflowClient
 
-    from sweeps import runner, trials
+    from sweeps.execution import runner, trials
 
     trained = []
     train_population = trials.train_population

@@ -1,7 +1,7 @@
 """Signals as exceptions: SIGTERM raises `Terminated`, and a block can defer SIGINT/SIGTERM.
 
 Primitives only. Which steps of a trial's life must not be cut by a signal is decided in one
-place, `sweeps.lease.TrialLease`; `cli.py train` uses `handle_sigterm` so its run ends KILLED.
+place, `sweeps.execution.lease.TrialLease`; `cli.py train` uses `handle_sigterm` so its run ends KILLED.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-VERDICTS_ARTIFACT = "sweep/verdicts.json"  # = sweeps.report.ARTIFACT_DIR + "/verdicts.json"
+VERDICTS_ARTIFACT = "sweep/verdicts.json"  # = sweeps.analysis.report.ARTIFACT_DIR + "/verdicts.json"
 
 
 def sweep_parent(client: MlflowClient, run: Run) -> Run | None:

@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 from fmnist_core.config import RunConfig
 from fmnist_tracking import run_log, store
 from fmnist_tracking.signals import Terminated, handle_sigterm
-from sweeps import lease, trials
-from sweeps import storage as stores
-from sweeps.background import Background
-from sweeps.lease import State, TrialLease, Worker
+from sweeps.execution import lease, trials
+from sweeps.execution import storage as stores
+from sweeps.execution.background import Background
+from sweeps.execution.lease import State, TrialLease, Worker
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from sweeps import evidence
-from sweeps.evidence import (
+from sweeps.analysis import evidence
+from sweeps.analysis.evidence import (
     BOOTSTRAP,
     MCNEMAR,
     WELCH,

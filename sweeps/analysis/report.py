@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
 
 import click
 import numpy as np
@@ -31,86 +30,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_core import data as fdata
 from fmnist_core.config import ConfigError, RunConfig, first_line
-from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
-from fmnist_tracking import run_log, store
-from sweeps import evidence, sweep_figures, why_figures
-from sweeps.definitions import load_definition
-from sweeps.report_text import ARTIFACT_DIR, answer, ranked_table, run_note, summary_csv, verdict_records
-from sweeps.study import PARENT_ATTR, StudyPlan, default_storage, load_study, plan_studies
-
-__all__ = ["ARTIFACT_DIR", "ConfigRow", "Summary", "answer", "build_report", "config_key", "parameter_count",
-           "ranked_table", "rebuild_reports", "summarise", "summary_csv", "verdict_records"]
+from fmnist_tracking import run_log
+from sweeps.analysis import evidence, why_figures
+from sweeps.analysis import figures as sweep_figures
+from sweeps.analysis.summary import ConfigRow, Summary, config_key, config_of, label_of, parameter_count
+from sweeps.analysis.text import ARTIFACT_DIR, answer, run_note, summary_csv, verdict_records
+from sweeps.definitions.plan import StudyPlan, describe_params
 
 NOTE_TAG = "mlflow.note.content"  # the run's description on its Overview page in the MLflow UI
-
-
-@dataclass(frozen=True)
-class ConfigRow:
-    """One configuration (params without the seed) over its COMPLETE seeds, and its verdict."""
-
-    params: dict
-    config: RunConfig  # the base with these params applied: what the trials trained
-    trials: tuple[FrozenTrial, ...]
-    verdict: evidence.Verdict
-    seconds_per_epoch: float  # mean over seeds; wall time of the population each trial was trained in
-    vectors_kept: bool  # per-image validation correctness known for every seed
-
-    @property
-    def label(self) -> str:
-        return self.verdict.label
-
-    @property
-    def vs_best(self) -> str:
-        return self.verdict.verdict
-
-    @property
-    def parameters(self) -> int:
-        return parameter_count(self.config.hidden_size)
-
-
-@dataclass(frozen=True)
-class Summary:
-    study_name: str
-    question: str  # the sweep's description
-    metric: str  # the objective Optuna optimised
-    rows: list[ConfigRow]  # ranked by validation accuracy, best first
-    counts: dict[str, int]  # trial state name -> number of trials
-    best_trial: FrozenTrial | None  # the best configuration's best seed
-    failed: list[FrozenTrial]  # FAIL trials (diverged, refused configurations): not ranked
-    cost_name: str  # what the conclusion's "cheapest" is measured in
-    conclusion: str
-
-    def failed_by_label(self) -> dict[str, list[FrozenTrial]]:
-        """FAIL trials grouped by configuration label."""
-        groups: dict[str, list[FrozenTrial]] = {}
-        for trial in self.failed:
-            groups.setdefault(label_of(dict(config_key(trial))), []).append(trial)
-        return groups
-
-
-def parameter_count(hidden_size: int) -> int:
-    """Weights and biases of the one-hidden-layer MLP: input -> hidden -> classes."""
-    return INPUT_SIZE * hidden_size + hidden_size + NUM_CLASSES * hidden_size + NUM_CLASSES
-
-
-def config_key(trial: FrozenTrial) -> tuple:
-    return tuple((k, v) for k, v in trial.params.items() if k != "seed")
-
-
-def label_of(params: dict) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "base"
-
-
-def config_of(plan: StudyPlan, params: dict) -> RunConfig:
-    """The RunConfig a trial with `params` trained (bundle labels expanded), as trials.suggest_config."""
-    overrides = {}
-    for param in plan.definition.space:
-        if param.name in params:
-            overrides.update(param.overrides(params[param.name]))
-    try:
-        return plan.base.replace(overrides, source="stored trial")
-    except ConfigError:  # a space edited since (settings mismatch is refused on resume): best effort
-        return plan.base
 
 
 def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
@@ -214,7 +141,7 @@ def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str,
         client.log_metric(run_id, f"best_{plan.definition.metric}", best.value)
         tags.update({"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id"),
                      "best_checkpoint": best.user_attrs.get("checkpoint"),
-                     "best_params": ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())})
+                     "best_params": describe_params(best.params)})
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # race-safe
     best_run_id = summary.best_trial.user_attrs.get("mlflow_run_id") if summary.best_trial else None
     if splits is not None and best_run_id:
@@ -223,29 +150,3 @@ def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str,
         except (ConfigError, MlflowException) as error:  # e.g. a study resumed against another store
             click.echo(f"note: the best run's figures were not made: {first_line(error)}", err=True)
     return summary
-
-
-def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None,
-                    tracking_uri: str | None = None,
-                    experiment: str = store.DEFAULT_EXPERIMENT) -> list[Summary]:
-    """`python cli.py report NAME`: the parent runs' answer, figures and tables, made again from the study."""
-    plans = plan_studies(load_definition(name), impl=impl)
-    storage = storage or default_storage(tracking_uri)
-    client, _ = store.setup(tracking_uri, experiment, create=False)
-    summaries = []
-    for plan in plans:
-        study = load_study(plan, storage)
-        parent_id = study.user_attrs.get(PARENT_ATTR)
-        try:
-            client.get_run(parent_id or "none")
-        except MlflowException:
-            raise ConfigError(f"the parent run {parent_id} of study {plan.study_name!r} is not in this "
-                              "MLflow store; pass the --tracking-uri and --experiment of the sweep") from None
-        summaries.append(build_report(study, plan, client, parent_id))
-        click.echo(f"Report of {plan.study_name} logged to MLflow run {parent_id}")
-        click.echo(answer(summaries[-1]))
-    return summaries
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

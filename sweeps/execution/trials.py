@@ -34,18 +34,17 @@ from fmnist_core.trainer import (
     train_population,
 )
 from fmnist_tracking import run_log
-from sweeps import evidence, lease
-from sweeps.background import Background
+from sweeps.analysis import evidence
 from sweeps.defaults import DEFAULT_POPULATION
-from sweeps.lease import TrialLease, Worker
-from sweeps.study import (
-    StudyPlan,
+from sweeps.definitions.plan import StudyPlan, describe_params
+from sweeps.execution import lease
+from sweeps.execution.background import Background
+from sweeps.execution.lease import TrialLease, Worker
+from sweeps.execution.study import (
     study_done,
     trials_claimed,
     trials_done,
 )
-
-READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating the study
 
 
 @dataclass(frozen=True)
@@ -322,14 +321,6 @@ def run_name(plan: StudyPlan, held: TrialLease) -> str:
     """What varies, e.g. `hidden_size=1024`, with `, seed=1` when the sweep has several seeds."""
     label = describe_params({k: v for k, v in held.trial.params.items() if k != "seed"}) or plan.study_name
     return f"{label}, seed={held.config.seed}" if plan.seeds > 1 else label
-
-
-def fmt_value(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def describe_params(params: dict) -> str:
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items())
 
 
 def describe(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:

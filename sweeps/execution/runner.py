@@ -30,27 +30,30 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from fmnist_core import data as fdata
+from fmnist_core.config import ConfigError
 from fmnist_core.trainer import SPLIT_SEED, resolve_device
 from fmnist_tracking import run_log, signals, store
-from sweeps import lease, report
-from sweeps import storage as stores
+from sweeps.analysis import report, text
+from sweeps.analysis.summary import Summary
 from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_POPULATION
-from sweeps.definitions import load_definition
-from sweeps.lease import Worker
-from sweeps.study import (
+from sweeps.definitions.loader import load_definition
+from sweeps.definitions.plan import StudyPlan, fmt_value, plan_studies
+from sweeps.execution import lease
+from sweeps.execution import storage as stores
+from sweeps.execution.lease import Worker
+from sweeps.execution.study import (
     PARENT_ATTR,
     SETTINGS_ATTR,
-    StudyPlan,
     check_settings,
     default_storage,
     enqueue_grid,
+    load_study,
     mark_ready,
     open_study,
-    plan_studies,
     wait_until_ready,
     without_password,
 )
-from sweeps.trials import Tracker, fmt_value, run_trials
+from sweeps.execution.trials import Tracker, run_trials
 
 READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating the study
 
@@ -91,7 +94,7 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
                 summary = work(study, plan, splits, tracker, worker, storage, population=population,
                                progress=progress)
             if summary is not None:
-                click.echo(report.answer(summary))
+                click.echo(text.answer(summary))
                 summaries.append(summary)
     return summaries
 
@@ -184,3 +187,25 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     summary = report.build_report(study, plan, client, parent_id, splits=splits)
     parent.end("FINISHED")
     return summary
+
+
+def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None,
+                    tracking_uri: str | None = None,
+                    experiment: str = store.DEFAULT_EXPERIMENT) -> list[Summary]:
+    """`python cli.py report NAME`: the parent runs' answer, figures and tables, made again from the study."""
+    plans = plan_studies(load_definition(name), impl=impl)
+    storage = storage or default_storage(tracking_uri)
+    client, _ = store.setup(tracking_uri, experiment, create=False)
+    summaries = []
+    for plan in plans:
+        study = load_study(plan, storage)
+        parent_id = study.user_attrs.get(PARENT_ATTR)
+        try:
+            client.get_run(parent_id or "none")
+        except MlflowException:
+            raise ConfigError(f"the parent run {parent_id} of study {plan.study_name!r} is not in this "
+                              "MLflow store; pass the --tracking-uri and --experiment of the sweep") from None
+        summaries.append(report.build_report(study, plan, client, parent_id))
+        click.echo(f"Report of {plan.study_name} logged to MLflow run {parent_id}")
+        click.echo(text.answer(summaries[-1]))
+    return summaries

@@ -32,13 +32,13 @@ from typing import Any
 import yaml
 
 from fmnist_core.config import ConfigError, RunConfig, coerce, field_names
-from sweeps.definition_schema import METRICS, Axis, DefinitionError, make_pruner, read_file
+from sweeps.definitions.schema import METRICS, Axis, DefinitionError, make_pruner, read_file
 
 # The public API; DefinitionError and make_pruner live with the schema and are re-exported here.
 __all__ = ["DefinitionError", "Param", "SweepDefinition", "check_space", "list_definitions",
            "load_definition", "make_pruner", "parse_definition"]
 
-SWEEP_DIR = Path(__file__).resolve().parent
+SWEEP_DIR = Path(__file__).resolve().parent.parent  # the YAML files stay in sweeps/, where users find them
 # All trials of a sweep share one data split, loaded once: these cannot vary per trial.
 UNSWEEPABLE = ("val_size", "device")
 

@@ -21,16 +21,17 @@ import uuid
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import POSTGRES, ROOT, compose_command, env_example
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from support import POSTGRES, ROOT, compose_command, env_example
 
 from cli import cli
 from fmnist_tracking import run_log, store
-from sweeps import lease, runner
-from sweeps import storage as stores
-from sweeps.definitions import load_definition
-from sweeps.study import StudyError, default_storage, enqueue_grid, open_study, plan_studies
+from sweeps.definitions.loader import load_definition
+from sweeps.definitions.plan import plan_studies
+from sweeps.execution import lease, runner
+from sweeps.execution import storage as stores
+from sweeps.execution.study import StudyError, default_storage, enqueue_grid, open_study
 
 WORKER_TIMEOUT = 150  # seconds; a sweep here takes well under a minute
 
@@ -214,7 +215,7 @@ def test_ctrl_c_reaches_local_workers_when_the_sweep_was_started_with_sigint_ign
     """A script's `cmd &` starts cmd with SIGINT ignored, and children inherit that. The `--workers`
     process forwards Ctrl-C to its workers, so they must start with SIGINT handled, or they train on
     while it reports the sweep interrupted. Workers here: tiny Python programs that wait for it."""
-    harness = ("import sys; from sweeps.supervisor import run_local_workers; "
+    harness = ("import sys; from sweeps.execution.supervisor import run_local_workers; "
                f"sys.exit(run_local_workers([sys.executable, '-c', {CHILD!r}, {str(tmp_path)!r}], 2))")
     process = subprocess.Popen([sys.executable, "-c", harness], cwd=ROOT,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))

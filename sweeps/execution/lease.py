@@ -54,7 +54,7 @@ from tqdm import tqdm
 from fmnist_core.config import first_line
 from fmnist_tracking.run_log import RunLogger
 from fmnist_tracking.signals import signals_deferred
-from sweeps import storage as stores
+from sweeps.execution import storage as stores
 
 MAX_STALE_RETRIES = 3  # a trial that kills its worker every time (e.g. out of memory) stops being retried
 HANDSHAKE_ENV, PAUSE_ENV = "FMNIST_LEASE_HANDSHAKE", "FMNIST_LEASE_PAUSE_AT"

@@ -1,4 +1,4 @@
-"""From a definition to Optuna studies: the plan, the sampler, and creating or loading the study.
+"""From a plan to an Optuna study: the sampler, creating or loading the study, its queue and counts.
 
 Kept apart from the trial loop (runner.py) so that creating a study and working on one are
 separate steps: any number of workers can `open_study` the same plan and run trials on it.
@@ -11,11 +11,8 @@ atomically. Optuna's GridSampler is not used for it: it does not count queued tr
 visited, fails on the last tell of a one-point grid with queued trials, and with several
 workers samples a point that is still running elsewhere again.
 
-A plan is one study: the definition, the base RunConfig (definition base + --set overrides),
-the implementation variant and the number of seeds. The study is named after the sweep and
-the variant (`hidden_size-manual`; `impl_parity` varies impl itself, so it is just the name).
-It stores its settings; re-running with other settings is refused rather than mixing trials
-trained differently in one study (--fresh replaces the study).
+A study stores its plan's settings (sweeps/definitions/plan.py); re-running with other settings is
+refused rather than mixing trials trained differently in one study (--fresh replaces the study).
 """
 
 from __future__ import annotations
@@ -24,16 +21,15 @@ import itertools
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core.config import ConfigError
 from fmnist_tracking import store
-from sweeps.definitions import DefinitionError, SweepDefinition, check_space, make_pruner
+from sweeps.definitions.plan import StudyPlan
+from sweeps.definitions.schema import make_pruner
 
 STORAGE_FILE = "optuna.db"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -43,76 +39,6 @@ PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's parent run 
 
 class StudyError(ConfigError):
     """The stored study cannot be used as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    definition: SweepDefinition
-    base: RunConfig
-    study_name: str
-    seeds: int = 1
-    n_trials: int | None = None  # total trials the study should hold; None: the grid, or unbounded
-    timeout: float | None = None  # seconds for this invocation
-
-    @property
-    def seed_axis(self) -> bool:
-        """Grid sweeps put the seed on the grid; other samplers repeat each sampled configuration."""
-        return self.definition.sampler == "grid" and self.seeds > 1
-
-    def grid(self) -> dict[str, list]:
-        grid = self.definition.grid()
-        if self.seed_axis:
-            grid["seed"] = list(range(self.seeds))
-        return grid
-
-    def total_trials(self) -> int | None:
-        if self.definition.sampler == "grid":
-            size = 1
-            for values in self.grid().values():
-                size *= len(values)
-            return min(size, self.n_trials or size)
-        return self.n_trials
-
-    def settings(self) -> dict[str, Any]:
-        """What makes two trials comparable: stored in the study, compared on resume."""
-        d = self.definition
-        return {"base": self.base.as_dict(), "space": [repr(p) for p in d.space], "seeds": self.seeds,
-                "sampler": [d.sampler, d.sampler_options], "pruner": [d.pruner, d.pruner_options],
-                "objective": [d.metric, d.direction]}
-
-
-def plan_studies(definition: SweepDefinition, *, impl: str | None = None,
-                 overrides: dict[str, Any] | None = None, seeds: int | None = None,
-                 n_trials: int | None = None, timeout: float | None = None) -> list[StudyPlan]:
-    """One plan per implementation variant (`impl="both"`: manual and torch)."""
-    overrides = dict(overrides or {})
-    swept = definition.fields | ({"seed"} if (seeds or definition.seeds) > 1 else set())
-    clash = sorted(set(overrides) & swept)
-    if clash:
-        raise DefinitionError(f"--set {', '.join(clash)}: varied by the sweep {definition.name} "
-                              f"({definition.path}); leave it to the sweep or edit the file")
-    if impl is not None and "impl" in definition.fields:
-        raise DefinitionError(f"--impl: the sweep {definition.name} compares implementations itself; "
-                              "leave --impl out")
-    impls = ["manual", "torch"] if impl == "both" else [impl] if impl else [None]
-    plans = []
-    for variant in impls:
-        chosen = dict(overrides, **({"impl": variant} if variant else {}))
-        base = RunConfig().replace(definition.base, source=f"{definition.path}: base")
-        try:
-            base = base.replace(chosen, source="--set")
-        except ConfigError as error:
-            message = str(error)
-            raise ConfigError(message if message.startswith("--set") else f"--set: {message}") from None
-        if base.val_size == 0:
-            raise DefinitionError(f"{definition.path}: val_size: a sweep selects on the validation split; "
-                                  "it needs val_size > 0")
-        check_space(definition, base)
-        name = definition.name if "impl" in definition.fields else f"{definition.name}-{base.impl}"
-        plans.append(StudyPlan(definition, base, name, seeds=seeds or definition.seeds,
-                               n_trials=n_trials or definition.n_trials,
-                               timeout=timeout if timeout is not None else definition.timeout))
-    return plans
 
 
 def default_storage(tracking_uri: str | None = None) -> str:

@@ -19,7 +19,7 @@ import optuna
 from optuna.storages import RDBStorage
 
 from sweeps.defaults import DEFAULT_HEARTBEAT, GRACE_BEATS
-from sweeps.study import StudyError, without_password
+from sweeps.execution.study import StudyError, without_password
 
 SCALING_OUT = ("use --storage postgresql://USER:PASSWORD@HOST/DATABASE and an MLflow server "
                "(--tracking-uri http://HOST:5000); see README, Scaling out")

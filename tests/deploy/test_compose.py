@@ -1,6 +1,6 @@
 """docker-compose.yml without Docker: every command it runs parses as a valid command line, the
 defaults are safe (loopback ports, credentials from .env, host checks on), and the PostgreSQL
-init script makes MLflow's database. Running the topology itself is tests/test_workers.py's job.
+init script makes MLflow's database. Running the topology itself is tests/sweeps/execution/test_workers.py's job.
 """
 
 import os
@@ -11,7 +11,7 @@ import uuid
 import click
 import pytest
 import yaml
-from conftest import COMPOSE_FILE, POSTGRES, ROOT, _postgres_admin, compose_command, env_example, interpolate
+from support import COMPOSE_FILE, POSTGRES, ROOT, compose_command, env_example, interpolate, postgres_admin
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_every_command_is_a_valid_invocation_of_our_cli_or_mlflow(compose):
     from mlflow.cli import cli as mlflow_cli
 
     from cli import cli
-    from sweeps.definitions import load_definition
+    from sweeps.definitions.loader import load_definition
 
     variables = env_example()
     commands = {name: compose_command(name, variables) for name, spec in compose["services"].items()
@@ -107,4 +107,4 @@ def test_postgres_init_script_creates_the_mlflow_database():
                                 capture_output=True, text=True, check=True, timeout=30)
         assert listed.stdout.strip() == "1"
     finally:
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

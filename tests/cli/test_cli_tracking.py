@@ -17,9 +17,9 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import free_port, stop_group
 from mlflow import MlflowClient
 from PIL import Image
+from support import ROOT, free_port, stop_group
 
 from cli import cli
 from fmnist_core import serving
@@ -27,8 +27,6 @@ from fmnist_core.checkpoint import save_checkpoint
 from fmnist_core.config import RunConfig
 from fmnist_core.data import CLASSES
 from fmnist_tracking import run_log, store
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def invoke(*args: str):

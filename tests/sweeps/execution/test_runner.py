@@ -14,10 +14,11 @@ from optuna.trial import TrialState
 
 from fmnist_core import trainer
 from fmnist_tracking import run_log, store
-from sweeps import evidence, report, runner
-from sweeps import trials as trial_loop
-from sweeps.definitions import DefinitionError
-from sweeps.study import StudyError
+from sweeps.analysis import evidence, text
+from sweeps.definitions.loader import DefinitionError
+from sweeps.execution import runner
+from sweeps.execution import trials as trial_loop
+from sweeps.execution.study import StudyError
 
 EXPERIMENT = "sweeps-test"
 
@@ -224,8 +225,8 @@ def test_population_training_matches_one_by_one_and_gives_seed_statistics(tmp_pa
     assert summary.rows[0].verdict.accuracy == pytest.approx(sum(values) / 2)
     assert summary.rows[0].verdict.interval == pytest.approx(evidence.t_interval(values))
     assert summary.rows[0].vs_best == "best" and summary.rows[1].vs_best in ("within noise", "worse")
-    assert "| 1 |" in report.ranked_table(summary) and "95% t over seeds" in report.ranked_table(summary)
-    rows = list(csv.DictReader(io.StringIO(report.summary_csv(summary))))
+    assert "| 1 |" in text.ranked_table(summary) and "95% t over seeds" in text.ranked_table(summary)
+    rows = list(csv.DictReader(io.StringIO(text.summary_csv(summary))))
     assert [(r["rank"], r["seeds"], r["population"]) for r in rows] == [("1", "2", "4"), ("2", "2", "4")]
 
 

@@ -15,12 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, stop_group
+from support import ROOT, free_port, stop_group
 
 from fmnist_core.config import RunConfig
 from fmnist_tracking import run_log, store
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]

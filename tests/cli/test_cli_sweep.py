@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from fmnist_tracking import store
-from sweeps.definitions import list_definitions
+from sweeps.definitions.loader import list_definitions
 
 
 def invoke(*args: str):

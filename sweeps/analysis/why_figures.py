@@ -21,13 +21,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from fmnist_tracking import plots
-from sweeps.sweep_figures import ordered, palette, row_palette
+from sweeps.analysis.figures import ordered, palette, row_palette
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from sweeps.report import ConfigRow, Summary
-    from sweeps.study import StudyPlan
+    from sweeps.analysis.summary import ConfigRow, Summary
+    from sweeps.definitions.plan import StudyPlan
 
 CLIPPING_FIELDS = {"clip_mode", "clip_value"}
 EARLY_FIELDS = {"init", "init_scale", "activation"}

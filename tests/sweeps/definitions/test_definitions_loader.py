@@ -5,8 +5,8 @@ import textwrap
 import pytest
 
 from fmnist_core.config import ACTIVATIONS, CLIP_MODES, INITS, ConfigError
-from sweeps.definitions import DefinitionError, list_definitions, load_definition
-from sweeps.study import plan_studies
+from sweeps.definitions.loader import DefinitionError, list_definitions, load_definition
+from sweeps.definitions.plan import plan_studies
 
 
 def write(tmp_path, text: str, name: str = "tiny"):

@@ -20,9 +20,12 @@ from matplotlib.collections import LineCollection
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeps import evidence, report, report_text, sweep_figures, why_figures
-from sweeps.definitions import parse_definition
-from sweeps.study import plan_studies
+from sweeps.analysis import evidence, report, why_figures
+from sweeps.analysis import figures as sweep_figures
+from sweeps.analysis import summary as summary_types
+from sweeps.analysis import text as report_text
+from sweeps.definitions.loader import parse_definition
+from sweeps.definitions.plan import plan_studies
 
 N_VAL = 2000
 VERDICT_KEYS = {"label", "params", "trials", "run_ids", "seeds", "accuracy", "interval", "interval_kind",
@@ -102,10 +105,10 @@ def test_conclusion_names_best_ties_worse_and_the_cheapest_tie():
     assert "Within noise of it: hidden_size=1024 (-0.0020, 0 images only it got right vs 4 only the " \
         "best" in text
     assert "Worse: hidden_size=512" in text and "hidden_size=256" in text.split("Worse:")[1]
-    assert summary.cost_name == "parameters" and report.parameter_count(1024) == 814_090
+    assert summary.cost_name == "parameters" and summary_types.parameter_count(1024) == 814_090
     assert "Cheapest within noise: hidden_size=1024 at 814,090 parameters" in text
     assert "seed-to-seed training noise" in text  # one seed: McNemar's blind spot is named
-    answer = report.answer(summary)
+    answer = report_text.answer(summary)
     assert answer.index("| rank |") < answer.index("**Conclusion.**")
     assert " ".join(answer.split("**Conclusion.**")[1].split()) == text
     assert "val_acc [95% Wilson over images]" in answer and "| within noise |" in answer
@@ -130,7 +133,7 @@ def test_seeds_give_t_intervals_a_bootstrap_and_failures_are_named():
     assert "Failed, so not ranked: lr=1 (2 trials: training diverged: non-finite loss at epoch 1" in \
         summary.conclusion
     assert "Cheapest" not in summary.conclusion  # every configuration costs the same: nothing to pick by cost
-    assert "95% t over seeds" in report.ranked_table(summary)
+    assert "95% t over seeds" in report_text.ranked_table(summary)
 
 
 @pytest.mark.unit
@@ -151,10 +154,10 @@ def test_old_study_without_vectors_still_reports_and_says_so(capsys):
     assert {row.verdict.interval_kind for row in summary.rows} == {"none"}
     assert "kept no per-image validation results" in summary.conclusion
     assert "nothing measures the noise" in summary.conclusion
-    assert "no interval: one seed" in report.ranked_table(summary)
+    assert "no interval: one seed" in report_text.ranked_table(summary)
     assert why_figures.figures(plan, summary) == []
     assert "kept no per-epoch diagnostics" in capsys.readouterr().err
-    records = report.verdict_records(summary)
+    records = report_text.verdict_records(summary)
     assert records[1]["interval"] == [None, None] and records[1]["p_value"] is None
     json.dumps(records, allow_nan=False)  # strict JSON: no NaN
 

@@ -8,7 +8,7 @@ import torch
 
 from fmnist_core.config import RunConfig
 from fmnist_core.trainer import make_learner
-from sweeps.background import Background
+from sweeps.execution.background import Background
 
 
 @pytest.fixture

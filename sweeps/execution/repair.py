@@ -13,16 +13,17 @@ import click
 from optuna.trial import TrialState
 
 from fmnist_tracking import run_log, store
-from sweeps import lease, report
-from sweeps import storage as stores
+from sweeps.analysis import report
 from sweeps.defaults import DEFAULT_HEARTBEAT
-from sweeps.definitions import load_definition
-from sweeps.lease import Worker
-from sweeps.study import (
+from sweeps.definitions.loader import load_definition
+from sweeps.definitions.plan import plan_studies
+from sweeps.execution import lease
+from sweeps.execution import storage as stores
+from sweeps.execution.lease import Worker
+from sweeps.execution.study import (
     PARENT_ATTR,
     default_storage,
     load_study,
-    plan_studies,
     study_done,
     trials_done,
     without_password,

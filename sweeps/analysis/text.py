@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from sweeps.report import ConfigRow, Summary
+    from sweeps.analysis.summary import ConfigRow, Summary
 
 ARTIFACT_DIR = "sweep"
 TERMINAL_ROWS = 15  # rows printed in the terminal; summary.md has them all

@@ -23,13 +23,14 @@ from matplotlib.lines import Line2D
 from optuna.trial import TrialState
 
 from fmnist_tracking import plots
-from sweeps import evidence
+from sweeps.analysis import evidence
+from sweeps.definitions.plan import fmt_value
 
 if TYPE_CHECKING:
     import optuna
 
-    from sweeps.report import ConfigRow, Summary
-    from sweeps.study import StudyPlan
+    from sweeps.analysis.summary import ConfigRow, Summary
+    from sweeps.definitions.plan import StudyPlan
 
 LEGEND_MAX = 12  # more configurations than this get a colorbar instead of a legend
 INTERVAL_CAPTIONS = {"t over seeds": "95% t-interval over seeds",
@@ -206,7 +207,7 @@ def close(figure: Figure) -> None:
 def _positions(rows: list[ConfigRow], x: str) -> tuple[list, list[str], bool]:
     numeric = all(_numeric(row.params[x]) for row in rows)
     positions = [row.params[x] for row in rows] if numeric else list(range(len(rows)))
-    return positions, [_fmt(row.params[x]) for row in rows], numeric
+    return positions, [fmt_value(row.params[x]) for row in rows], numeric
 
 
 def _x_axis(axes, name: str, positions, labels, numeric: bool, log: bool) -> None:
@@ -220,10 +221,6 @@ def _x_axis(axes, name: str, positions, labels, numeric: bool, log: bool) -> Non
 
 def _numeric(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _sort_key(value):

@@ -1,0 +1,6 @@
+"""What a sweep is, before anything runs: plain data, checked once.
+
+schema.py   the YAML file's schema as pydantic models (unknown keys and wrong types refused)
+loader.py   find, load and check a definition: every field and grid point tried as a RunConfig
+plan.py     a definition + base config + variant = one study's plan (StudyPlan), and its labels
+"""
