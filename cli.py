@@ -11,19 +11,30 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from fmnist_core.config import CHOICES, ConfigError, RunConfig
 from fmnist_tracking.defaults import DEFAULT_EXPERIMENT
-from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_POPULATION, GRACE_BEATS
+from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POPULATION, GRACE_BEATS
 
 ROOT = Path(__file__).resolve().parent
 
 
+class Command(click.Command):
+    """A command whose line in `cli.py --help` is the whole first sentence of its docstring: click cuts it
+    to fit the terminal with "..." otherwise. Keep that sentence short: it wraps past 65 characters."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return super().get_short_help_str(limit=sys.maxsize)
+
+
 class Group(click.Group):
     """Turns the errors a user can cause into `Error: ...` and exit code 2."""
+
+    command_class = Command
 
     def invoke(self, ctx: click.Context):
         from fmnist_core.checkpoint import CheckpointError
@@ -72,13 +83,17 @@ experiment_option = click.option(
     help="MLflow experiment name.")
 
 
+def store_options(command):
+    """--tracking-uri and --experiment: where a command finds its runs."""
+    return tracking_uri_option(experiment_option(command))
+
+
 @cli.command()
 @config_options
 @data_dir_option
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the best-validation checkpoint. Default: checkpoints/<name>.pt (printed).")
-@tracking_uri_option
-@experiment_option
+@store_options
 @click.option("--track/--no-track", default=True, show_default=True,
               help="Log the run (params, per-epoch metrics, figures, checkpoint, model) to MLflow.")
 def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | None, experiment: str,
@@ -88,9 +103,11 @@ def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | No
 
     cfg = RunConfig(**settings)
     if not track:
+        from fmnist_core.trainer import save_result, splits_for
         from fmnist_tracking.console import train_with_progress
 
-        train_with_progress(cfg, data_dir=data_dir, checkpoint=checkpoint)
+        splits = splits_for(cfg, data_dir)
+        click.echo(f"Checkpoint: {save_result(train_with_progress(cfg, splits), splits, checkpoint)}")
         return
     from fmnist_tracking.run_log import train_tracked
     from fmnist_tracking.signals import Terminated
@@ -110,15 +127,14 @@ def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | No
         sys.exit(143)
 
 
-def host_option(what: str):
-    return click.option("--host", default="127.0.0.1", show_default=True,
+def address_options(what: str, port: int):
+    """--host and --port of a server the CLI starts (`what` names it in the help)."""
+    host = click.option("--host", default="127.0.0.1", show_default=True,
                         help=f"Interface to bind. {what} has no login: keep it on loopback unless the "
                              "network is trusted.")
-
-
-def port_option(default: int):
-    return click.option("--port", type=click.IntRange(1, 65535), default=default, show_default=True,
+    port = click.option("--port", type=click.IntRange(1, 65535), default=port, show_default=True,
                         help="TCP port.")
+    return lambda command: host(port(command))
 
 
 def exec_server(argv: list[str], environment: dict[str, str] | None = None) -> None:
@@ -131,19 +147,22 @@ def exec_server(argv: list[str], environment: dict[str, str] | None = None) -> N
 @click.option("--sweep", default=None,
               help="Open on this sweep's runs: best validation accuracy first, with the params it varies and "
                    "validation/test accuracy as columns (an MLflow saved view, `sweep-NAME`).")
-@host_option("The UI")
-@port_option(5000)
-@tracking_uri_option
-@experiment_option
+@address_options("The UI", 5000)
+@store_options
 def ui(sweep: str | None, host: str, port: int, tracking_uri: str | None, experiment: str) -> None:
-    """Start the MLflow UI on the tracking store (the embedded one by default) and print its address."""
+    """Start the MLflow UI on the tracking store and print its address.
+
+    The store is --tracking-uri, else $MLFLOW_TRACKING_URI, else the embedded one in mlruns/.
+    """
     from fmnist_tracking.servers import save_sweep_view, ui_command, ui_run_url, ui_runs_url
     from fmnist_tracking.store import setup
 
     argv, environment, uri, experiment_id = ui_command(tracking_uri, host, port, experiment)
     view, parents = None, []
     if sweep is not None:
-        view, parents = save_sweep_view(setup(uri, experiment)[0], experiment_id, sweep)
+        client = setup(uri, experiment)[0]
+        refuse_unknown_sweep_runs(client, experiment_id, sweep)
+        view, parents = save_sweep_view(client, experiment_id, sweep)
     click.echo(f"MLflow UI over {uri}: {ui_runs_url(host, port, experiment_id, view)} (Ctrl-C stops it)")
     for parent in parents:
         click.echo(f"  the sweep's conclusion, figures and ranked table: "
@@ -156,8 +175,7 @@ def ui(sweep: str | None, host: str, port: int, tracking_uri: str | None, experi
               help="Only the trial runs of this sweep (runs tagged sweep=NAME), ranked by its objective.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
               help="Runs shown: the newest, or with --sweep the best ranked.")
-@tracking_uri_option
-@experiment_option
+@store_options
 def runs(sweep: str | None, limit: int, tracking_uri: str | None, experiment: str) -> None:
     """A table of runs, newest first: status, key params and metrics.
 
@@ -169,6 +187,8 @@ def runs(sweep: str | None, limit: int, tracking_uri: str | None, experiment: st
     from fmnist_tracking.store import setup
 
     client, experiment_id = setup(tracking_uri, experiment, create=False)
+    if sweep is not None:
+        refuse_unknown_sweep_runs(client, experiment_id, sweep)
     ranking = sweep_ranking(sweep) if sweep is not None else None
     click.echo(runs_table(client, [experiment_id], sweep=sweep, limit=limit, ranking=ranking))
 
@@ -188,6 +208,23 @@ def sweep_ranking(name: str):
     return Ranking(definition.metric, definition.direction)
 
 
+def refuse_unknown_sweep_runs(client, experiment_id: str, name: str) -> None:
+    """refuse_unknown_sweep for the commands that look for a sweep's runs in an experiment."""
+    from fmnist_tracking.store import search_runs
+
+    refuse_unknown_sweep(name, lambda: search_runs(client, [experiment_id], sweep=name, limit=1))
+
+
+def refuse_unknown_sweep(name: str, left_behind: Callable[[], object]) -> None:
+    """Refuse sweep NAME as `cli.py sweep NAME` does (not a known sweep; the known ones) when no definition
+    in sweeps/ has that name and `left_behind()` finds nothing of it (runs, studies): a typo, which advice
+    to run the sweep would not mend. A sweep run from a YAML file elsewhere is known by what it left."""
+    from sweeps.definitions.loader import list_definitions, load_definition
+
+    if name not in list_definitions() and not left_behind():
+        load_definition(name)  # raises the loader's DefinitionError: "no sweep named ...; known sweeps: ..."
+
+
 @cli.command()
 @click.option("--sweep", default=None, help="Only consider the runs of this sweep.")
 @click.option("--metric", default="val_acc", show_default=True,
@@ -198,35 +235,42 @@ def sweep_ranking(name: str):
 @click.option("--register", is_flag=True,
               help="Also register its MLflow model as fmnist-mlp and point the alias champion at it.")
 @data_dir_option
-@tracking_uri_option
-@experiment_option
+@store_options
 def best(sweep: str | None, metric: str, out: Path, register: bool, data_dir: Path | None,
          tracking_uri: str | None, experiment: str) -> None:
-    """Fetch the best FINISHED run's checkpoint, check it against the logged validation accuracy."""
+    """Fetch the best finished run's checkpoint and verify it.
+
+    The best FINISHED run by validation accuracy; its checkpoint's validation accuracy is recomputed and
+    must match what the run logged before the file is written to --out.
+    """
     from fmnist_tracking.registry import fetch_best
     from fmnist_tracking.store import selection_metric, setup
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     selection_metric(metric)  # a test metric is refused before anything is looked up
     client, experiment_id = setup(tracking_uri, experiment, create=False)
+    if sweep is not None:
+        refuse_unknown_sweep_runs(client, experiment_id, sweep)
     found = fetch_best(client, [experiment_id], out, sweep=sweep, metric=metric, data_dir=data_dir,
                        register=register)
     click.echo(found.describe())
 
 
 @cli.command()
-@click.option("--run-id", default=None, help="Serve this run's model.")
+@click.option("--run-id", default=None,
+              help="Serve this run's model: its id, or the start of it as `runs` shows it.")
 @click.option("--sweep", default=None, help="Serve the model of this sweep's best FINISHED run (as `best`).")
 @click.option("--model-uri", default=None,
-              help="Serve this MLflow model instead, e.g. models:/fmnist-mlp@champion or runs:/RUN_ID/model.")
-@host_option("The model server")
-@port_option(5001)
-@tracking_uri_option
-@experiment_option
+              help="Serve this MLflow model instead, e.g. models:/fmnist-mlp@champion or runs:/RUN_ID/model "
+                   "(RUN_ID as for --run-id).")
+@address_options("The model server", 5001)
+@store_options
 def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: str, port: int,
           tracking_uri: str | None, experiment: str) -> None:
-    """Serve a model over HTTP with `mlflow models serve`: by default the best FINISHED run's, by
-    validation accuracy. Prints the request and response format and the class of each probability.
+    """Serve a model over HTTP with `mlflow models serve`.
+
+    By default the model of the best FINISHED run, by validation accuracy. Prints the request and
+    response format and the class of each probability.
 
     Runs in this Python environment (--env-manager local), with $MLFLOW_TRACKING_URI and $PATH set for
     `mlflow models serve`; a run without an MLflow model gets one from its checkpoint first.
@@ -239,6 +283,8 @@ def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: st
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
     client, experiment_id = setup(uri, experiment, create=False)
+    if sweep is not None:
+        refuse_unknown_sweep_runs(client, experiment_id, sweep)
     served, what, classes = served_model(client, experiment_id, run_id=run_id, sweep=sweep,
                                          model_uri=model_uri)
     click.echo(f"Serving {served}: {what} (Ctrl-C stops it)\n{serving_help(host, port, classes)}")
@@ -262,24 +308,25 @@ def evaluate(checkpoint: Path, data_dir: Path | None) -> None:
 @cli.command()
 @click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
 @data_dir_option
-@tracking_uri_option
-@experiment_option
+@store_options
 def figures(run_ids: tuple[str, ...], data_dir: Path | None, tracking_uri: str | None,
             experiment: str) -> None:
-    """Make finished runs' figures (learning curves, test confusion matrix, misclassified test images)
-    and log them to each run under plots/.
+    """Make the figures of finished runs and log them to each run.
+
+    Learning curves, test confusion matrix and misclassified test images, under plots/. Each RUN_ID is
+    a run's id, or the start of it as `runs` shows it.
 
     A `train` run has them already. A sweep makes them for its best run only: they cost more CPU than
     the rest of a trial's MLflow work, and few of a sweep's runs are ever looked at one by one.
     """
     from fmnist_core import data as fdata
-    from fmnist_core.trainer import SPLIT_SEED
     from fmnist_tracking.run_log import log_figures
-    from fmnist_tracking.store import setup
+    from fmnist_tracking.store import resolve_run, setup
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client, _ = setup(tracking_uri, experiment, create=False)
-    splits = fdata.load_splits(data_dir, val_size=0, seed=SPLIT_SEED)  # the test split is what they show
+    client, experiment_id = setup(tracking_uri, experiment, create=False)
+    run_ids = [resolve_run(client, [experiment_id], run_id).info.run_id for run_id in run_ids]  # data next
+    splits = fdata.load_splits(data_dir, val_size=0)  # the test split is what they show
     for run_id in run_ids:
         click.echo(f"run {run_id}: logged {', '.join(log_figures(client, run_id, splits))}")
 
@@ -288,7 +335,10 @@ def figures(run_ids: tuple[str, ...], data_dir: Path | None, tracking_uri: str |
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def predict(checkpoint: Path, images: tuple[Path, ...]) -> None:
-    """Class and probability of each IMAGE: a 28x28 8-bit grayscale PNG, light garment on black."""
+    """Class and probability of each IMAGE, by a checkpoint's model.
+
+    IMAGE: a 28x28 8-bit grayscale PNG, light garment on black, as in Fashion-MNIST.
+    """
     from fmnist_core.serving import load_model, predict_images
 
     _, loaded = load_model(checkpoint)  # before any image: a foreign checkpoint is refused first
@@ -348,16 +398,20 @@ storage_option = click.option(
               default=DEFAULT_HEARTBEAT,
               help="Seconds between a worker's heartbeats for its trials (shared storages); a trial "
                    f"without one for {GRACE_BEATS}x this long is failed and re-queued by another worker.")
+@click.option("--outage-timeout", type=click.FloatRange(min=0), metavar="SECONDS", show_default=True,
+              default=DEFAULT_OUTAGE_TIMEOUT, envvar="FMNIST_OUTAGE_TIMEOUT",
+              help="Seconds a worker keeps retrying its Optuna storage or MLflow database when the "
+                   "connection is lost (a restart, the network); past it the worker stops, and re-running "
+                   "resumes.")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar, or one line per trial. Default: a bar when stderr is a terminal.")
 @storage_option
-@tracking_uri_option
-@experiment_option
+@store_options
 @data_dir_option
 def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None, timeout: float | None,
           seeds: int | None, overrides: dict[str, str], population: int, fresh: bool, workers: int,
-          create: bool, repair: bool, heartbeat: int, progress: bool | None, storage: str | None,
-          tracking_uri: str | None, experiment: str, data_dir: Path | None) -> None:
+          create: bool, repair: bool, heartbeat: int, outage_timeout: float, progress: bool | None,
+          storage: str | None, tracking_uri: str | None, experiment: str, data_dir: Path | None) -> None:
     """Run the sweep NAME (a file in sweeps/, or a path to a YAML definition); re-running resumes it.
 
     Every trial is an Optuna trial and a nested MLflow run under one parent run per study, which
@@ -386,7 +440,7 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
         overrides = dict(overrides, epochs=epochs)
     settings = dict(impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials, timeout=timeout,
                     population=population, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
-                    heartbeat=heartbeat)
+                    heartbeat=heartbeat, outage_timeout=outage_timeout)
     try:
         if workers == 1:
             run_sweep(name, fresh=fresh, data_dir=data_dir, create=create,
@@ -408,11 +462,12 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
 
 
 def worker_command(name: str, *, impl, overrides, seeds, n_trials, timeout, population, storage, tracking_uri,
-                   experiment, heartbeat, data_dir) -> list[str]:
+                   experiment, heartbeat, outage_timeout, data_dir) -> list[str]:
     """`cli.py sweep` for one of --workers N: the same sweep options, one line per trial instead of a bar.
     Stores given through the environment ($OPTUNA_STORAGE, $MLFLOW_TRACKING_URI) are inherited from it."""
     argv = [sys.executable, str(ROOT / "cli.py"), "sweep", name, "--experiment", experiment,
-            "--population", str(population), "--heartbeat", str(heartbeat), "--no-progress"]
+            "--population", str(population), "--heartbeat", str(heartbeat),
+            "--outage-timeout", f"{outage_timeout:g}", "--no-progress"]
     argv += [f"--set={key}={value}" for key, value in overrides.items()]
     for flag, value in (("--impl", impl), ("--seeds", seeds), ("--n-trials", n_trials),
                         ("--timeout", timeout), ("--storage", storage), ("--tracking-uri", tracking_uri),
@@ -445,8 +500,7 @@ def sweeps() -> None:
 @click.argument("name")
 @impl_variant_option
 @storage_option
-@tracking_uri_option
-@experiment_option
+@store_options
 def report(name: str, impl: str | None, storage: str | None, tracking_uri: str | None,
            experiment: str) -> None:
     """Rebuild the figures and ranked tables of sweep NAME's parent run(s) from its Optuna study."""
@@ -458,16 +512,19 @@ def report(name: str, impl: str | None, storage: str | None, tracking_uri: str |
 @cli.command()
 @click.argument("name")
 @storage_option
-@host_option("optuna-dashboard")
-@port_option(8080)
+@address_options("optuna-dashboard", 8080)
 @tracking_uri_option
 def dashboard(name: str, storage: str | None, host: str, port: int, tracking_uri: str | None) -> None:
-    """Open optuna-dashboard on the Optuna storage of sweep NAME and print the address of its studies."""
+    """Open optuna-dashboard on the studies of sweep NAME.
+
+    It serves the sweep's Optuna storage and prints the address of each of the sweep's studies.
+    """
     from fmnist_tracking.servers import dashboard_command, dashboard_study_urls
     from sweeps.execution.study import default_storage, without_password
 
     storage = storage or default_storage(tracking_uri)
     urls = dashboard_study_urls(storage, name, host, port)
+    refuse_unknown_sweep(name, lambda: urls)
     if not urls:
         raise ConfigError(f"no study of sweep {name!r} in {without_password(storage)}; run `python cli.py "
                           f"sweep {name}` first or pass the sweep's --storage")

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fmnist_core import data as fdata  # noqa: E402
 from fmnist_core.config import ConfigError, RunConfig  # noqa: E402
-from fmnist_core.trainer import SPLIT_SEED, resolve_device, train, train_population  # noqa: E402
+from fmnist_core.trainer import resolve_device, train, train_population  # noqa: E402
 
 ROTATE_DEGREES = 10.0
 PIPELINE_ROUNDS = 3  # interleaved rounds (baseline/ours, one after another/population) in sections 1 and 3
@@ -100,9 +100,7 @@ def ours_epoch_seconds(cfg: RunConfig, splits: fdata.Splits) -> float:
 def section_pipeline(splits: fdata.Splits, quick: bool, device: str) -> None:
     print("\n== 1. our trainer vs the common torchvision pipeline (hidden 256, batch 64, flip + rotate) ==")
     raw = fdata.load_raw()
-    from fmnist_core.trainer import SPLIT_SEED as seed
-
-    train_index, _ = fdata.stratified_split(raw.train_labels, splits.val_x.shape[0], seed)
+    train_index, _ = fdata.stratified_split(raw.train_labels, splits.val_x.shape[0], fdata.SPLIT_SEED)
     n_train = len(train_index)
     max_steps = 150 if quick else None
     # Two epochs, the second timed: the first also pays one-time warm-up (allocator, kernels).
@@ -333,7 +331,7 @@ def main() -> None:
     names = args.only or list(sections)
     splits = None  # section 5 makes its own batches, so it runs where the data set is not installed
     if any(name != "step" for name in names):
-        splits = fdata.load_splits(val_size=10_000, seed=SPLIT_SEED, device=device)
+        splits = fdata.load_splits(val_size=10_000, device=device)
     for name in names:
         sections[name](splits, args.quick, device.type)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fmnist_core import data as fdata  # noqa: E402
-from fmnist_core.trainer import SPLIT_SEED, resolve_device  # noqa: E402
+from fmnist_core.trainer import resolve_device  # noqa: E402
 
 
 def timed_sweep(name: str, epochs: int, population: int, splits, device: str) -> dict[str, float]:
@@ -37,7 +37,9 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
     import optuna
     from mlflow import MlflowClient
 
+    from fmnist_tracking.names import SWEEP_PARENTS
     from sweeps.execution import runner, trials
+    from sweeps.trial_record import TrialRecord
 
     trained = []
     train_population = trials.train_population
@@ -60,13 +62,13 @@ def timed_sweep(name: str, epochs: int, population: int, splits, device: str) ->
                                          storage=f"sqlite:///{folder}/optuna.db", experiment="bench")
             client = MlflowClient(uri)
             [parent] = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
-                                          "tags.sweep_role = 'parent'")
+                                          SWEEP_PARENTS)
             wall = (parent.info.end_time - parent.info.start_time) / 1000
             trial_count = sum(summary.counts.values())
             study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{folder}/optuna.db")
             # Each member of a population records the population's epoch time: count it once per population.
-            epochs = sum(t.user_attrs["epoch_seconds"] * t.user_attrs["epochs"] / t.user_attrs["population"]
-                         for t in study.trials if "epoch_seconds" in t.user_attrs)
+            records = [TrialRecord.of(t) for t in study.trials]
+            epochs = sum(r.epoch_seconds * r.epochs / r.population for r in records if r.epochs is not None)
     finally:
         trials.train_population = train_population
     switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches
@@ -92,7 +94,7 @@ def outside(measured: dict[str, float], part: str) -> float:
 def sweep_section(*, name: str = "learning_rate", epochs: int = 2, populations=(1, 8), rounds: int = 2,
                   device: str = "cpu", splits=None) -> None:
     if splits is None:
-        splits = fdata.load_splits(None, val_size=10_000, seed=SPLIT_SEED, device=resolve_device(device))
+        splits = fdata.load_splits(None, val_size=10_000, device=resolve_device(device))
     print(f"\n== sweep: `sweep {name} --epochs {epochs}` end to end, population "
           f"{' vs '.join(map(str, populations))}, {rounds} interleaved round(s), device {device}")
     found: dict[int, list[dict]] = {p: [] for p in populations}

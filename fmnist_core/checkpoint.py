@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fmnist_core.config import first_line
+from fmnist_core.config import RunConfig, first_line
 from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
 
 FORMAT = "fmnist-mlp-checkpoint/1"
@@ -47,6 +50,15 @@ class Checkpoint:
     @property
     def hidden_size(self) -> int:
         return int(self.state_dict["fc1.weight"].shape[0])
+
+
+CHECKPOINT_DIR = Path("checkpoints")  # `cli.py train` writes here unless --checkpoint says where
+
+
+def default_path(config: RunConfig) -> Path:
+    """checkpoints/<impl>-h<hidden>-seed<seed>-<time>.pt for a RunConfig."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return CHECKPOINT_DIR / f"{config.impl}-h{config.hidden_size}-seed{config.seed}-{stamp}.pt"
 
 
 def save_checkpoint(
@@ -89,12 +101,13 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as error:
-        raise CheckpointError(
-            f"{path}: refused: not a plain-data checkpoint "
-            f"(torch.load weights_only=True failed: {first_line(error)})"
-        ) from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise about a file we refuse
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read it: {error.strerror or first_line(error)}") from None
+    except Exception as error:  # torch.load fails on a foreign file in a dozen ways, each one a refusal
+        raise CheckpointError(_unreadable(path, error)) from None
     _validate(payload, path)
     return Checkpoint(
         state_dict=payload["state_dict"],
@@ -103,6 +116,24 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         classes=tuple(payload["classes"]),
         metrics=payload["metrics"],
     )
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load(weights_only=True) could not read `path`, in one sentence.
+
+    A pickle naming a Python object (a class, a function such as exec) is refused before that object
+    is built; anything else it raised (KeyError, EOFError, UnpicklingError "Unsupported operand",
+    RuntimeError from the zip reader, ...) means the file is not something torch.save wrote, or is cut short.
+    """
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error)) if isinstance(
+        error, pickle.UnpicklingError) else None
+    if unsafe:
+        return (f"{path}: refused: not a plain-data checkpoint: it asks to load the Python object "
+                f"{unsafe.group(1)}, which could run code; an fmnist checkpoint holds only tensors, "
+                "numbers and strings")
+    return (f"{path}: not a checkpoint: torch.load cannot read it ({type(error).__name__}), so torch.save "
+            "did not write it or it is cut short; expected an fmnist checkpoint (.pt), as `cli.py train` "
+            "and `cli.py best` write")
 
 
 def _validate(payload: Any, path: Path) -> None:

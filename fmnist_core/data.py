@@ -218,6 +218,14 @@ class Splits:
     digest: str
     classes: tuple[str, ...] = CLASSES
 
+    @property
+    def device(self) -> torch.device:
+        """Where the data lives, and so where a run on it trains (trainer.splits_for puts it there)."""
+        return self.train_x.device
+
+
+SPLIT_SEED = 0  # every run draws the same validation split: runs are compared on the same images
+
 
 def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted (train_idx, val_idx): every class gives val_size * its share, rounded by largest remainder.
@@ -249,7 +257,7 @@ def load_splits(
     data_dir: str | os.PathLike | None = None,
     *,
     val_size: int = 10_000,
-    seed: int = 0,
+    seed: int = SPLIT_SEED,
     device: str | torch.device = "cpu",
 ) -> Splits:
     """Train and validation from the 60k training images (stratified, seeded); test = the 10k t10k files."""
@@ -264,34 +272,6 @@ def load_splits(
     val_x, val_y = to_device(raw.train_images[val_idx], raw.train_labels[val_idx])
     test_x, test_y = to_device(raw.test_images, raw.test_labels)
     return Splits(train_x, train_y, val_x, val_y, test_x, test_y, MEAN, STD, raw.digest)
-
-
-def synthetic_splits(
-    n_train: int = 512,
-    n_val: int = 128,
-    n_test: int = 128,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> Splits:
-    """Tiny made-up Splits for fast tests: each class is a fixed random sparse image plus noise.
-
-    Shapes, dtypes and normalisation match `load_splits`, and an MLP learns it in a few steps.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    lit = torch.rand(len(CLASSES), IMAGE_PIXELS, generator=generator) < 0.4  # ~40% of pixels on
-    prototypes = lit * (128 + 127 * torch.rand(len(CLASSES), IMAGE_PIXELS, generator=generator))
-
-    def make(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.randperm(count, generator=generator) % len(CLASSES)  # balanced classes
-        noise = 40 * torch.randn(count, IMAGE_PIXELS, generator=generator)  # pixel units
-        pixels = (prototypes[labels] + noise).clamp(0, 255).round().to(torch.uint8)
-        return normalise(pixels.reshape(count, IMAGE_SIDE, IMAGE_SIDE)).to(device), labels.to(device)
-
-    train_x, train_y = make(n_train)
-    val_x, val_y = make(n_val)
-    test_x, test_y = make(n_test)
-    return Splits(train_x, train_y, val_x, val_y, test_x, test_y, MEAN, STD, "synthetic")
 
 
 def _rotate(images: torch.Tensor, angles: torch.Tensor, fill: float, shifts: torch.Tensor | None = None,

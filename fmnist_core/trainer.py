@@ -25,18 +25,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fmnist_core import data as fdata
+from fmnist_core.checkpoint import default_path, save_checkpoint
 from fmnist_core.config import DEFAULT_OBJECTIVE, ConfigError, Objective, RunConfig
 from fmnist_core.learner import EVAL_CHUNK, Evaluation, Learner, dead_unit_fraction, evaluate_learner
 from fmnist_core.schedules import lr_table
 
 # The validation set is the same for every run, whatever its seed, so that runs of a
 # sweep are compared on identical images.
-SPLIT_SEED = 0
 BLOCK_SAMPLES = 1024  # training images gathered and augmented at once: cache-sized (epoch_batches)
 PROGRESS_EVERY = 50  # steps between on_progress calls
 STEP_STATS = ("loss_sum", "correct", "grad_norm", "clipped")  # what learner.train_step returns, per member
@@ -115,20 +116,26 @@ def make_learner(configs: Sequence[RunConfig], device: torch.device, *, steps: i
     return learner
 
 
-def train(cfg: RunConfig, splits: fdata.Splits | None = None, *, data_dir=None,
+def splits_for(cfg: RunConfig, data_dir=None) -> fdata.Splits:
+    """A run's data, loaded once where the run starts, on the device `cfg.device` resolves to (an
+    unavailable device fails here, before anything else): from then on the device is `splits.device`."""
+    return fdata.load_splits(data_dir, val_size=cfg.val_size, device=resolve_device(cfg.device))
+
+
+def train(cfg: RunConfig, splits: fdata.Splits, *,
           on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
           on_progress: ProgressCallback | None = None,
           objective: Objective = DEFAULT_OBJECTIVE) -> TrainResult:
     """Train one model. Raises Diverged (after the callbacks saw every finished epoch)."""
     member_callback = (lambda _member, metrics: on_epoch(metrics)) if on_epoch else None
-    [result] = train_population([cfg], splits, data_dir=data_dir, on_epoch=member_callback,
+    [result] = train_population([cfg], splits, on_epoch=member_callback,
                                 on_progress=on_progress, objective=objective)
     if result.error is not None:
         raise result.error
     return result
 
 
-def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None = None, *, data_dir=None,
+def train_population(configs: Sequence[RunConfig], splits: fdata.Splits, *,
                      on_epoch: EpochCallback | None = None,
                      on_progress: ProgressCallback | None = None,
                      objective: Objective = DEFAULT_OBJECTIVE) -> list[TrainResult]:
@@ -140,10 +147,7 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits | None =
     for name in SHARED_FIELDS:
         if len({getattr(c, name) for c in configs}) > 1:
             raise ConfigError(f"population members must share {name}; group the configurations by it")
-    device = resolve_device(configs[0].device)
-    if splits is None:
-        splits = fdata.load_splits(data_dir, val_size=configs[0].val_size, seed=SPLIT_SEED, device=device)
-    run = _PopulationRun(configs, splits, device, objective)
+    run = _PopulationRun(configs, splits, splits.device, objective)  # the data's device (splits_for)
     for epoch in range(1, configs[0].epochs + 1):
         per_step, epoch_seconds = run.train_epoch(epoch, on_progress)
         run.stop_diverged(epoch, per_step)
@@ -316,6 +320,11 @@ def epoch_batches(train_x: torch.Tensor, train_y: torch.Tensor, order: torch.Ten
                                    for s, g in enumerate(augment_generators)])
         for start in range(0, index.shape[1], batch_size):
             yield block_x[:, start:start + batch_size], block_y[:, start:start + batch_size]
+
+
+def save_result(result: TrainResult, splits: fdata.Splits, path: Path | None = None) -> Path:
+    """Write the result's best-validation checkpoint to `path` (default: checkpoint.default_path)."""
+    return save_checkpoint(path or default_path(result.config), **checkpoint_payload(result, splits))
 
 
 def checkpoint_payload(result: TrainResult, splits: fdata.Splits) -> dict[str, Any]:

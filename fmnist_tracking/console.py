@@ -1,40 +1,26 @@
 """What a person sees while a run trains: a progress bar with live metrics, a summary.
 
 Kept apart from the trainer (which only calls back) so that tests and sweeps can train
-silently, and so the CLI stays a thin layer.
+silently, and so the CLI stays a thin layer. It displays and writes nothing: the data is loaded
+and the checkpoint written by the caller (run_log.train_tracked, `cli.py train --no-track`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 from tqdm import tqdm
 
 from fmnist_core import data as fdata
-from fmnist_core.checkpoint import save_checkpoint
 from fmnist_core.config import RunConfig
-from fmnist_core.trainer import SPLIT_SEED, TrainResult, checkpoint_payload, resolve_device, train
-
-CHECKPOINT_DIR = Path("checkpoints")
+from fmnist_core.trainer import TrainResult, train
 
 
-def default_checkpoint_path(cfg: RunConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return CHECKPOINT_DIR / f"{cfg.impl}-h{cfg.hidden_size}-seed{cfg.seed}-{stamp}.pt"
-
-
-def train_with_progress(cfg: RunConfig, *, data_dir=None, checkpoint: Path | None = None,
-                        on_epoch: Callable[[dict[str, float]], None] | None = None,
-                        splits: fdata.Splits | None = None) -> tuple[TrainResult, Path]:
-    """Train with a progress bar, write the checkpoint, print a summary."""
-    device = resolve_device(cfg.device)
-    if splits is None:
-        splits = fdata.load_splits(data_dir, val_size=cfg.val_size, seed=SPLIT_SEED, device=device)
-    checkpoint = checkpoint or default_checkpoint_path(cfg)
-    click.echo(f"Training {cfg.impl} MLP 784-{cfg.hidden_size}-10 on {device} "
+def train_with_progress(cfg: RunConfig, splits: fdata.Splits,
+                        on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train on `splits` (and their device) with a progress bar; print a summary. Writes nothing."""
+    click.echo(f"Training {cfg.impl} MLP 784-{cfg.hidden_size}-10 on {splits.device} "
                f"({len(splits.train_y)} train / {len(splits.val_y)} val / {len(splits.test_y)} test)")
     bar = tqdm(total=1, unit="step", dynamic_ncols=True, leave=True)
 
@@ -54,10 +40,8 @@ def train_with_progress(cfg: RunConfig, *, data_dir=None, checkpoint: Path | Non
         finish_bar(bar, len(result.history) * -(-len(splits.train_y) // cfg.batch_size))
     finally:
         bar.close()
-    path = save_checkpoint(checkpoint, **checkpoint_payload(result, splits))
     click.echo(summary(result))
-    click.echo(f"Checkpoint: {path}")
-    return result, path
+    return result
 
 
 def finish_bar(bar: tqdm, steps_done: int) -> None:

@@ -7,6 +7,7 @@ The network itself is built by `fmnist_core.serving` (torch only); this module i
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 import torch
 from mlflow.exceptions import MlflowException
@@ -16,6 +17,8 @@ from fmnist_core.config import first_line
 from fmnist_core.data import INPUT_SIZE
 from fmnist_core.mlp_manual import TRACING_LOCK
 from fmnist_core.serving import serving_model
+from fmnist_tracking.names import CHECKPOINT_ARTIFACT
+from fmnist_tracking.store import TrackingError
 
 # (hidden size, activation) of the networks whose MLflow model this process has loaded back and served its
 # input example with: MLflow's check that a logged model serves, done once per shape (log_mlflow_model).
@@ -65,16 +68,18 @@ def log_mlflow_model(client, experiment_id: str, run_id: str, checkpoint: Checkp
 def run_checkpoint(client, run_id: str, needed_for: str) -> Checkpoint:
     """The run's checkpoint.pt, downloaded and loaded (weights_only); a run without a readable one is a
     TrackingError that ends with `needed_for`, what cannot be done without it."""
-    from fmnist_tracking.run_log import CHECKPOINT_ARTIFACT  # here: run_log imports this module
-    from fmnist_tracking.store import TrackingError
-
     with tempfile.TemporaryDirectory(prefix="fmnist-checkpoint-") as scratch:
-        try:
-            path = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, scratch)
-        except (MlflowException, OSError) as error:
-            raise TrackingError(f"run {run_id} has no readable {CHECKPOINT_ARTIFACT} ({first_line(error)}): "
-                                f"{needed_for}") from None
-        return load_checkpoint(path)
+        return load_checkpoint(download_checkpoint(client, run_id, scratch, needed_for))
+
+
+def download_checkpoint(client, run_id: str, folder, needed_for: str = "") -> Path:
+    """The run's checkpoint.pt downloaded into `folder`; a TrackingError (ending with `needed_for`) when
+    the run has none or it cannot be read."""
+    try:
+        return Path(client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(folder)))
+    except (MlflowException, OSError) as error:
+        reason = f"run {run_id} has no readable {CHECKPOINT_ARTIFACT} artifact ({first_line(error)})"
+        raise TrackingError(f"{reason}: {needed_for}" if needed_for else reason) from None
 
 
 def ensure_model(client, run, *, name: str = "model") -> str:

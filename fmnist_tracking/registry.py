@@ -3,7 +3,7 @@ what its sweep's paired tests say of it, verdicts.py), and the Model Registry ch
 
 `fetch_best` trusts nothing it downloads: the checkpoint goes through
 `checkpoint.load_checkpoint` (weights_only=True), and its validation accuracy, recomputed
-on the same split the trainer used (trainer.SPLIT_SEED, the run's val_size), must match
+on the same split the trainer used (data.SPLIT_SEED, the run's val_size), must match
 what the run logged before the file is moved to where the user asked.
 """
 
@@ -21,10 +21,15 @@ from mlflow.exceptions import MlflowException
 
 from fmnist_core import data as fdata
 from fmnist_core import serving
-from fmnist_core.config import first_line
-from fmnist_core.trainer import SPLIT_SEED
-from fmnist_tracking.export import ensure_model
-from fmnist_tracking.run_log import CHECKPOINT_ARTIFACT, MODEL_NAME
+from fmnist_tracking.export import download_checkpoint, ensure_model
+from fmnist_tracking.names import (
+    DATASET_DIGEST_TAG,
+    MODEL_NAME,
+    SWEEP_PARENTS,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    is_sweep_parent,
+)
 from fmnist_tracking.store import (
     TrackingError,
     find_best_run,
@@ -69,7 +74,7 @@ def runs_table(client: MlflowClient, experiment_ids: list[str], *, sweep: str | 
     if ranking is not None:
         direction = "DESC" if ranking.direction == "maximize" else "ASC"
         order = [f"metrics.{ranking.logged} {direction}", "attributes.start_time ASC"]
-    parents = search_runs(client, experiment_ids, sweep=sweep, extra_filter="tags.sweep_role = 'parent'") \
+    parents = search_runs(client, experiment_ids, sweep=sweep, extra_filter=SWEEP_PARENTS) \
         if ranking else []
     shown_apart = {parent.info.run_id for parent in parents}
     runs = search_runs(client, experiment_ids, sweep=sweep, order_by=order, limit=limit + 1 + len(parents))
@@ -105,11 +110,11 @@ def _columns(runs: list[Run], ranking: Ranking | None) -> dict:
 
     def sweep_cell(run: Run) -> str:
         tags = run.data.tags
-        if "sweep" not in tags:
+        if SWEEP_TAG not in tags:
             return "-"
-        if tags.get("sweep_role") == "parent":
-            return f"{tags['sweep']} (parent)"
-        return f"{tags['sweep']} #{tags.get('trial', '?')}"
+        if is_sweep_parent(tags):
+            return f"{tags[SWEEP_TAG]} (parent)"
+        return f"{tags[SWEEP_TAG]} #{tags.get(TRIAL_TAG, '?')}"
 
     params = DEFAULT_PARAM_COLUMNS
     if ranking is not None:
@@ -153,8 +158,8 @@ class BestRun:
                  f"on {self.val_images} validation images",
                  "  metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.data.metrics.items())),
                  "  params: " + ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))]
-        if "sweep" in tags:
-            lines.append(f"  sweep: {tags['sweep']} trial {tags.get('trial', '?')}")
+        if SWEEP_TAG in tags:
+            lines.append(f"  sweep: {tags[SWEEP_TAG]} trial {tags.get(TRIAL_TAG, '?')}")
         lines += [f"  sweep verdict: {line}" for line in self.sweep_verdict]
         if self.registered:
             lines.append(f"  registered: {self.registered}")
@@ -169,14 +174,10 @@ def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sw
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fmnist-best-") as scratch:
-        try:
-            downloaded = Path(client.download_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT, scratch))
-        except (MlflowException, OSError) as error:
-            raise TrackingError(f"run {run.info.run_id} has no readable {CHECKPOINT_ARTIFACT} artifact "
-                                f"({first_line(error)})") from None
+        downloaded = download_checkpoint(client, run.info.run_id, scratch)
         model, checkpoint = serving.load_model(downloaded)  # refuses anything but a plain-data checkpoint
-        splits = fdata.load_splits(data_dir, val_size=int(run.data.params["val_size"]), seed=SPLIT_SEED)
-        trained_on = run.data.tags.get("dataset_digest")
+        splits = fdata.load_splits(data_dir, val_size=int(run.data.params["val_size"]))
+        trained_on = run.data.tags.get(DATASET_DIGEST_TAG)
         if trained_on and trained_on != splits.digest:
             raise TrackingError(f"run {run.info.run_id} was trained on data with digest {trained_on}, "
                                 f"but the data here has digest {splits.digest}; "

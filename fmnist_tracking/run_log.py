@@ -32,8 +32,17 @@ from fmnist_core import data as fdata
 from fmnist_core import serving
 from fmnist_core.checkpoint import Checkpoint, load_checkpoint
 from fmnist_core.config import RunConfig, first_line
-from fmnist_core.trainer import SPLIT_SEED, Diverged, TrainResult, resolve_device
+from fmnist_core.trainer import Diverged, TrainResult, resolve_device, save_result, splits_for
 from fmnist_tracking import export, plots
+from fmnist_tracking.names import (
+    CHECKPOINT_ARTIFACT,
+    DATASET_DIGEST_TAG,
+    FAILURE_TAG,
+    MODEL_NAME,
+    PARENT_RUN_TAG,
+    STOP_REASON_TAG,
+    VAL_CORRECT_ARTIFACT,
+)
 from fmnist_tracking.signals import Terminated, handle_sigterm, signals_deferred
 from fmnist_tracking.store import DEFAULT_EXPERIMENT, TrackingError, device_name, git_state, setup
 
@@ -41,10 +50,6 @@ EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_
                  "samples_per_second", "grad_norm", "clip_fraction", "dead_relu_fraction")
 # best_val_acc and best_value (the objective at the best epoch) exist only with a validation split
 FINAL_METRICS = ("test_loss", "test_acc", "best_epoch", "best_val_acc", "best_value")
-CHECKPOINT_ARTIFACT = "checkpoint.pt"
-VAL_CORRECT_ARTIFACT = "val_correct.npy"  # bool [n_val]: which validation images the best epoch got right
-MODEL_NAME = "model"  # the MLflow model inside each run: runs:/<run_id>/model
-FAILURE_TAG = "failure_reason"
 MODEL_EXAMPLES = 5  # test images in the MLflow model's input example
 SYSTEM_METRICS_SECONDS = 5.0  # between samples of a sweep's system metrics
 _TAG_LIMIT = 5000  # characters kept of a failure reason (MLflow caps tag values at 8000)
@@ -62,10 +67,13 @@ class RunLogger:
     @classmethod
     def start(cls, client: MlflowClient, experiment_id: str, cfg: RunConfig, *, run_name: str | None = None,
               tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-              params: dict[str, object] | None = None, dataset: fdata.Splits | None = None) -> RunLogger:
+              params: dict[str, object] | None = None, dataset: fdata.Splits | None = None,
+              device: torch.device | None = None) -> RunLogger:
         """A new run of `cfg`: its params (`params` instead, e.g. a sweep's description of what it
-        varies), tags naming the code and device, and `dataset` as the run's MLflow dataset input."""
-        device = resolve_device(cfg.device)  # an unavailable device fails here, before a run exists
+        varies), tags naming the code and `device` (where its data was loaded: trainer.splits_for), and
+        `dataset` as the run's MLflow dataset input. Without a device (a run that trains nothing here,
+        e.g. a sweep's parent) the config's is named; an unavailable one fails before a run exists."""
+        device = device if device is not None else resolve_device(cfg.device)
         commit, dirty = git_state()
         all_tags = {"implementation": cfg.impl, "device": str(device), "device_name": device_name(device),
                     "torch_version": torch.__version__, "git_commit": commit, "git_dirty": dirty,
@@ -73,7 +81,7 @@ class RunLogger:
         if commit != "unknown":
             all_tags["mlflow.source.git.commit"] = commit  # shown by the MLflow UI
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[PARENT_RUN_TAG] = parent_run_id
         all_tags.update({k: str(v) for k, v in (tags or {}).items()})
         logger, run_name = None, run_name or default_run_name(cfg)
         try:
@@ -114,7 +122,7 @@ class RunLogger:
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, result.best_epoch)
                                   for k, v in result.final_metrics().items()],
-            tags=[RunTag("stop_reason", result.stop_reason)])
+            tags=[RunTag(STOP_REASON_TAG, result.stop_reason)])
         checkpoint = load_checkpoint(checkpoint_path)
         test = evaluate_on_test(checkpoint, splits)
         # Pixels of the whole test set for the misclassified images; the model's input example needs five.
@@ -154,7 +162,7 @@ class RunLogger:
         if error is None:
             self.end("FINISHED")
         elif isinstance(error, Diverged):
-            self.set_tags({"stop_reason": "diverged"})
+            self.set_tags({STOP_REASON_TAG: "diverged"})
             self.end("FAILED", str(error))  # "training diverged: non-finite loss at epoch E, step S"
         elif isinstance(error, KeyboardInterrupt):
             self.end("KILLED", "interrupted (Ctrl-C / SIGINT)")
@@ -174,16 +182,17 @@ def train_tracked(cfg: RunConfig, *, data_dir=None, tracking_uri: str | None = N
 
     client, experiment_id = setup(tracking_uri, experiment)
     if splits is None:  # loaded before the run starts: missing data is an error, not a FAILED run
-        device = resolve_device(cfg.device)
-        splits = fdata.load_splits(data_dir, val_size=cfg.val_size, seed=SPLIT_SEED, device=device)
+        splits = splits_for(cfg, data_dir)
     with handle_sigterm():
         with signals_deferred():  # the run made and `run` bound, or neither: every run made gets closed
             run = RunLogger.start(client, experiment_id, cfg, run_name=run_name, dataset=splits,
-                                  tags={"dataset_digest": splits.digest, **(tags or {})})
+                                  device=splits.device,
+                                  tags={DATASET_DIGEST_TAG: splits.digest, **(tags or {})})
         with run:
             click.echo(f"MLflow run {run.run_id} in experiment {experiment!r} ({client.tracking_uri})")
-            result, path = train_with_progress(cfg, checkpoint=checkpoint, splits=splits,
-                                               on_epoch=run.log_epoch)
+            result = train_with_progress(cfg, splits, on_epoch=run.log_epoch)
+            path = save_result(result, splits, checkpoint)
+            click.echo(f"Checkpoint: {path}")
             run.log_result(result, splits, path)
     return result, run.run_id
 

@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from fmnist_core.config import first_line
+from fmnist_tracking.names import MODEL_NAME, SWEEP_TRIALS, is_sweep_parent, sweep_filter
 from fmnist_tracking.store import (
     DEFAULT_EXPERIMENT,
     TrackingError,
@@ -81,15 +82,15 @@ def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str) -> tup
     Returns (view id, the sweep's parent run ids); TrackingError if the experiment holds no such sweep.
     """
     runs = search_runs(client, [experiment_id], sweep=sweep)
-    trials = [run for run in runs if run.data.tags.get("sweep_role") != "parent"]
-    parents = [run.info.run_id for run in runs if run.data.tags.get("sweep_role") == "parent"]
+    trials = [run for run in runs if not is_sweep_parent(run.data.tags)]
+    parents = [run.info.run_id for run in runs if is_sweep_parent(run.data.tags)]
     if not runs:
         raise TrackingError(f"no runs of sweep {sweep!r} in this experiment; run `python cli.py sweep "
                             f"{sweep}` or check --experiment / --tracking-uri")
     names = {key for run in trials for key in run.data.params}
     varying = sorted(key for key in names if len({run.data.params.get(key) for run in trials}) > 1)
     state = {
-        "searchFilter": f"tags.sweep = '{sweep}' and tags.sweep_role = 'trial'",
+        "searchFilter": f"{sweep_filter(sweep)} and {SWEEP_TRIALS}",
         "orderByKey": "metrics.`best_val_acc`", "orderByAsc": False,
         "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
@@ -152,22 +153,21 @@ def dashboard_study_urls(storage: str, sweep: str, host: str, port: int) -> dict
 def served_model(client: MlflowClient, experiment_id: str, *, run_id: str | None = None,
                  sweep: str | None = None, model_uri: str | None = None) -> tuple[str, str, list[str]]:
     """(model URI, a line saying what it is, its class names) of what `cli.py serve` serves: `model_uri`
-    as given, else the MLflow model of run `run_id`, else of the best FINISHED run (of `sweep`) by
-    validation accuracy; a run's model is logged from its checkpoint first if it has none."""
+    as given, else the MLflow model of run `run_id` (or the unique run whose id starts with it), else of
+    the best FINISHED run (of `sweep`) by validation accuracy; a run's model is logged from its
+    checkpoint first if it has none. In a runs:/RUN_ID/... URI, RUN_ID may be a prefix too."""
     import mlflow
 
     from fmnist_core.data import CLASSES
     from fmnist_tracking.export import ensure_model
-    from fmnist_tracking.run_log import MODEL_NAME
-    from fmnist_tracking.store import find_best_run
+    from fmnist_tracking.store import find_best_run, resolve_run
 
+    if model_uri is not None and model_uri.startswith("runs:/"):
+        run_part, slash, path = model_uri.removeprefix("runs:/").partition("/")
+        model_uri = f"runs:/{resolve_run(client, [experiment_id], run_part).info.run_id}{slash}{path}"
     if model_uri is None:
         if run_id is not None:
-            try:
-                run = client.get_run(run_id)
-            except MlflowException:
-                raise TrackingError(f"no run {run_id!r} in {client.tracking_uri}; `python cli.py runs` "
-                                    "lists them") from None
+            run = resolve_run(client, [experiment_id], run_id)
         else:
             run = find_best_run(client, [experiment_id], sweep=sweep)
         model_uri = f"models:/{ensure_model(client, run, name=MODEL_NAME)}"

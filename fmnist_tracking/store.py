@@ -1,4 +1,5 @@
-"""The MLflow store: where it is, the experiment, searching runs, the best run, run provenance.
+"""The MLflow store: where it is, the experiment, searching runs, a run by (the start of) its id, the best
+run, run provenance.
 
 Store: by default a SQLite database `mlruns/mlflow.db` at the project root, with artifacts in
 `mlruns/artifacts/<experiment>` (MLflow 3 refuses a plain `./mlruns` file store).
@@ -23,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from fmnist_core.config import ConfigError, first_line
 from fmnist_tracking.defaults import DEFAULT_EXPERIMENT  # noqa: F401 - store.DEFAULT_EXPERIMENT for callers
+from fmnist_tracking.names import is_sweep_parent, sweep_filter
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE_DIR = ROOT / "mlruns"
@@ -30,6 +32,7 @@ STORE_DIR = ROOT / "mlruns"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # Metrics a model may be selected by (all on the validation split) -> the logged metric.
 SELECTION_METRICS = {"best_val_acc": "best_val_acc", "val_acc": "best_val_acc"}
+RUN_CHOICES_SHOWN = 5  # runs listed when a run id prefix is the start of several
 
 
 class TrackingError(ConfigError):
@@ -105,7 +108,7 @@ def search_runs(client: MlflowClient, experiment_ids: list[str], *, sweep: str |
     if sweep is not None:
         if "'" in sweep or "\\" in sweep:
             raise TrackingError(f"sweep name {sweep!r} may not contain quotes or backslashes")
-        filters.append(f"tags.sweep = '{sweep}'")
+        filters.append(sweep_filter(sweep))
     found, token = [], None
     while limit is None or len(found) < limit:
         page = client.search_runs(experiment_ids, " and ".join(filters),
@@ -131,11 +134,38 @@ def find_best_run(client: MlflowClient, experiment_ids: list[str], *, sweep: str
                                           f"and params.val_size != '0'",
                              order_by=[f"metrics.{key} DESC", "attributes.start_time ASC"])
     for run in candidates:
-        if run.data.tags.get("sweep_role") != "parent":
+        if not is_sweep_parent(run.data.tags):
             return run
     where = f" of sweep {sweep!r}" if sweep else ""
     raise TrackingError(f"no FINISHED run{where} with {key} in this experiment; train one first "
                         f"(python cli.py train) or check --experiment / --tracking-uri")
+
+
+def resolve_run(client: MlflowClient, experiment_ids: list[str], run_id: str) -> Run:
+    """The run that `run_id` names: a whole run id (of any experiment in the store), else the one run of
+    the experiments whose id starts with it, as `cli.py runs` shows them (8 characters).
+
+    A prefix of several runs, or of none, is a TrackingError that lists them / points at `cli.py runs`.
+    """
+    text = run_id.strip().lower()
+    if re.fullmatch(r"[0-9a-f]{32}", text):
+        with contextlib.suppress(MlflowException):  # not in the store: no run can start with it either
+            return client.get_run(text)
+    matches = search_runs(client, experiment_ids, extra_filter=f"attributes.run_id LIKE '{text}%'",
+                          limit=RUN_CHOICES_SHOWN + 1) if re.fullmatch(r"[0-9a-f]+", text) else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise TrackingError(f"no run id starts with {run_id!r} in this experiment ({client.tracking_uri}); "
+                            "`python cli.py runs` lists the runs, or check --experiment / --tracking-uri")
+    ids = [run.info.run_id for run in matches]
+    # the first characters that tell the matches apart, but never fewer than `cli.py runs` shows
+    width = next(width for width in range(max(8, len(text) + 1), 33)
+                 if len({full[:width] for full in ids}) == len(ids))
+    shown = ", ".join(f"{run.info.run_id[:width]} ({run.info.run_name or '-'})"
+                      for run in matches[:RUN_CHOICES_SHOWN])
+    more = " and more" if len(matches) > RUN_CHOICES_SHOWN else ""
+    raise TrackingError(f"run id {run_id!r} is the start of several runs: {shown}{more}; give more of it")
 
 
 @functools.cache

@@ -1,6 +1,8 @@
-"""What a run's sweep concluded about it: the sweep's `sweep/verdicts.json`, read back for `cli.py best`.
+"""What a run's sweep concluded about it: the sweep's `sweep/verdicts.json`, written and read here.
 
-A sweep's report (sweeps/report.py) logs to the parent run a list of configurations, best first,
+The file is a contract between packages: the sweep's report (sweeps/analysis/report.py, its records
+built by analysis/text.py's verdict_records) writes it with `log_verdicts`, `cli.py best` reads it.
+It holds a list of configurations, best first,
 each with its run ids, its validation accuracy (mean over seeds), and a verdict against the best:
 "best", "within noise" (Holm-adjusted p >= 0.05 in a paired test), "worse" or "not tested". `best`
 picks one run by its own best_val_acc; these sentences say whether that pick is a statistical tie,
@@ -18,19 +20,24 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-VERDICTS_ARTIFACT = "sweep/verdicts.json"  # = sweeps.analysis.report.ARTIFACT_DIR + "/verdicts.json"
+from fmnist_tracking.names import PARENT_RUN_TAG, SWEEP_TAG, VERDICTS_ARTIFACT, is_sweep_parent
 
 
 def sweep_parent(client: MlflowClient, run: Run) -> Run | None:
     """The parent run of the sweep `run` is a trial of; None for a run outside a sweep."""
-    parent_id = run.data.tags.get("mlflow.parentRunId")
+    parent_id = run.data.tags.get(PARENT_RUN_TAG)
     if not parent_id:
         return None
     try:
         parent = client.get_run(parent_id)
     except MlflowException:
         return None
-    return parent if parent.data.tags.get("sweep_role") == "parent" else None
+    return parent if is_sweep_parent(parent.data.tags) else None
+
+
+def log_verdicts(client: MlflowClient, parent_run_id: str, records: list[dict]) -> None:
+    """Write the sweep's verdicts, best first, to its parent run (replacing the last report's)."""
+    client.log_text(parent_run_id, json.dumps(records, indent=1) + "\n", VERDICTS_ARTIFACT)
 
 
 def read_verdicts(client: MlflowClient, parent: Run) -> list[dict] | None:
@@ -48,7 +55,7 @@ def tie_report(client: MlflowClient, run: Run) -> list[str]:
     parent = sweep_parent(client, run)
     if parent is None:
         return []
-    name = parent.data.tags.get("sweep", "NAME")
+    name = parent.data.tags.get(SWEEP_TAG, "NAME")
     verdicts = read_verdicts(client, parent)
     if not verdicts:
         return [f"no paired evidence for this sweep; run `python cli.py report {name}`"]

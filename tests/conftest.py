@@ -12,15 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import POSTGRES, compose_command, env_example, free_port, postgres_admin
+from support import POSTGRES, compose_command, env_example, free_port, postgres_admin, synthetic_splits
 
 # Each test module's layer (pytest -m unit | integration | e2e). A module may mark itself instead
 # (pytestmark); a module in neither place is an error, so every new test chooses its layer.
 LAYERS = {
     "unit": {"test_activations", "test_checkpoint", "test_inits", "test_mlp_manual", "test_mlp_parity",
-             "test_schedules", "test_definitions_loader", "test_background"},
-    "integration": {"test_data", "test_tracking", "test_runner", "test_report", "test_compose"},
-    "e2e": {"test_workers", "test_cli_sweep", "test_cli_tracking", "test_browser"},
+             "test_schedules", "test_definitions_loader", "test_background", "test_outage_policy"},
+    "integration": {"test_data", "test_tracking", "test_runner", "test_report", "test_compose",
+                    "test_outage_heartbeats"},
+    "e2e": {"test_workers", "test_cli_sweep", "test_cli_tracking", "test_browser", "test_outage"},
 }
 
 
@@ -83,19 +84,15 @@ def mlflow_store(make_mlflow_store, monkeypatch) -> str:
 @pytest.fixture
 def tiny_splits():
     """256 train / 64 val / 64 test synthetic images that an MLP learns in a few steps."""
-    from fmnist_core.data import synthetic_splits
-
     return synthetic_splits(256, 64, 64, seed=0)
 
 
 @pytest.fixture(scope="session")
 def small_real_splits():
-    """The real validation (10k, trainer.SPLIT_SEED) and test (10k) sets, with only 3000 training images:
+    """The real validation (10k, data.SPLIT_SEED) and test (10k) sets, with only 3000 training images:
     real accuracies in seconds. Fails (not skips) without the data: `make data` installs it."""
     from fmnist_core.data import load_splits
-    from fmnist_core.trainer import SPLIT_SEED
-
-    splits = load_splits(val_size=10_000, seed=SPLIT_SEED)
+    splits = load_splits(val_size=10_000)
     splits.train_x, splits.train_y = splits.train_x[:3000], splits.train_y[:3000]
     return splits
 

@@ -27,7 +27,6 @@ p-values are Holm-adjusted over all comparisons with the best; "worse" means adj
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,17 +43,6 @@ BOOTSTRAP_CHUNK = 250  # resamples drawn at once: 250 x n_val image counts in me
 BOOTSTRAP = "paired bootstrap over seeds and images"
 MCNEMAR = "exact McNemar test"
 WELCH = "Welch t-test over seed accuracies"
-
-
-def pack_correct(correct) -> str:
-    """A trial's per-image correctness (bool, n_val) as text for an Optuna user attr: 1 bit an image,
-    base64 (10,000 images -> 1,668 characters)."""
-    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode("ascii")
-
-
-def unpack_correct(text: str, n: int) -> np.ndarray:
-    """The bool vector of `pack_correct`; `n` (user attr `n_val`) drops the padding bits."""
-    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n).astype(bool)
 
 
 def wilson_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from fmnist_tracking import plots
 from sweeps.analysis import evidence
 from sweeps.definitions.plan import fmt_value
+from sweeps.trial_record import TrialRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -130,7 +131,7 @@ def accuracy_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str
     below, above = np.nan_to_num(means - lows), np.nan_to_num(highs - means)
     axes.errorbar(positions, means, yerr=[below, above], marker="o", capsize=4,
                   label="validation (selected epoch)")
-    tests = [[t.user_attrs.get("test_acc", math.nan) for t in row.trials] for row in rows]
+    tests = [[TrialRecord.of(t).metric("test_acc", math.nan) for t in row.trials] for row in rows]
     test_intervals = [evidence.t_interval(values) for values in tests]
     test_means = np.array([np.mean(values) for values in tests])
     axes.errorbar(positions, test_means, marker="s", capsize=4, alpha=0.7, label="test (not used to choose)",
@@ -155,7 +156,7 @@ def seconds_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
     for position, row in zip(positions, rows, strict=True):
-        seconds = [t.user_attrs.get("epoch_seconds", math.nan) for t in row.trials]
+        seconds = [TrialRecord.of(t).epoch_seconds for t in row.trials]
         axes.plot([position] * len(seconds), seconds, "o", color="tab:blue", alpha=0.6)
     axes.plot(positions, [row.seconds_per_epoch for row in rows], "-", color="tab:blue")
     _x_axis(axes, x, positions, labels, numeric, plan.definition.plot_log_x)

@@ -17,7 +17,6 @@ outcome). Test accuracy is reported beside, never used to choose.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import Counter
 
@@ -31,13 +30,14 @@ from optuna.trial import FrozenTrial, TrialState
 from fmnist_core import data as fdata
 from fmnist_core.config import ConfigError, RunConfig, first_line
 from fmnist_tracking import run_log
+from fmnist_tracking.names import NOTE_TAG, SWEEP_ARTIFACT_DIR
+from fmnist_tracking.verdicts import log_verdicts
 from sweeps.analysis import evidence, why_figures
 from sweeps.analysis import figures as sweep_figures
 from sweeps.analysis.summary import ConfigRow, Summary, config_key, config_of, label_of, parameter_count
-from sweeps.analysis.text import ARTIFACT_DIR, answer, run_note, summary_csv, verdict_records
+from sweeps.analysis.text import answer, run_note, summary_csv, verdict_records
 from sweeps.definitions.plan import StudyPlan, describe_params
-
-NOTE_TAG = "mlflow.note.content"  # the run's description on its Overview page in the MLflow UI
+from sweeps.trial_record import TrialRecord
 
 
 def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
@@ -48,7 +48,7 @@ def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
         if trial.state == TrialState.COMPLETE:
             groups.setdefault(config_key(trial), []).append(trial)
     configs = {key: config_of(plan, dict(key)) for key in groups}
-    seconds = {key: float(np.mean([t.user_attrs.get("epoch_seconds", math.nan) for t in members]))
+    seconds = {key: float(np.mean([TrialRecord.of(t).epoch_seconds for t in members]))
                for key, members in groups.items()}
     costs, cost_name = _costs(configs, seconds)
     results = {key: _evidence(label_of(dict(key)), members, costs[key], plan.definition.metric)
@@ -73,14 +73,14 @@ def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
 
 def _evidence(label: str, members: list[FrozenTrial], cost: float, metric: str) -> evidence.ConfigResult:
     """Per-image vectors when every seed kept one, else per-seed validation accuracies."""
-    tests = [t.user_attrs.get("test_acc") for t in members]
+    records = [TrialRecord.of(t) for t in members]
+    tests = [r.metric("test_acc") for r in records]
     test_acc = float(np.mean(tests)) if all(v is not None for v in tests) else None
-    if all("val_correct" in t.user_attrs and "n_val" in t.user_attrs for t in members):
-        vectors = [evidence.unpack_correct(t.user_attrs["val_correct"], int(t.user_attrs["n_val"]))
-                   for t in members]
+    vectors = [r.val_correct for r in records]
+    if all(v is not None for v in vectors):
         return evidence.ConfigResult(label, correct=vectors, cost=cost, test_acc=test_acc)
-    accuracies = [t.user_attrs.get("best_val_acc", t.value if metric == "val_acc" else math.nan)
-                  for t in members]
+    accuracies = [r.metric("best_val_acc", t.value if metric == "val_acc" else math.nan)
+                  for r, t in zip(records, members, strict=True)]
     return evidence.ConfigResult(label, accuracies=accuracies, cost=cost, test_acc=test_acc)
 
 
@@ -100,7 +100,7 @@ def _costs(configs: dict[tuple, RunConfig], seconds: dict[tuple, float]) -> tupl
 def _failures(summary: Summary) -> list[str]:
     """A sentence naming the configurations whose trials failed (diverged), which are not ranked."""
     described = [f"{label} ({len(trials)} trial{'s' if len(trials) > 1 else ''}: "
-                 f"{trials[0].user_attrs.get('failure', 'no reason recorded')})"
+                 f"{TrialRecord.of(trials[0]).failure or 'no reason recorded'})"
                  for label, trials in summary.failed_by_label().items()]
     return [f"Failed, so not ranked: {'; '.join(described)}."] if described else []
 
@@ -120,30 +120,29 @@ def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str,
                  splits: fdata.Splits | None = None) -> Summary:
     """Summarise the study; log figures, tables, verdicts, the run note and best-trial tags to the parent.
     With `splits` (the sweep closing), the best trial's run also gets its own figures, which a sweep makes
-    for no other trial (trials.finish_trial): `cli.py figures RUN_ID` makes them for any run."""
+    for no other trial (lease.TrialLease.close): `cli.py figures RUN_ID` makes them for any run."""
     summary = summarise(study, plan)
     figures = sweep_figures.figures(plan, summary) + why_figures.figures(plan, summary) + \
         sweep_figures.optuna_figures(study, plan)
     for name, figure in figures:
         # ours are laid out (constrained) when drawn; "tight" (Optuna's) draws the whole figure once more
         tight = None if figure.get_layout_engine() is not None else {"bbox_inches": "tight"}
-        client.log_figure(run_id, figure, f"{ARTIFACT_DIR}/{name}.png", save_kwargs=tight)
+        client.log_figure(run_id, figure, f"{SWEEP_ARTIFACT_DIR}/{name}.png", save_kwargs=tight)
         sweep_figures.close(figure)
-    client.log_text(run_id, summary_csv(summary), f"{ARTIFACT_DIR}/summary.csv")
-    client.log_text(run_id, answer(summary, limit=None) + "\n", f"{ARTIFACT_DIR}/summary.md")
-    client.log_text(run_id, json.dumps(verdict_records(summary), indent=1) + "\n",
-                    f"{ARTIFACT_DIR}/verdicts.json")
+    client.log_text(run_id, summary_csv(summary), f"{SWEEP_ARTIFACT_DIR}/summary.csv")
+    client.log_text(run_id, answer(summary, limit=None) + "\n", f"{SWEEP_ARTIFACT_DIR}/summary.md")
+    log_verdicts(client, run_id, verdict_records(summary))
     for state, count in summary.counts.items():
         client.log_metric(run_id, f"trials_{state.lower()}", count)
     tags = {NOTE_TAG: run_note(summary)}
     if summary.best_trial is not None:
         best = summary.best_trial
         client.log_metric(run_id, f"best_{plan.definition.metric}", best.value)
-        tags.update({"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id"),
-                     "best_checkpoint": best.user_attrs.get("checkpoint"),
+        tags.update({"best_trial": best.number, "best_run_id": TrialRecord.of(best).run_id,
+                     "best_checkpoint": TrialRecord.of(best).checkpoint,
                      "best_params": describe_params(best.params)})
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # race-safe
-    best_run_id = summary.best_trial.user_attrs.get("mlflow_run_id") if summary.best_trial else None
+    best_run_id = TrialRecord.of(summary.best_trial).run_id if summary.best_trial else None
     if splits is not None and best_run_id:
         try:
             run_log.log_figures(client, best_run_id, splits)

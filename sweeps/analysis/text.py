@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fmnist_tracking.names import SWEEP_ARTIFACT_DIR
+from sweeps.trial_record import TrialRecord
+
 if TYPE_CHECKING:
     from sweeps.analysis.summary import ConfigRow, Summary
 
-ARTIFACT_DIR = "sweep"
 TERMINAL_ROWS = 15  # rows printed in the terminal; summary.md has them all
 NOTE_LIMIT = 8000  # characters: MLflow's limit on a tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
 INTERVAL_KINDS = {"t over seeds": "95% t over seeds", "Wilson": "95% Wilson over images",
@@ -66,12 +68,12 @@ def ranked_table(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if limit is not None and len(summary.rows) > limit:
         more = len(summary.rows) - limit
-        lines.append(f"\n... and {more} more in the parent run's {ARTIFACT_DIR}/summary.md")
+        lines.append(f"\n... and {more} more in the parent run's {SWEEP_ARTIFACT_DIR}/summary.md")
     if summary.best_trial is not None:
         best = summary.best_trial
         lines.append(f"\nBest trial {best.number} (the best configuration's best seed): {summary.metric} "
-                     f"{best.value:.4f}, test_acc {best.user_attrs.get('test_acc', math.nan):.4f}, "
-                     f"run {best.user_attrs.get('mlflow_run_id')}")
+                     f"{best.value:.4f}, test_acc {TrialRecord.of(best).metric('test_acc', math.nan):.4f}, "
+                     f"run {TrialRecord.of(best).run_id}")
     return "\n".join(lines)
 
 
@@ -83,12 +85,12 @@ def summary_csv(summary: Summary) -> str:
                      "parameters", "epoch_seconds_mean", "population", "trials", "run_ids"])
     for rank, row in enumerate(summary.rows, 1):
         verdict = row.verdict
-        population = max(t.user_attrs.get("population", 1) for t in row.trials)
+        population = max(TrialRecord.of(t).population for t in row.trials)
         writer.writerow([rank, row.label, len(row.trials), verdict.accuracy, *verdict.interval,
-                         verdict.interval_kind, verdict.verdict, _blank(verdict.difference_images),
+                         verdict.interval_kind, verdict.verdict, _blank(_rounded(verdict.difference_images)),
                          _blank(verdict.p_adjusted), _blank(_test_acc(row)), row.parameters,
                          row.seconds_per_epoch, population, " ".join(str(t.number) for t in row.trials),
-                         " ".join(t.user_attrs.get("mlflow_run_id", "") for t in row.trials)])
+                         " ".join(TrialRecord.of(t).run_id or "" for t in row.trials)])
     return out.getvalue()
 
 
@@ -99,8 +101,8 @@ def verdict_records(summary: Summary) -> list[dict]:
         verdict = row.verdict
         records.append({
             "label": row.label, "params": row.params, "trials": [t.number for t in row.trials],
-            "run_ids": [t.user_attrs.get("mlflow_run_id") for t in row.trials],
-            "seeds": [t.user_attrs.get("seed", t.params.get("seed")) for t in row.trials],
+            "run_ids": [TrialRecord.of(t).run_id for t in row.trials],
+            "seeds": [_seed(t) for t in row.trials],
             "accuracy": verdict.accuracy, "interval": [_null(v) for v in verdict.interval],
             "interval_kind": verdict.interval_kind, "diff_images": _rounded(verdict.difference_images),
             "p_value": verdict.p_value, "p_adjusted": verdict.p_adjusted, "verdict": verdict.verdict,
@@ -108,6 +110,12 @@ def verdict_records(summary: Summary) -> list[dict]:
             "cost": _null(verdict.cost), "cost_name": summary.cost_name,  # as the conclusion prices
             "test_acc": verdict.test_acc})
     return records
+
+
+def _seed(trial) -> int | None:
+    """The seed a trial trained with: recorded, or (grid sweeps with seeds) its param."""
+    seed = TrialRecord.of(trial).seed
+    return trial.params.get("seed") if seed is None else seed
 
 
 def _accuracy(row: ConfigRow, mixed: bool) -> str:

@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 
 from fmnist_tracking import plots
 from sweeps.analysis.figures import ordered, palette, row_palette
+from sweeps.trial_record import TrialRecord
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -70,7 +71,7 @@ def figures(plan: StudyPlan, summary: Summary) -> list[tuple[str, Figure]]:
 
 
 def history(trial: FrozenTrial) -> list[dict[str, float]]:
-    return trial.user_attrs.get("history") or []
+    return TrialRecord.of(trial).history
 
 
 def mean_curve(trials, key: str, last_epoch: int | None = None) -> tuple[list[int], list[float]]:
@@ -154,7 +155,7 @@ def training_loss(plan: StudyPlan, summary: Summary, rows: list[ConfigRow]) -> F
             if points:
                 axes.plot(*zip(*points, strict=True), color=colors.colors[label], alpha=0.8,
                           marker=plots.curve_marker(len(points)))
-            if "diverged" in str(trial.user_attrs.get("failure", "")):
+            if "diverged" in (TrialRecord.of(trial).failure or ""):
                 _mark_divergence(axes, trial, points, colors.colors[label])
     axes.set(xlabel="epoch", ylabel="training loss (mean over the epoch)", yscale="log",
              title=f"{summary.study_name}: training loss per epoch, one line per seed")
@@ -170,7 +171,7 @@ def _mark_divergence(axes, trial: FrozenTrial, points: list, color) -> None:
     if points:
         axes.plot(*points[-1], marker="x", markersize=10, markeredgewidth=2, color=color)
         return
-    found = re.search(r"epoch (\d+)", str(trial.user_attrs.get("failure", "")))
+    found = re.search(r"epoch (\d+)", (TrialRecord.of(trial).failure or ""))
     epoch = int(found.group(1)) if found else 1
     axes.plot(epoch, 0.97, marker="x", markersize=10, markeredgewidth=2, color=color,
               transform=axes.get_xaxis_transform(), clip_on=False)
@@ -212,7 +213,7 @@ def _gap(trial: FrozenTrial, which: str) -> float | None:
     if which == "last":
         metrics = epochs[-1]
     else:
-        selected = [m for m in epochs if m["epoch"] == trial.user_attrs.get("best_epoch")]
+        selected = [m for m in epochs if m["epoch"] == TrialRecord.of(trial).metric("best_epoch")]
         metrics = selected[0] if selected else epochs[-1]
     if "train_acc" not in metrics or "val_acc" not in metrics:
         return None

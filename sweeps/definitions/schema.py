@@ -51,8 +51,19 @@ class _Schema(BaseModel):
 
 
 _TYPE_ONLY = BeforeValidator(lambda value: {"type": value} if isinstance(value, str) else value)
-_LABELS_AS_TEXT = BeforeValidator(lambda value: {str(k): v for k, v in value.items()}  # YAML `1:` is a number
-                                  if isinstance(value, dict) else value)
+def _labels_as_text(value: Any) -> Any:
+    """Bundle labels as text: YAML reads `1:` as a number (kept, as "1"), but `off:`, `on:`, `yes:` and
+    `no:` as booleans, which would silently become "False" or "True": those are refused."""
+    if not isinstance(value, dict):
+        return value
+    booleans = [k for k in value if isinstance(k, bool)]
+    if booleans:
+        raise ValueError("a bundle label reads as a boolean (YAML takes off/on/yes/no for false/true): "
+                         "quote it, e.g. 'off':")
+    return {str(k): v for k, v in value.items()}
+
+
+_LABELS_AS_TEXT = BeforeValidator(_labels_as_text)
 
 
 class _Sampler(_Schema):

@@ -43,14 +43,15 @@ class Background:
         self._failure: BaseException | None = None
 
     def submit(self, job: Callable[..., object], *args,
-               on_error: Callable[[BaseException], None] | None = None) -> None:
-        """Queue `job(*args)`; `on_error(error)` runs on the thread if it raises (e.g. re-queue a trial)."""
+               on_error: Callable[[BaseException], None] | None = None, **kwargs) -> None:
+        """Queue `job(*args, **kwargs)`; `on_error(error)` runs on the thread if it raises (e.g. re-queue
+        a trial)."""
         self._raise_failure()
         self._slots.acquire()
 
         def run() -> None:
             try:
-                job(*args)
+                job(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - reported in the main thread by drain/submit
                 if on_error is not None:
                     on_error(error)

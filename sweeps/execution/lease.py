@@ -1,4 +1,8 @@
-"""A trial's life in one place: claimed from the queue, kept alive, tracked, and settled or re-queued.
+"""A trial's life in one place: claimed from the queue, kept alive, tracked, closed, settled or re-queued.
+
+Every state and every move between them is a method of `TrialLease` here, the background close
+(`record_start`, `close`: what background.py's thread does for a trained trial) included; trials.py
+decides when to claim and train, workers.py is the process that holds the leases.
 
 The rule this module keeps: a trial that is RUNNING in Optuna is either held by a live worker
 (its lease is in `Worker.leases` and its heartbeat is recorded) or recoverable by any other
@@ -16,9 +20,9 @@ one wins, the other finds the lease settled and leaves it.
     CLAIMED   claim(): a queued trial popped, or a new   RUNNING, held      none yet
               one sampled; heartbeats from now on
     TRACKED   track(): its child run created             RUNNING, held      RUNNING, params logged
-    TRAINED   trained(): training done; figures,         RUNNING, held      RUNNING, being filled
-              checkpoint and model logged in the                            (background.py)
-              background, then settle()
+    TRAINED   trained(): training done; close(), on the  RUNNING, held      RUNNING, being filled
+              background thread, records it, logs the                       (background.py)
+              checkpoint and model, then settle()
     TOLD      settle(): told COMPLETE, PRUNED or FAIL    finished           FINISHED / KILLED /
               (diverged, refused config), run closed                        FAILED, to match
     LOST      settle() found the trial already failed    FAIL (by another)  KILLED (heartbeat lost)
@@ -27,9 +31,10 @@ one wins, the other finds the lease settled and leaves it.
     REQUEUED  requeue(error): Ctrl-C, SIGTERM or an      FAIL + a copy      KILLED (signal) or
               exception                                  queued             FAILED (exception)
 
-A worker killed outright leaves CLAIMED or TRACKED leases behind: `recover` (run by every worker
-between populations, and by `--repair`) fails their trials once the heartbeat is stale, queues a
-copy, and closes their runs KILLED, as `requeue` would have.
+A worker killed outright leaves CLAIMED or TRACKED leases behind: `workers.recover` (run by every
+worker between populations, and by `--repair`) fails their trials once the heartbeat is stale, queues
+a copy (`workers.fail_and_requeue`, as `requeue` does), and closes their runs KILLED.
+What each move records of the trial in Optuna is sweeps/trial_record.py's.
 
 Tests reach each point through `HOOKS` (in-process) or, for worker processes, the handshake
 directory `$FMNIST_LEASE_HANDSHAKE`: at each point a file `<pid>-t<trial>.<point>` is written
@@ -41,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -51,12 +57,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from fmnist_core.config import first_line
+from fmnist_core import data as fdata
+from fmnist_core.trainer import TrainResult, save_result
+from fmnist_tracking import run_log
+from fmnist_tracking.names import CHECKPOINT_ARTIFACT, STOP_REASON_TAG
 from fmnist_tracking.run_log import RunLogger
 from fmnist_tracking.signals import signals_deferred
-from sweeps.execution import storage as stores
+from sweeps import trial_record as record
+from sweeps.definitions.plan import describe_params
+from sweeps.execution.workers import Worker, fail_and_requeue
 
-MAX_STALE_RETRIES = 3  # a trial that kills its worker every time (e.g. out of memory) stops being retried
 HANDSHAKE_ENV, PAUSE_ENV = "FMNIST_LEASE_HANDSHAKE", "FMNIST_LEASE_PAUSE_AT"
 HOOKS: list[Callable[[str, TrialLease], None]] = []  # called at each point: (point, lease)
 
@@ -87,6 +97,11 @@ class TrialLease:
     def number(self) -> int:
         return self.trial.number
 
+    @property
+    def training_done(self) -> bool:
+        """TRAINED: only the background close is left (Worker.requeue_all can leave it to finish)."""
+        return self.state == State.TRAINED
+
     @classmethod
     def claim(cls, worker: Worker, study: optuna.Study, *, sample: bool,
               accept: Callable[[FrozenTrial], bool] | None = None) -> TrialLease | None:
@@ -105,7 +120,7 @@ class TrialLease:
                     trial, retry_of = study.ask(), None
             lease = cls(worker, study, trial, retry_of)
             worker.hold(lease)
-        trial.set_user_attr("worker", worker.name)
+        record.claimed(trial, worker.name)
         lease._reached("claimed")
         return lease
 
@@ -114,7 +129,7 @@ class TrialLease:
         with _step():
             self.run = start_run()
             self.state = State.TRACKED
-        self.trial.set_user_attr("mlflow_run_id", self.run.run_id)
+        record.tracked(self.trial, self.run.run_id)
         self._reached("tracked")
 
     def report(self, metrics: dict[str, float], metric: str) -> bool:
@@ -145,7 +160,7 @@ class TrialLease:
                 self.study.tell(self.trial, value, state=state, skip_if_finished=True)
             if self.run is not None:
                 if lost:
-                    run_status, run_tags = "KILLED", {"stop_reason": "heartbeat_lost"}
+                    run_status, run_tags = "KILLED", {STOP_REASON_TAG: "heartbeat_lost"}
                     reason = (f"trial {self.number} was failed by another worker after {self.worker.name}'s "
                               "heartbeats did not reach the storage; a copy trains its point again")
                 if run_tags:
@@ -169,6 +184,38 @@ class TrialLease:
             self.worker.release(self)
         self._reached("requeued")
 
+    # --- The background close: done on background.py's thread, one trial after another -------------
+
+    def record_start(self, client, splits: fdata.Splits, population: int) -> None:
+        """What a tracked trial's start still needs (a database write each): the child run's dataset
+        input and the trial's population size (its epoch_seconds are the whole population's)."""
+        run_log.log_dataset(client, self.run.run_id, splits)
+        record.started(self.trial, population)
+
+    def close(self, result: TrainResult, splits: fdata.Splits, *, pruned_epoch: int | None,
+              pruner: str) -> None:
+        """TRAINED -> TOLD: record the training, log the outcome to the child run, then settle. A COMPLETE
+        trial always has its artifacts: they are logged before Optuna is told."""
+        trial = self.trial
+        record.trained(trial, result.history,
+                       None if result.val_correct is None else result.val_correct.numpy())
+        if result.error is not None:
+            record.failed(trial, str(result.error))
+            self.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),
+                        run_tags={STOP_REASON_TAG: "diverged"})
+            tqdm.write(f"trial {trial.number} ({describe_params(trial.params)}) failed: {result.error}")
+            return
+        if pruned_epoch is not None:
+            self.settle(TrialState.PRUNED, run_status="KILLED",
+                        run_tags={"pruned": "true", STOP_REASON_TAG: "pruned"},
+                        reason=f"pruned by the {pruner} pruner after epoch {pruned_epoch}")
+            return
+        with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
+            path = save_result(result, splits, Path(scratch, CHECKPOINT_ARTIFACT))
+            self.run.log_result(result, splits, path, figures=False)  # the best run's: report.build_report
+        record.completed(trial, result.final_metrics(), self.run.run_id)
+        self.settle(TrialState.COMPLETE, result.best_value)
+
     def _reached(self, point: str) -> None:
         for hook in HOOKS:
             hook(point, self)
@@ -188,197 +235,3 @@ def _step() -> Iterator[None]:
         yield
 
 
-class Worker:
-    """This process as a worker: its storage, its name, and the leases it holds (heartbeated)."""
-
-    def __init__(self, storage: optuna.storages.RDBStorage, *, exclusive: bool, name: str | None = None):
-        self.storage, self.exclusive, self.name = storage, exclusive, name or stores.worker_name()
-        self.heartbeat = storage.get_heartbeat_interval()  # None on SQLite
-        self.leases: list[TrialLease] = []
-        self._lock = threading.Lock()  # leases are read by the heartbeat thread
-        self._stop = threading.Event()
-        self._unowned_since: dict[int, float] = {}  # trial number -> when first seen RUNNING without a worker
-
-    @classmethod
-    def open(cls, url: str, heartbeat: int, *, exclusive: bool) -> Worker:
-        """A worker on the storage at `url`: stale trials found there are failed and re-queued."""
-        return cls(stores.open_storage(url, heartbeat, RequeueStale()), exclusive=exclusive)
-
-    @property
-    def grace(self) -> int | None:
-        return None if self.heartbeat is None else stores.GRACE_BEATS * self.heartbeat
-
-    def trial_id(self, study: optuna.Study, number: int) -> int:
-        study_id = self.storage.get_study_id_from_name(study.study_name)
-        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
-
-    def trial_state(self, study: optuna.Study, number: int) -> TrialState:
-        return self.storage.get_trial(self.trial_id(study, number)).state
-
-    def pop_queued(self, study: optuna.Study, accept: Callable[[FrozenTrial], bool] | None = None
-                   ) -> tuple[optuna.Trial, FrozenTrial] | None:
-        """The next queued trial, now RUNNING and this worker's; None when the queue is empty, or when
-        the next one still queued is not one `accept`s (taken by another worker meanwhile, the one
-        after it may be of another shape).
-
-        study.ask() pops the queue the same way (an atomic WAITING -> RUNNING update, row-locked on
-        PostgreSQL) but creates a new trial when the queue is empty: on a grid, a point trained twice.
-        """
-        for queued in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            if accept is not None and not accept(queued):
-                return None
-            trial_id = self.trial_id(study, queued.number)
-            if self.heartbeat is not None:  # beat first: killed right after the pop, it still goes stale
-                self.storage.record_heartbeat(trial_id)
-            try:
-                if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                    return optuna.Trial(study, trial_id), queued
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # taken and finished by another worker meanwhile
-        return None
-
-    def hold(self, lease: TrialLease) -> None:
-        """Keep the lease's trial alive (heartbeats) until it is released; the first beat is now."""
-        with self._lock:
-            self.leases.append(lease)
-        if self.heartbeat is not None:
-            self.storage.record_heartbeat(lease.trial._trial_id)
-
-    def release(self, lease: TrialLease) -> None:
-        with self._lock:
-            self.leases = [held for held in self.leases if held is not lease]
-
-    def requeue_all(self, error: BaseException, *, trained: bool = True) -> None:
-        """Every lease this worker still holds is re-queued, in one step for signals; `trained=False`
-        leaves those whose training is done (their background work may still finish them)."""
-        with _step():
-            for held in list(self.leases):
-                if trained or held.state != State.TRAINED:
-                    held.requeue(error)
-
-    @contextlib.contextmanager
-    def heartbeats(self) -> Iterator[None]:
-        """A daemon thread records the held trials' heartbeats every `heartbeat` seconds."""
-        if self.heartbeat is None:
-            yield
-            return
-
-        def beat_until_stopped() -> None:
-            while not self._stop.wait(self.heartbeat):
-                with self._lock:
-                    trial_ids = [lease.trial._trial_id for lease in self.leases]
-                try:
-                    for trial_id in trial_ids:  # a finished trial's heartbeat is ignored: harmless
-                        self.storage.record_heartbeat(trial_id)
-                except Exception as error:  # the database is away: the next beat may get through
-                    tqdm.write(f"heartbeat not recorded: {first_line(error)}")
-
-        self._stop.clear()
-        thread = threading.Thread(target=beat_until_stopped, name="optuna-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            self._stop.set()
-            thread.join()
-
-    def unowned(self, study: optuna.Study) -> list[FrozenTrial]:
-        """RUNNING trials that no worker claimed (user attr `worker`) for a grace period of our watching.
-
-        A worker claims a trial milliseconds after creating it; one killed in between (a newly
-        sampled TPE trial has no heartbeat before its first beat) leaves a trial no heartbeat ages.
-        """
-        now, seen = time.monotonic(), {}
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for trial in running:
-            if "worker" not in trial.user_attrs:
-                seen[trial.number] = self._unowned_since.get(trial.number, now)
-        self._unowned_since = seen
-        return [t for t in running if t.number in seen and now - seen[t.number] > self.grace]
-
-
-def fail_and_requeue(worker: Worker, study: optuna.Study, number: int) -> bool:
-    """Fail a RUNNING trial and queue a copy; False (and nothing queued) when it had finished
-    meanwhile, e.g. failed by another worker: two copies would train its point twice."""
-    trial_id = worker.trial_id(study, number)
-    try:
-        if not worker.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    [frozen] = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)  # same params, grid point, attrs
-    return True
-
-
-class RequeueStale:
-    """Heartbeat-stale trial callback (Optuna failed the trial): queue a copy with the same params."""
-
-    def __init__(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_STALE_RETRIES)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._retry(study, trial)
-        retries = len(trial.system_attrs.get("retry_history", [])) + 1
-        outcome = "re-queued" if retries <= MAX_STALE_RETRIES else f"not retried again ({retries} tries)"
-        tqdm.write(f"trial {trial.number} of worker {trial.user_attrs.get('worker', '?')} lost its heartbeat "
-                   f"(worker killed or cut off): failed and {outcome}")
-
-
-def recover(study: optuna.Study, worker: Worker, client, experiment_id: str, parent_run_id: str | None, *,
-            startup: bool = False) -> None:
-    """Fail and re-queue the trials of dead workers and close their MLflow runs: stale heartbeats on a
-    shared storage; on SQLite at start-up, every RUNNING trial (the lock proves its worker is gone).
-    Without heartbeats (SQLite) nothing can be left behind by another worker after start-up, so the
-    calls between populations return at once (a search of the run table each time, before)."""
-    if worker.heartbeat is None and not startup:
-        return
-    orphans = []
-    if worker.heartbeat is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # runs RequeueStale for each
-        orphans = worker.unowned(study)
-    elif startup and worker.exclusive:
-        orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for orphan in orphans:
-        if fail_and_requeue(worker, study, orphan.number):
-            tqdm.write(f"trial {orphan.number} was left running by a worker that stopped: failed and "
-                       "re-queued")
-    closed = close_orphan_runs(study, client, experiment_id, parent_run_id)
-    if closed:
-        tqdm.write(f"closed {len(closed)} MLflow run(s) of stopped workers as KILLED: {', '.join(closed)}")
-
-
-def close_orphan_runs(study: optuna.Study, client, experiment_id: str,
-                      parent_run_id: str | None) -> list[str]:
-    """Close the sweep's child runs left RUNNING by dead workers; returns their run ids.
-
-    A child run is live while its trial (tag `trial`) is RUNNING in Optuna; once the trial is
-    finished (failed as stale, or interrupted), nobody will close the run but this.
-    """
-    if not parent_run_id:
-        return []
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    running = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    runs = client.search_runs([experiment_id], running, max_results=1000)
-    closed = []
-    for run in runs:
-        number = run.data.tags.get("trial", "")
-        trial = trials.get(int(number)) if number.isdigit() else None
-        if trial is not None and trial.state == TrialState.RUNNING:
-            continue
-        logger = RunLogger(client, run.info.run_id, experiment_id)
-        if trial is not None and trial.state == TrialState.COMPLETE:  # everything was logged before tell
-            logger.end("FINISHED")
-        else:
-            owner = trial.user_attrs.get("worker", "?") if trial is not None else "?"
-            logger.set_tags({"stop_reason": "worker_lost"})
-            logger.end("KILLED", f"worker {owner} stopped during trial {number} (killed, interrupted or cut "
-                                 "off); Optuna failed the trial and re-queued its configuration")
-        closed.append(run.info.run_id)
-    return closed

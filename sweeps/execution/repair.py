@@ -1,6 +1,6 @@
 """`python cli.py sweep NAME --repair`: recover what stopped workers left, without training.
 
-Stale trials are failed and re-queued and their runs closed (lease.recover, the same code every
+Stale trials are failed and re-queued and their runs closed (workers.recover, the same code every
 worker runs between populations); an idle parent run is closed: FINISHED with its report when the
 study is complete, else KILLED so that re-running the sweep resumes it.
 """
@@ -17,17 +17,18 @@ from sweeps.analysis import report
 from sweeps.defaults import DEFAULT_HEARTBEAT
 from sweeps.definitions.loader import load_definition
 from sweeps.definitions.plan import plan_studies
-from sweeps.execution import lease
 from sweeps.execution import storage as stores
-from sweeps.execution.lease import Worker
 from sweeps.execution.study import (
     PARENT_ATTR,
     default_storage,
     load_study,
+    no_study,
     study_done,
     trials_done,
     without_password,
 )
+from sweeps.execution.workers import Worker, recover
+from sweeps.trial_record import TrialRecord
 
 
 def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | None = None,
@@ -36,6 +37,9 @@ def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | No
     """`--repair`: recover the trials and runs of dead workers and close an idle parent run, no training."""
     plans = plan_studies(load_definition(name), impl=impl)
     storage = storage or default_storage(tracking_uri)
+    database = stores.sqlite_file(storage)
+    if database is not None and not database.exists():  # repair creates no file, for a mistyped path neither
+        raise no_study(plans[0], without_password(storage))
     with stores.sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
         client, experiment_id = store.setup(tracking_uri, experiment, create=False)
         worker = Worker.open(storage, heartbeat, exclusive=exclusive)
@@ -43,14 +47,14 @@ def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | No
             study = load_study(plan, worker.storage, without_password(storage))
             parent_id = study.user_attrs.get(PARENT_ATTR)
             before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-            lease.recover(study, worker, client, experiment_id, parent_id, startup=True)
+            recover(study, worker, client, experiment_id, parent_id, startup=True)
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             recovered = len(before - {t.number for t in running})
             click.echo(f"{plan.study_name}: {recovered} stale trial(s) failed and re-queued; {len(running)} "
                        f"running, {len(waiting)} queued, {trials_done(study)} finished")
             if running:
-                owners = ", ".join(sorted({t.user_attrs.get("worker", "?") for t in running}))
+                owners = ", ".join(sorted({TrialRecord.of(t).owner for t in running}))
                 click.echo(f"  still running on {owners}; a worker that is gone is recovered once its "
                            f"heartbeat is {worker.grace} s old: repair again then")
                 continue

@@ -31,16 +31,16 @@ from optuna.trial import TrialState
 
 from fmnist_core import data as fdata
 from fmnist_core.config import ConfigError
-from fmnist_core.trainer import SPLIT_SEED, resolve_device
+from fmnist_core.trainer import splits_for
 from fmnist_tracking import run_log, signals, store
+from fmnist_tracking.names import DATASET_DIGEST_TAG, NOTE_TAG, PARENT, STUDY_TAG, SWEEP_ROLE_TAG, SWEEP_TAG
 from sweeps.analysis import report, text
 from sweeps.analysis.summary import Summary
-from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_POPULATION
+from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POPULATION
 from sweeps.definitions.loader import load_definition
 from sweeps.definitions.plan import StudyPlan, fmt_value, plan_studies
-from sweeps.execution import lease
+from sweeps.execution import outage
 from sweeps.execution import storage as stores
-from sweeps.execution.lease import Worker
 from sweeps.execution.study import (
     PARENT_ATTR,
     SETTINGS_ATTR,
@@ -54,30 +54,34 @@ from sweeps.execution.study import (
     without_password,
 )
 from sweeps.execution.trials import Tracker, run_trials
+from sweeps.execution.workers import Worker, recover
 
 READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating the study
 
 
+@outage.ends_in_one_line  # a database away past `outage_timeout` seconds: one line, exit code 1
 def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | None = None,
               seeds: int | None = None, n_trials: int | None = None, timeout: float | None = None,
               population: int = DEFAULT_POPULATION,
               storage: str | None = None, tracking_uri: str | None = None,
               experiment: str = store.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
               splits: fdata.Splits | None = None, progress: bool = True, create: bool = False,
-              heartbeat: int = DEFAULT_HEARTBEAT) -> list[report.Summary]:
+              heartbeat: int = DEFAULT_HEARTBEAT,
+              outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT) -> list[report.Summary]:
     """Run (or resume, or join) the sweep `name`; returns the ranked summary of each study this worker
-    closed. `create`: only create the studies (parent runs, queued grid points) and return."""
+    closed. `create`: only create the studies (parent runs, queued grid points) and return.
+    `outage_timeout`: seconds each store (Optuna's, MLflow's on a database) is waited for when it goes
+    away (outage.py)."""
     definition = load_definition(name)
     plans = plan_studies(definition, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials,
                          timeout=timeout)  # every setting checked before anything is loaded or trained
     storage = storage or default_storage(tracking_uri)
     with stores.sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
+        outage.tolerate_mlflow_store(store.resolve_tracking_uri(tracking_uri), outage_timeout)
         client, experiment_id = store.setup(tracking_uri, experiment)
-        worker = Worker.open(storage, heartbeat, exclusive=exclusive)
+        worker = Worker.open(storage, heartbeat, exclusive=exclusive, outage_timeout=outage_timeout)
         if splits is None and not create:
-            base = plans[0].base
-            splits = fdata.load_splits(data_dir, val_size=base.val_size, seed=SPLIT_SEED,
-                                       device=resolve_device(base.device))
+            splits = splits_for(plans[0].base, data_dir)  # the sweep's one load: its device, its split
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it instead
         summaries = []
         for plan in plans:
@@ -133,10 +137,10 @@ def open_parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id:
         if usable and run.info.experiment_id == experiment_id:
             return run_log.RunLogger(client, run_id, experiment_id)
     d = plan.definition
-    tags = {"sweep": d.name, "sweep_role": "parent", "study": plan.study_name, "sampler": d.sampler,
-            "seeds": plan.seeds, "mlflow.note.content": d.description, "swept": ", ".join(sorted(d.fields))}
+    tags = {SWEEP_TAG: d.name, SWEEP_ROLE_TAG: PARENT, STUDY_TAG: plan.study_name, "sampler": d.sampler,
+            "seeds": plan.seeds, NOTE_TAG: d.description, "swept": ", ".join(sorted(d.fields))}
     if digest:
-        tags["dataset_digest"] = digest
+        tags[DATASET_DIGEST_TAG] = digest
     parent = run_log.RunLogger.start(client, experiment_id, plan.base, run_name=plan.study_name, tags=tags,
                                      params=sweep_params(plan))
     study.set_user_attr(PARENT_ATTR, parent.run_id)
@@ -167,12 +171,12 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     client, parent_id = tracker.client, tracker.parent_run_id
     client.update_run(parent_id, status="RUNNING")
     parent = run_log.RunLogger(client, parent_id, tracker.experiment_id)
-    parent.set_tags({"dataset_digest": tracker.dataset_digest})  # `--create` made it without data
+    parent.set_tags({DATASET_DIGEST_TAG: tracker.dataset_digest})  # `--create` made it without data
     run_log.log_dataset(client, parent_id, splits)  # every worker: MLflow keeps one of each
     click.echo(f"Sweep {plan.study_name}: {plan.definition.description}\n"
                f"  Optuna study in {without_password(storage)}; MLflow parent run {parent_id}; "
                f"worker {worker.name}")
-    lease.recover(study, worker, client, tracker.experiment_id, parent_id, startup=True)
+    recover(study, worker, client, tracker.experiment_id, parent_id, startup=True)
     try:
         with run_log.system_metrics(client, parent_id):
             closes = run_trials(study, plan, splits, tracker, worker, population=population,

@@ -4,6 +4,9 @@ SQLite serves one worker at a time ("database is locked" otherwise), so a worker
 exclusive lock on each SQLite file it writes; a second one is refused with a message that
 says what to use instead. The lock also proves that any trial left RUNNING in a SQLite study
 is an orphan, so it is recovered at once, with no heartbeat to wait for (lease.recover).
+
+Every call of the storage rides out an outage of its database for `outage_timeout` seconds (outage.py);
+opening it does not: a wrong URL, password or database name is one line at once.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage
 
-from sweeps.defaults import DEFAULT_HEARTBEAT, GRACE_BEATS
+from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_TIMEOUT, GRACE_BEATS
+from sweeps.execution.outage import MAX_DELAY, OutagePolicy, OutageTolerantStorage
 from sweeps.execution.study import StudyError, without_password
 
 SCALING_OUT = ("use --storage postgresql://USER:PASSWORD@HOST/DATABASE and an MLflow server "
@@ -86,23 +89,33 @@ def _locked(database: Path) -> Iterator[None]:
         lock.close()  # releases the lock, as the death of the process would
 
 
-def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, stale_callback=None) -> RDBStorage:
+def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT, stale_callback=None,
+                 outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT) -> OutageTolerantStorage:
     """Optuna's RDB storage; with heartbeats (and `stale_callback` for stale trials) unless it is SQLite,
     which the lock above already makes single-worker. A table race between workers creating the schema
-    at once is retried."""
+    at once is retried; a database that cannot be opened is a StudyError."""
     options = {}
     if sqlite_file(url) is None and not url.startswith("sqlite"):
         options = {"heartbeat_interval": heartbeat, "grace_period": GRACE_BEATS * heartbeat,
                    "heartbeat_stale_trial_callback": stale_callback,
-                   "engine_kwargs": {"pool_pre_ping": True}}  # survive a database restart
+                   "engine_kwargs": {"pool_pre_ping": True}}  # a connection the server dropped is replaced
+        if url.startswith("postgresql"):  # an unreachable host fails a try in seconds, not minutes (TCP)
+            options["engine_kwargs"]["connect_args"] = {"connect_timeout": 10}
+    # Its backoff stays under a heartbeat: back, this worker beats for its trials before others judge them.
+    policy = OutagePolicy(f"Optuna storage {without_password(url)}", outage_timeout,
+                          max_delay=min(MAX_DELAY, heartbeat / 2))
     import sqlalchemy.exc
 
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, **options)
+                return OutageTolerantStorage(url, outage=policy, **options)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == 2:
                 raise
+        except sqlalchemy.exc.OperationalError as error:
+            raise StudyError(f"cannot open the Optuna storage {without_password(url)}: "
+                             f"{' '.join(str(error.orig).split())}; check --storage, and that its server "
+                             "is up") from None
     raise AssertionError("unreachable")

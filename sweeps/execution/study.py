@@ -167,9 +167,13 @@ def load_study(plan: StudyPlan, storage, storage_label: str | None = None) -> op
     try:
         return optuna.load_study(study_name=plan.study_name, storage=storage, sampler=make_sampler(plan))
     except KeyError:
-        where = storage_label or without_password(storage)
-        raise StudyError(f"no study {plan.study_name!r} in {where}; run `python cli.py sweep "
-                         f"{plan.definition.name}` first (same --impl and --storage)") from None
+        raise no_study(plan, storage_label or without_password(storage)) from None
+
+
+def no_study(plan: StudyPlan, where: str) -> StudyError:
+    """The plan's study is not in the storage `where`: run the sweep first."""
+    return StudyError(f"no study {plan.study_name!r} in {where}; run `python cli.py sweep "
+                      f"{plan.definition.name}` first (same --impl and --storage)")
 
 
 def _difference(stored: dict, wanted: dict) -> str:

@@ -14,37 +14,42 @@ to it is lease.py's; this module decides when to claim, train and settle.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from fmnist_core import data as fdata
-from fmnist_core.checkpoint import save_checkpoint
 from fmnist_core.config import ConfigError, Objective, RunConfig
 from fmnist_core.trainer import (
     SHARED_FIELDS,
-    TrainResult,
-    checkpoint_payload,
     train_population,
 )
 from fmnist_tracking import run_log
-from sweeps.analysis import evidence
+from fmnist_tracking.names import (
+    DATASET_DIGEST_TAG,
+    SEED_TAG,
+    STUDY_TAG,
+    SWEEP_ROLE_TAG,
+    SWEEP_TAG,
+    TRIAL,
+    TRIAL_TAG,
+)
+from sweeps import trial_record as record
 from sweeps.defaults import DEFAULT_POPULATION
 from sweeps.definitions.plan import StudyPlan, describe_params
-from sweeps.execution import lease
 from sweeps.execution.background import Background
-from sweeps.execution.lease import TrialLease, Worker
+from sweeps.execution.lease import TrialLease
 from sweeps.execution.study import (
     study_done,
     trials_claimed,
     trials_done,
 )
+from sweeps.execution.workers import Worker, recover
+from sweeps.trial_record import TrialRecord
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
     trained = waited = fresh = False  # fresh: trained since this worker last found nothing to take
     poll = min(5.0, worker.heartbeat or 1.0)  # seconds between looks at the queue while others train
     while deadline is None or time.monotonic() < deadline:
-        lease.recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
+        recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
         leases = claim_population(study, plan, population, total, worker)
         for group in by_shape(leases):
             train_group(study, plan, group, splits, tracker, background, shown)
@@ -115,7 +120,7 @@ def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
         fresh = False
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if not waited and running:
-            owners = ", ".join(sorted({t.user_attrs.get("worker", "?") for t in running}))
+            owners = ", ".join(sorted({TrialRecord.of(t).owner for t in running}))
             tqdm.write(f"{worker.name} waits for {len(running)} trial(s) running on {owners}; a trial "
                        f"whose worker stops is re-queued after {worker.grace} s without a heartbeat")
         waited = True
@@ -140,7 +145,8 @@ def outcome_line(study: optuna.Study, held: TrialLease, plan: StudyPlan, worker:
     """One line per trial where there is no progress bar (several workers, logs)."""
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == held.number)
     value = "" if frozen.value is None else f": {plan.definition.metric} {frozen.value:.4f}"
-    return f"trial {frozen.number} {frozen.state.name} ({describe(frozen)}){value} [{worker.name}]"
+    label = describe_params(frozen.params)
+    return f"trial {frozen.number} {frozen.state.name} ({label}){value} [{worker.name}]"
 
 
 def claim_population(study: optuna.Study, plan: StudyPlan, limit: int, total: int | None,
@@ -164,16 +170,16 @@ def claim_population(study: optuna.Study, plan: StudyPlan, limit: int, total: in
         try:
             held.config = suggest_config(held.trial, plan)
         except ConfigError as error:  # a sampled combination the config refuses: this trial only
-            held.trial.set_user_attr("failure", str(error))
+            record.failed(held.trial, str(error))
             held.settle(TrialState.FAIL)
             tqdm.write(f"trial {held.number} failed: {error}")
             continue
         leases.append(held)
         trial = held.trial
-        if plan.seeds > 1 and not plan.seed_axis and "seed" not in trial.user_attrs:
+        if plan.seeds > 1 and not plan.seed_axis and TrialRecord.of(trial).seed is None:
             for seed in range(1, plan.seeds):  # the repeats of a newly sampled configuration
-                study.enqueue_trial(trial.params, user_attrs={"seed": seed, "repeat_of": trial.number})
-        trial.set_user_attr("seed", held.config.seed)
+                study.enqueue_trial(trial.params, user_attrs=record.repeat(seed, of=trial.number))
+        record.seeded(trial, held.config.seed)
         if shared and len(leases) > 1 and shape(held.config) != shape(leases[0].config):
             break  # a newly sampled trial of another shape: trained after the first group
     return leases
@@ -215,7 +221,7 @@ def suggest_config(trial: optuna.Trial, plan: StudyPlan) -> RunConfig:
     if plan.seed_axis:
         overrides["seed"] = trial.suggest_categorical("seed", plan.grid()["seed"])
     elif plan.seeds > 1:
-        overrides["seed"] = trial.user_attrs.get("seed", 0)
+        overrides["seed"] = TrialRecord.of(trial).seed or 0
     return plan.base.replace(overrides, source=f"trial {trial.number}")
 
 
@@ -245,86 +251,36 @@ def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], 
     for held in leases:
         held.track(lambda held=held: run_log.RunLogger.start(
             tracker.client, tracker.experiment_id, held.config, parent_run_id=tracker.parent_run_id,
+            device=splits.device,
             run_name=run_name(plan, held),
-            tags=dict(trial_tags(plan, held), dataset_digest=tracker.dataset_digest)))
-        background.submit(finish_start, tracker, held, len(leases))
+            tags={**trial_tags(plan, held), DATASET_DIGEST_TAG: tracker.dataset_digest}))
+        background.submit(held.record_start, tracker.client, tracker.splits, len(leases))
     objective = Objective(plan.definition.metric, plan.definition.direction)
     results = train_population([held.config for held in leases], splits, on_epoch=on_epoch,
                                objective=objective)
     for member, (held, result) in enumerate(zip(leases, results, strict=True)):
         held.trained()
-        background.submit(finish_trial, plan, held, result, splits, pruned_at.get(member),
-                          on_error=held.requeue)
+        background.submit(held.close, result, splits, pruned_epoch=pruned_at.get(member),
+                          pruner=plan.definition.pruner, on_error=held.requeue)
         background.submit(shown, held)
 
 
-def finish_start(tracker: Tracker, held: TrialLease, population: int) -> None:
-    """What a tracked trial's start still needs, in the background (a database write each, before):
-    the child run's dataset input and the trial's population size (its epoch_seconds are the whole
-    population's)."""
-    run_log.log_dataset(tracker.client, held.run.run_id, tracker.splits)
-    held.trial.set_user_attr("population", population)
-
-
 def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
-    tags = {"sweep": plan.definition.name, "study": plan.study_name, "sweep_role": "trial",
-            "trial": str(held.number), "seed": str(held.config.seed)}
+    tags = {SWEEP_TAG: plan.definition.name, STUDY_TAG: plan.study_name, SWEEP_ROLE_TAG: TRIAL,
+            TRIAL_TAG: str(held.number), SEED_TAG: str(held.config.seed)}
     tags.update({f"sampled.{k}": str(v) for k, v in held.trial.params.items()})
-    if "repeat_of" in held.trial.user_attrs:
-        tags["repeat_of"] = str(held.trial.user_attrs["repeat_of"])
+    repeat_of = TrialRecord.of(held.trial).repeat_of
+    if repeat_of is not None:
+        tags["repeat_of"] = str(repeat_of)
     if held.retry_of is not None:
         tags["retry_of"] = str(held.retry_of)
     return tags
-
-
-def record_training(held: TrialLease, result: TrainResult) -> None:
-    """What the report needs of a trained trial, in its Optuna user attrs: the per-epoch history (the
-    why-figures) and, with a result, which validation images its best epoch got right (paired tests)."""
-    trial, history = held.trial, result.history
-    trial.set_user_attr("epochs", len(history))
-    trial.set_user_attr("epoch_seconds", sum(m["epoch_seconds"] for m in history) / max(1, len(history)))
-    trial.set_user_attr("history", [{k: round(v, 6) for k, v in dict(m, epoch=e).items()}
-                                    for e, m in enumerate(history, 1)])
-    if result.val_correct is not None:
-        trial.set_user_attr("val_correct", evidence.pack_correct(result.val_correct.numpy()))
-        trial.set_user_attr("n_val", len(result.val_correct))
-
-
-def finish_trial(plan: StudyPlan, held: TrialLease, result: TrainResult, splits: fdata.Splits,
-                 pruned_epoch: int | None) -> None:
-    """Log the outcome to the child run, then settle the lease: a COMPLETE trial always has its artifacts.
-    Runs in the background thread (train_group), one trial after another."""
-    trial = held.trial
-    record_training(held, result)
-    if result.error is not None:
-        trial.set_user_attr("failure", str(result.error))
-        held.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),
-                    run_tags={"stop_reason": "diverged"})
-        tqdm.write(f"trial {trial.number} ({describe(trial)}) failed: {result.error}")
-        return
-    if pruned_epoch is not None:
-        held.settle(TrialState.PRUNED, run_status="KILLED",
-                    run_tags={"pruned": "true", "stop_reason": "pruned"},
-                    reason=f"pruned by the {plan.definition.pruner} pruner after epoch {pruned_epoch}")
-        return
-    with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
-        path = save_checkpoint(Path(scratch, run_log.CHECKPOINT_ARTIFACT),
-                               **checkpoint_payload(result, splits))
-        held.run.log_result(result, splits, path, figures=False)  # the best run's: report.build_report
-    for key, metric_value in result.final_metrics().items():
-        trial.set_user_attr(key, metric_value)
-    trial.set_user_attr("checkpoint", f"runs:/{held.run.run_id}/{run_log.CHECKPOINT_ARTIFACT}")
-    held.settle(TrialState.COMPLETE, result.best_value)
 
 
 def run_name(plan: StudyPlan, held: TrialLease) -> str:
     """What varies, e.g. `hidden_size=1024`, with `, seed=1` when the sweep has several seeds."""
     label = describe_params({k: v for k, v in held.trial.params.items() if k != "seed"}) or plan.study_name
     return f"{label}, seed={held.config.seed}" if plan.seeds > 1 else label
-
-
-def describe(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
-    return describe_params(trial.params)
 
 
 def best_value(study: optuna.Study) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from fmnist_core import serving
 from fmnist_core.checkpoint import save_checkpoint
 from fmnist_core.config import RunConfig
 from fmnist_core.data import CLASSES
-from fmnist_tracking import run_log, store
+from fmnist_tracking import names, run_log, store
 
 
 def invoke(*args: str):
@@ -41,6 +42,15 @@ def assert_one_line_error(result, fragment: str) -> None:
 
 def test_the_cli_default_experiment_is_the_tracking_default():
     assert invoke("runs", "--help").output.count(f"[default: {store.DEFAULT_EXPERIMENT}]") == 1
+
+
+def test_the_command_list_shows_the_whole_first_sentence_of_every_command():
+    listing = invoke("--help").stdout.partition("\nCommands:\n")[2]
+    assert listing and "..." not in listing, listing
+    flowing = " " + " ".join(listing.split())  # a long sentence wraps onto a second line: still whole
+    for name, command in cli.commands.items():
+        first_sentence = " ".join(command.help.partition("\n\n")[0].split()).split(". ")[0].rstrip(".")
+        assert f" {name} {first_sentence}." in flowing, (name, first_sentence, listing)
 
 
 def test_best_fetches_the_best_finished_checkpoint_which_reproduces_the_logged_test_accuracy(
@@ -61,7 +71,7 @@ def test_best_fetches_the_best_finished_checkpoint_which_reproduces_the_logged_t
     result = invoke("best", "--out", out, "--register", "--tracking-uri", mlflow_store)
     assert result.exit_code == 0, result.output
     assert f"Best run {best_id}" in result.stdout and "registered: fmnist-mlp version 1" in result.stdout
-    logged_artifact = client.download_artifacts(best_id, run_log.CHECKPOINT_ARTIFACT, str(tmp_path))
+    logged_artifact = client.download_artifacts(best_id, names.CHECKPOINT_ARTIFACT, str(tmp_path))
     assert out.read_bytes() == Path(logged_artifact).read_bytes()
     figures = invoke("figures", best_id, "--tracking-uri", mlflow_store)  # made again, on the real test set
     assert figures.exit_code == 0, figures.output
@@ -176,9 +186,25 @@ def test_user_errors_exit_2_with_one_line(mlflow_store, tmp_path):
     store.setup(mlflow_store)
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt"), "no FINISHED run")
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt", "--sweep", "it's"), "quotes")
-    assert_one_line_error(invoke("figures", "0123abc"), "no run 0123abc")
+    assert_one_line_error(invoke("figures", "0123abc"), "no run id starts with '0123abc'")
     assert_one_line_error(invoke("ui", "--tracking-uri", "http://127.0.0.1:9"), "tracking server already")
     assert not (tmp_path / "b.pt").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line_by_evaluate_and_predict(tmp_path):
+    """As a user runs them: a real process, whose stderr would also show a traceback or a torch warning."""
+    notes, pickled, png = tmp_path / "notes.txt", tmp_path / "list.pkl", tmp_path / "shirt.png"
+    notes.write_text("here are my notes\n")  # torch.load: KeyError 101, as a user found
+    pickled.write_bytes(pickle.dumps([1, 2, 3], protocol=4))  # torch warns of protocol 4 before it fails
+    Image.new("L", (28, 28)).save(png)
+    for command, path in ((["evaluate", notes], notes), (["predict", pickled, png], pickled)):
+        done = subprocess.run([sys.executable, "cli.py", *map(str, command)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == "", (done.returncode, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: not a checkpoint: "), done.stderr
+        assert "expected an fmnist checkpoint" in lines[0]
+    assert_one_line_error(invoke("evaluate", png), f"{png}: not a checkpoint")
 
 
 def _running_run_with_an_epoch(uri: str, process: subprocess.Popen, timeout: float = 240.0) -> str:
@@ -220,7 +246,7 @@ def test_a_run_killed_mid_training_by_sigterm_or_ctrl_c_ends_killed(make_mlflow_
         client = MlflowClient(uri)
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
-        assert {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[name] in run.data.tags[run_log.FAILURE_TAG]
+        assert {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[name] in run.data.tags[names.FAILURE_TAG]
         statuses = [r.info.status for r in client.search_runs([run.info.experiment_id])]
         assert statuses == ["KILLED"]  # nothing left RUNNING
     mlflow.set_tracking_uri(None)
@@ -228,13 +254,13 @@ def test_a_run_killed_mid_training_by_sigterm_or_ctrl_c_ends_killed(make_mlflow_
 
 @pytest.mark.unit
 def test_the_training_progress_bar_ends_full_although_the_trainer_reports_every_50_steps(
-        tiny_splits, tmp_path, capsys):
+        tiny_splits, capsys):
     from fmnist_core.trainer import PROGRESS_EVERY
     from fmnist_tracking.console import train_with_progress
 
     cfg = RunConfig(hidden_size=8, epochs=3, batch_size=48, device="cpu")  # 256 images: 6 steps an epoch
     assert (3 * 6) % PROGRESS_EVERY != 0
-    train_with_progress(cfg, splits=tiny_splits, checkpoint=tmp_path / "tiny.pt")
+    train_with_progress(cfg, tiny_splits)
     last_frame = capsys.readouterr().err.split("\r")[-1]
     assert "100%" in last_frame and "18/18" in last_frame, last_frame
 
@@ -274,6 +300,28 @@ def test_runs_of_a_sweep_are_ranked_by_its_objective_with_labelled_columns(mlflo
     assert "9/10" in rows[0] and "ranked by the sweep's objective: val_acc" in result.stdout
     assert "parent run" in result.stdout and "hidden_size-manual" in result.stdout
     assert invoke("runs", "--sweep", "hidden_size", "--limit", "2").stdout.count("hidden_size=") == 2
+
+
+def test_commands_taking_a_run_id_take_the_start_of_it_that_runs_shows(mlflow_store):
+    client, experiment_id = store.setup(mlflow_store)
+    # 17 runs: two of them start with the same hex digit, and some 2-digit start is no run's
+    ids = [client.create_run(experiment_id, run_name=f"run-{i}").info.run_id for i in range(17)]
+    shared = next(digit for digit in "0123456789abcdef" if sum(i.startswith(digit) for i in ids) > 1)
+    unused = next(f"{a}{b}" for a in "0123456789abcdef" for b in "0123456789abcdef"
+                  if not any(i.startswith(a + b) for i in ids))
+    table = invoke("runs", "--limit", "17").stdout
+    shown = ids[5][:8]
+    assert shown in table and ids[5] not in table
+    # resolved before anything else: the error names the whole id of the run the 8 characters meant
+    assert_one_line_error(invoke("figures", shown), f"run {ids[5]} has no readable checkpoint.pt")
+    assert_one_line_error(invoke("serve", "--run-id", shown), f"run {ids[5]} has no readable checkpoint.pt")
+    assert_one_line_error(invoke("serve", "--model-uri", f"runs:/{shown}/model"), f"runs:/{ids[5]}/model")
+    for command in (["figures", ids[0], shared], ["serve", "--run-id", shared],
+                    ["serve", "--model-uri", f"runs:/{shared}/model"]):
+        assert_one_line_error(invoke(*command), f"run id {shared!r} is the start of several runs: ")
+    for command in (["figures", unused], ["serve", "--run-id", unused]):
+        assert_one_line_error(invoke(*command), f"no run id starts with {unused!r}")
+        assert "`python cli.py runs` lists the runs" in invoke(*command).stderr
 
 
 def test_a_sweep_minimising_val_loss_ranks_lowest_first(mlflow_store):
@@ -367,8 +415,8 @@ def _run_with_only_a_checkpoint(client, experiment_id: str, checkpoint_path: Pat
     """A FINISHED run holding checkpoint.pt but no MLflow model (a model exported lazily, not yet)."""
     run = run_log.RunLogger.start(client, experiment_id, RunConfig(hidden_size=12), run_name="no-model-yet")
     with tempfile.TemporaryDirectory() as scratch:
-        shutil.copyfile(checkpoint_path, Path(scratch, run_log.CHECKPOINT_ARTIFACT))
-        client.log_artifact(run.run_id, str(Path(scratch, run_log.CHECKPOINT_ARTIFACT)))
+        shutil.copyfile(checkpoint_path, Path(scratch, names.CHECKPOINT_ARTIFACT))
+        client.log_artifact(run.run_id, str(Path(scratch, names.CHECKPOINT_ARTIFACT)))
     client.log_metric(run.run_id, "best_val_acc", 0.5)
     run.end()
     return run.run_id
@@ -475,4 +523,28 @@ def test_server_commands_refuse_bad_input_in_one_line(mlflow_store, tmp_path):
     assert_one_line_error(invoke("serve"), "no FINISHED run")
     assert_one_line_error(invoke("dashboard", "hidden_size", "--storage", f"sqlite:///{tmp_path / 'o.db'}"),
                           "no study of sweep 'hidden_size'")
-    assert_one_line_error(invoke("ui", "--sweep", "nothing_here"), "no runs of sweep 'nothing_here'")
+    assert_one_line_error(invoke("ui", "--sweep", "hidden_size"),  # a sweep not run yet: advice to run it
+                          "no runs of sweep 'hidden_size' in this experiment; run `python cli.py sweep "
+                          "hidden_size`")
+
+
+def test_a_sweep_name_with_no_definition_is_refused_as_the_sweep_command_refuses_it(mlflow_store, tmp_path):
+    from sweeps.definitions.loader import list_definitions
+
+    client, experiment_id = store.setup(mlflow_store)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    refused = invoke("sweep", "nosuch")
+    assert_one_line_error(refused, f"no sweep named 'nosuch'; known sweeps: {', '.join(list_definitions())}")
+    for command in (["ui", "--sweep", "nosuch"], ["dashboard", "nosuch", "--storage", storage],
+                    ["best", "--sweep", "nosuch", "--out", tmp_path / "best.pt"],
+                    ["serve", "--sweep", "nosuch"], ["runs", "--sweep", "nosuch"]):
+        result = invoke(*command)
+        assert_one_line_error(result, "no sweep named 'nosuch'")
+        assert result.stderr == refused.stderr, command
+    # A sweep run from a YAML file outside sweeps/ has no definition here, but its runs name it.
+    _fake_sweep(client, experiment_id, "from_elsewhere", [(16, 0.5, "FAILED")])
+    assert_one_line_error(invoke("best", "--sweep", "from_elsewhere", "--out", tmp_path / "best.pt"),
+                          "no FINISHED run of sweep 'from_elsewhere'")
+    # A defined sweep that has not run: the advice is to run it (or, for best, to train).
+    assert_one_line_error(invoke("best", "--sweep", "hidden_size", "--out", tmp_path / "best.pt"),
+                          "no FINISHED run of sweep 'hidden_size'")

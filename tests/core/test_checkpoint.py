@@ -1,6 +1,10 @@
 """Checkpoints: plain-data format, atomic writes, refusal of anything else."""
 
+import io
 import pickle
+import random
+import warnings
+import zipfile
 
 import pytest
 import torch
@@ -45,7 +49,7 @@ def test_a_checkpoint_that_runs_code_when_unpickled_is_refused(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
     torch.save({"format": "x", "state_dict": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused: not a plain-data checkpoint: .* Python object exec"):
         load_checkpoint(path)
     assert not (tmp_path / "MARKER").exists()
 
@@ -64,6 +68,39 @@ def test_malformed_checkpoints_are_refused_with_the_reason(tmp_path, mutate, fra
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match=fragment):
         load_checkpoint(path)
+
+
+def _zip_of_a_text_file(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a tensor")
+
+
+def _cut_short_torch_file(path):
+    buffer = io.BytesIO()
+    torch.save({"a": torch.zeros(100)}, buffer)
+    path.write_bytes(buffer.getvalue()[:300])
+
+
+# Each makes torch.load raise something else: KeyError, EOFError, UnpicklingError, RuntimeError (zip reader).
+@pytest.mark.parametrize("make", [
+    lambda p: p.write_text("here are my notes\n"),
+    lambda p: p.write_bytes(b""),
+    lambda p: p.write_bytes(random.Random(0).randbytes(3000)),
+    lambda p: p.write_bytes(pickle.dumps([1, 2, 3])[:5]),
+    lambda p: p.write_bytes(pickle.dumps([1, 2, 3], protocol=4)),  # torch warns of the protocol
+    _zip_of_a_text_file,
+    _cut_short_torch_file,
+], ids=["text", "empty", "random-bytes", "cut-short-pickle", "pickle-protocol-4", "zip", "cut-short-torch"])
+def test_files_that_are_not_checkpoints_are_refused_in_one_sentence_without_warnings(tmp_path, make):
+    path = tmp_path / "notes.pt"
+    make(path)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(CheckpointError) as refused:
+        warnings.simplefilter("always")
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: not a checkpoint: torch.load cannot read it")
+    assert "expected an fmnist checkpoint" in message and "\n" not in message
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_garbage_and_missing_files_are_refused(tmp_path):

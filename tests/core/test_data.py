@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from support import synthetic_splits
 
 from fmnist_core import data
 from fmnist_core.data import (
@@ -29,7 +30,6 @@ from fmnist_core.data import (
     load_splits,
     locate_data_dir,
     stratified_split,
-    synthetic_splits,
 )
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -5,8 +5,9 @@ import math
 
 import pytest
 import torch
+from support import synthetic_splits
 
-from fmnist_core import data, trainer
+from fmnist_core import trainer
 from fmnist_core.checkpoint import load_checkpoint, save_checkpoint
 from fmnist_core.config import ConfigError, Objective, RunConfig
 from fmnist_core.learner import Learner
@@ -31,7 +32,7 @@ METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_second
 
 @pytest.fixture(scope="module")
 def splits():
-    return data.synthetic_splits(n_train=600, n_val=200, n_test=200, seed=0)
+    return synthetic_splits(n_train=600, n_val=200, n_test=200, seed=0)
 
 
 def tiny(**overrides) -> RunConfig:

@@ -1,6 +1,7 @@
 """docker-compose.yml without Docker: every command it runs parses as a valid command line, the
 defaults are safe (loopback ports, credentials from .env, host checks on), and the PostgreSQL
-init script makes MLflow's database. Running the topology itself is tests/sweeps/execution/test_workers.py's job.
+init script makes MLflow's database. Running the topology itself is the job of
+tests/sweeps/execution/test_workers.py.
 """
 
 import os

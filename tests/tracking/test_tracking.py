@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from fmnist_core import serving
 from fmnist_core.config import RunConfig
 from fmnist_core.trainer import Diverged
-from fmnist_tracking import run_log, signals, store
+from fmnist_tracking import names, run_log, signals, store
 
 TINY = RunConfig(hidden_size=8, epochs=2, batch_size=32, device="cpu", lr=0.05)
 
@@ -23,7 +23,7 @@ TINY = RunConfig(hidden_size=8, epochs=2, batch_size=32, device="cpu", lr=0.05)
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
     """One short tracked run on synthetic data, shared by the tests that only read it."""
-    from fmnist_core.data import synthetic_splits
+    from support import synthetic_splits
 
     root = tmp_path_factory.mktemp("tracked")
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
@@ -50,7 +50,7 @@ def test_a_short_run_logs_params_tags_one_value_per_epoch_and_final_metrics(trac
     assert tags["implementation"] == "manual" and tags["device"] == "cpu" and tags["device_name"]
     assert tags["torch_version"] == torch.__version__ and tags["dataset_digest"] == "synthetic"
     assert tags["git_dirty"] in ("true", "false", "unknown") and tags["git_commit"]
-    assert tags["stop_reason"] == "completed" and run_log.FAILURE_TAG not in tags
+    assert tags["stop_reason"] == "completed" and names.FAILURE_TAG not in tags
 
 
 def test_a_short_run_logs_figures_per_class_table_and_the_checkpoint(tracked_run, tmp_path):
@@ -119,7 +119,7 @@ def test_a_diverged_run_ends_failed_with_the_reason(mlflow_store, tiny_splits, t
                                checkpoint=tmp_path / "c.pt")
     [run] = MlflowClient(mlflow_store).search_runs([_experiment_id(mlflow_store)])
     assert run.info.status == "FAILED"
-    assert "diverged" in run.data.tags[run_log.FAILURE_TAG] and run.data.tags["stop_reason"] == "diverged"
+    assert "diverged" in run.data.tags[names.FAILURE_TAG] and run.data.tags["stop_reason"] == "diverged"
     assert "checkpoint.pt" not in {a.path for a in MlflowClient(mlflow_store).list_artifacts(run.info.run_id)}
 
 
@@ -134,7 +134,7 @@ def test_every_exit_path_of_a_run_ends_it_with_a_status(mlflow_store, raised, st
         with run_log.RunLogger.start(client, experiment_id, TINY) as run:
             raise raised
     ended = client.get_run(run.run_id)
-    assert ended.info.status == status and reason in ended.data.tags[run_log.FAILURE_TAG]
+    assert ended.info.status == status and reason in ended.data.tags[names.FAILURE_TAG]
     run.end("FINISHED")  # idempotent: a second end changes nothing
     assert client.get_run(run.run_id).info.status == status
 
@@ -190,6 +190,32 @@ def test_find_best_run_takes_the_best_finished_run_by_validation_only(mlflow_sto
     with pytest.raises(store.TrackingError, match="no FINISHED run of sweep 'other'"):
         store.find_best_run(client, [experiment_id], sweep="other")
     client.set_terminated(running, "KILLED")
+
+
+def test_a_run_is_found_by_its_id_or_by_a_start_of_it_that_only_it_has(mlflow_store):
+    client, experiment_id = store.setup(mlflow_store)
+    # 17 runs: two of them start with the same hex digit, and some 2-digit start is no run's
+    ids = [client.create_run(experiment_id, run_name=f"run-{i}").info.run_id for i in range(17)]
+    shared = next(digit for digit in "0123456789abcdef" if sum(i.startswith(digit) for i in ids) > 1)
+    unused = next(f"{a}{b}" for a in "0123456789abcdef" for b in "0123456789abcdef"
+                  if not any(i.startswith(a + b) for i in ids))
+    _, elsewhere = store.setup(mlflow_store, "other")
+    other = client.create_run(elsewhere).info.run_id
+
+    for given, found in ((ids[3], ids[3]), (ids[3][:8], ids[3]), (ids[3][:8].upper(), ids[3]),
+                         (f" {ids[3][:12]} ", ids[3]), (other, other)):  # a whole id: in any experiment
+        assert store.resolve_run(client, [experiment_id], given).info.run_id == found, given
+    with pytest.raises(store.TrackingError) as several:
+        store.resolve_run(client, [experiment_id], shared)
+    message = str(several.value)
+    assert message.startswith(f"run id {shared!r} is the start of several runs: ") and "give more" in message
+    sharing = [i for i in ids if i.startswith(shared)]
+    shown = sharing[:store.RUN_CHOICES_SHOWN]
+    assert all(f"{i[:8]} (run-{ids.index(i)})" in message for i in shown)
+    assert message.endswith("and more; give more of it") == (len(sharing) > len(shown))
+    for nothing in (unused, other[:8], "zz'; drop", ""):  # `other` is in another experiment
+        with pytest.raises(store.TrackingError, match="no run id starts with .*`python cli.py runs` lists"):
+            store.resolve_run(client, [experiment_id], nothing)
 
 
 def test_setup_refuses_a_missing_experiment_unless_asked_to_create_it(mlflow_store):

@@ -208,8 +208,7 @@ def test_inputs_a_user_can_get_wrong_are_refused_with_a_reason():
                          ConfigResult("b", [base_vector(99, 0.9)])])
 
 
-def test_packed_correctness_round_trips_and_is_compact():
-    correct = np.random.default_rng(0).random(10_000) < 0.9
-    text = evidence.pack_correct(correct)
-    assert len(text) <= 1_700
-    assert np.array_equal(evidence.unpack_correct(text, 10_000), correct)
+def test_t_interval_known_value():
+    low, high = evidence.t_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / np.sqrt(3)  # t(0.975, 2) = 4.3027, sd = 1
+    assert (low, high) == pytest.approx((2 - half, 2 + half), rel=1e-5)

@@ -1,12 +1,23 @@
-"""Sweep definitions: shipped files cover what they promise; malformed ones fail naming file and field."""
+"""sweeps/definitions/loader.py: shipped files cover what they promise; a file is found, read as YAML and
+every field, value and grid point tried as a RunConfig, so a malformed one fails naming file and field.
+The schema alone (unknown keys, types) is test_definition_schema's; the study plan is test_plan's."""
 
 import textwrap
+from pathlib import Path
 
 import pytest
+import yaml
 
-from fmnist_core.config import ACTIVATIONS, CLIP_MODES, INITS, ConfigError
-from sweeps.definitions.loader import DefinitionError, list_definitions, load_definition
-from sweeps.definitions.plan import plan_studies
+from fmnist_core.config import ACTIVATIONS, CLIP_MODES, INITS, ConfigError, RunConfig
+from sweeps.definitions.loader import (
+    DefinitionError,
+    Param,
+    check_space,
+    list_definitions,
+    load_definition,
+    parse_definition,
+)
+from sweeps.definitions.schema import read_file
 
 
 def write(tmp_path, text: str, name: str = "tiny"):
@@ -49,42 +60,29 @@ D = "description: x\n"
 TPE = D + "sampler: tpe\nbudget: {n_trials: 2}\n"
 
 
+# What the schema cannot know: RunConfig's fields and values, the sampler a range needs, the grid points,
+# and the YAML itself. The schema's own refusals are in test_definition_schema.
 @pytest.mark.parametrize("body, fragments", [
-    (D + "space: {hidden_size: [8]}\nsampler: grid\nepochs: 3\n", ["epochs", "unknown key"]),
     (D + "space: {hidden_size: [8, big]}\n", ["space.hidden_size", "hidden_size must be of type int"]),
-    (D + "space: {lr: []}\n", ["space.lr", "empty"]),
     (D + "space: {hidden_sise: [8, 16]}\n", ["space.hidden_sise", "unknown config field"]),
     (D + "base: {hiden_size: 8}\nspace: {lr: [0.1]}\n", ["base", "hiden_size"]),
     (D + "base: {lr: -1}\nspace: {seed: [0]}\n", ["base", "lr must be a positive"]),
     (D + "space: {lr: {low: 0.1, high: 1}}\n", ["space.lr", "needs a list"]),
     (D + "sampler: tpe\nspace: {lr: {low: 0.1, high: 1}}\n", ["budget", "n_trials or timeout"]),
-    (D + "sampler: tpe\nbudget: {n_trials: 2}\nspace: {lr: {low: 0, high: 1, log: true}}\n",
-     ["space.lr", "low > 0"]),
-    (D + "sampler: annealing\nspace: {lr: [0.1]}\n", ["sampler", "annealing"]),
-    (D + "pruner: {type: median, patience: 3}\nspace: {lr: [0.1]}\n", ["pruner", "patience"]),
     (D + "space: {val_size: [100, 200]}\n", ["space.val_size", "cannot vary"]),
-    (D + "seeds: 0\nspace: {lr: [0.1]}\n", ["seeds", "positive integer"]),
     (D + "space: {optimizer: [sgd, adam]}\n", ["space.optimizer='adam'", "only for impl 'torch'"]),
     (D + "base: {impl: torch}\nspace: {impl: [torch, manual], optimizer: [sgd, adam]}\n",
      ["grid point impl=manual, optimizer=adam", "only for impl 'torch'"]),
     (D + "space: {clip: {bundles: {a: {clip_mod: norm}}}}\n", ["space.clip.bundles.a", "clip_mod"]),
     (D + "space: {clip_mode: [none], c: {bundles: {a: {clip_mode: norm}}}}\n", ["space.c", "also sets"]),
-    ("space: {lr: [0.1]}\n", ["description", "required"]),
     (D + "space: {lr: [0.1]\n", ["not valid YAML"]),
-    # unknown keys and wrong types, at any depth, name the dotted field
-    (D + "budget: {trials: 2}\nspace: {lr: [0.1]}\n", ["budget.trials", "unknown key", "n_trials, timeout"]),
-    (TPE + "space: {lr: {low: 0.1, high: 1, lg: true}}\n", ["space.lr.lg", "unknown key"]),
-    (D + "seeds: '2'\nspace: {lr: [0.1]}\n", ["seeds", "positive integer", "'2'"]),
-    (D + "budget: {n_trials: 2.5}\nspace: {lr: [0.1]}\n", ["budget.n_trials", "positive integer"]),
-    (D + "plot: {log_x: 1}\nspace: {lr: [0.1]}\n", ["plot.log_x", "true or false"]),
-    (TPE + "space: {lr: {low: x, high: 1}}\n", ["space.lr.low", "a number"]),
-    (TPE + "space: {lr: {low: 1, high: 0.1}}\n", ["space.lr", "below high"]),
     (TPE + "space: {hidden_size: {low: 8, high: 64, step: 2.5}}\n",
      ["space.hidden_size.step", "hidden_size must be of type int"]),
-    (D + "sampler: {type: random, n_startup_trials: 3}\nbudget: {n_trials: 2}\nspace: {lr: [0.1]}\n",
-     ["sampler", "n_startup_trials", "not an option of random"]),
-    (D + "pruner: {type: none, patience: 3}\nspace: {lr: [0.1]}\n", ["pruner", "patience"]),
     (D + "space: {c: {bundles: {a: {val_size: 100}}}}\n", ["space.c.bundles.a.val_size", "cannot vary"]),
+    (D + "space: {lr: [0.1, 0.10]}\n", ["space.lr", "repeats a value"]),
+    (TPE + "space: {init: {low: 1, high: 2}}\n", ["space.init", "not numeric"]),
+    (D + "seeds: 2\nspace: {seed: [0, 1]}\n", ["seeds", "space already varies seed"]),
+    (D + "space: {hidden_size: [8, 16], lr: [0.1]}\nplot: {x: width}\n", ["plot.x", "'width' is not a name"]),
 ])
 def test_malformed_definitions_fail_naming_the_file_and_the_field(tmp_path, body, fragments):
     path = write(tmp_path, body)
@@ -98,13 +96,17 @@ def test_malformed_definitions_fail_naming_the_file_and_the_field(tmp_path, body
 
 
 def test_a_malformed_definition_is_one_line_listing_every_schema_problem(tmp_path):
-    path = write(tmp_path, D + "budget: {trials: 2, n_trials: 0}\nspace: {lr: [], seed: 1}\n")
+    body = D + "budget: {trials: 2, n_trials: 0}\nspace: {lr: [], seed: 1}\n"
+    path = write(tmp_path, body)
     with pytest.raises(DefinitionError) as caught:
         load_definition(path)
     message = str(caught.value)
     assert "\n" not in message
     for field in ("budget.trials", "budget.n_trials", "space.lr", "space.seed"):
         assert field in message
+    with pytest.raises(DefinitionError) as schema_only:  # the schema's message, word for word
+        read_file(yaml.safe_load(body), path)
+    assert str(schema_only.value) == message
     with pytest.raises(DefinitionError) as caught:
         load_definition(write(tmp_path, D + "space: {lr: [0.1]\n", name="broken"))
     assert "\n" not in str(caught.value) and "line 3" in str(caught.value)
@@ -133,21 +135,91 @@ def test_unknown_sweep_name_lists_the_known_ones():
         load_definition("hiden_size")
 
 
-def test_plans_name_studies_by_variant_and_refuse_overrides_of_swept_fields(tmp_path):
-    definition = load_definition("hidden_size")
-    assert [p.study_name for p in plan_studies(definition, impl="both")] == ["hidden_size-manual",
-                                                                            "hidden_size-torch"]
-    [plan] = plan_studies(definition, overrides={"epochs": "3", "lr": "0.1"}, seeds=2)
-    assert plan.base.epochs == 3 and plan.base.lr == 0.1 and plan.total_trials() == 10
-    assert plan.grid()["seed"] == [0, 1]
-    with pytest.raises(DefinitionError, match="--set hidden_size"):
-        plan_studies(definition, overrides={"hidden_size": "64"})
-    with pytest.raises(DefinitionError, match="--impl"):
-        plan_studies(load_definition("impl_parity"), impl="torch")
-    [parity] = plan_studies(load_definition("impl_parity"))
-    assert parity.study_name == "impl_parity"
-    # an override that makes the base invalid fails before anything runs, naming --set
-    with pytest.raises(ConfigError, match="--set: optimizer 'adam' exists only"):
-        plan_studies(definition, overrides={"optimizer": "adam"})
-    with pytest.raises(ConfigError, match="unknown config field"):
-        plan_studies(definition, overrides={"epoch": "3"})
+def test_a_missing_file_or_a_yaml_that_is_not_a_mapping_fails_in_a_sentence(tmp_path):
+    with pytest.raises(DefinitionError, match="no such sweep file"):
+        load_definition(tmp_path / "absent.yaml")
+    with pytest.raises(DefinitionError, match="`python cli.py sweeps` lists them"):
+        load_definition("no_such_sweep")
+    with pytest.raises(DefinitionError) as caught:
+        load_definition(write(tmp_path, "- a list\n- not a definition\n", name="listed"))
+    assert "listed.yaml" in str(caught.value) and "top level" in str(caught.value)
+
+
+def test_list_definitions_finds_the_yaml_files_beside_the_package():
+    found = list_definitions()
+    assert list(found) == sorted(found) and all(path.suffix == ".yaml" for path in found.values())
+    assert found["hidden_size"].parent.name == "sweeps" and found["hidden_size"].is_file()
+    assert load_definition(found["hidden_size"]).path == found["hidden_size"]  # by name or by path alike
+
+
+def test_values_take_the_type_of_their_config_field(tmp_path):
+    space = "space: {lr: [1, 2], hidden_size: [8], augment_flip: [true]}\n"
+    definition = load_definition(write(tmp_path, D + space))
+    lr, width, flip = definition.space
+    assert lr.choices == (1.0, 2.0) and all(isinstance(value, float) for value in lr.choices)
+    assert width.choices == (8,) and flip.choices == (True,)
+    ranged = load_definition(write(tmp_path, TPE + "space: {hidden_size: {low: 8, high: 64}}\n", "ranged"))
+    [width] = ranged.space
+    assert (width.low, width.high, width.integer) == (8, 64, True) and isinstance(width.low, int)
+
+
+def test_a_definition_keeps_what_the_file_says(tmp_path):
+    definition = load_definition(write(tmp_path, """
+        description: '  a question  '
+        base: {epochs: 2}
+        sampler: {type: tpe, seed: 3, n_startup_trials: 4}
+        pruner: {type: median, n_warmup_steps: 2}
+        objective: {metric: val_loss}
+        seeds: 2
+        budget: {n_trials: 6, timeout: 60}
+        plot: {x: lr, log_x: true}
+        space:
+          lr: {low: 0.01, high: 0.1, log: true}
+          hidden_size: [8, 16]
+    """))
+    assert definition.name == "tiny" and definition.description == "a question"
+    assert definition.base == {"epochs": 2} and definition.seeds == 2
+    assert (definition.sampler, definition.sampler_options) == ("tpe", {"seed": 3, "n_startup_trials": 4})
+    assert (definition.pruner, definition.pruner_options) == ("median", {"n_warmup_steps": 2})
+    assert (definition.metric, definition.direction) == ("val_loss", "minimize")  # the metric's direction
+    assert (definition.n_trials, definition.timeout) == (6, 60)
+    assert (definition.plot_x, definition.plot_log_x) == ("lr", True)
+    assert definition.fields == {"lr", "hidden_size"}
+
+
+@pytest.mark.parametrize("space, plot, expected", [
+    ("{hidden_size: [8, 16]}", "", "hidden_size"),  # one name: the plot axis
+    ("{hidden_size: [8, 16], seed: [0, 1]}", "", "hidden_size"),  # the seed is never the axis
+    ("{hidden_size: [8, 16], lr: [0.1, 0.3]}", "", None),  # two: none chosen for the user
+    ("{hidden_size: [8, 16], lr: [0.1, 0.3]}", "plot: {x: lr}\n", "lr"),
+    ("{hidden_size: [8, 16]}", "plot: {x: null}\n", None),  # asked for none
+])
+def test_the_plot_axis_defaults_to_the_one_swept_name(tmp_path, space, plot, expected):
+    assert load_definition(write(tmp_path, D + f"space: {space}\n" + plot)).plot_x == expected
+
+
+def test_a_bundle_sets_its_fields_and_a_plain_axis_its_own():
+    bundles = {"none": {"clip_mode": "none"}, "norm-5": {"clip_mode": "norm", "clip_value": 5.0}}
+    bundle = Param("clipping", choices=("none", "norm-5"), bundles=bundles)
+    assert bundle.overrides("norm-5") == {"clip_mode": "norm", "clip_value": 5.0}
+    assert bundle.fields() == ["clip_mode", "clip_value"]
+    bundle.overrides("none")["clip_value"] = 1.0  # a copy: the definition is not changed through it
+    assert bundle.bundles["none"] == {"clip_mode": "none"}
+    plain = Param("lr", choices=(0.1, 0.3))
+    assert plain.overrides(0.3) == {"lr": 0.3} and plain.fields() == ["lr"]
+    clipping = load_definition("clipping")
+    assert clipping.fields == {"clip_mode", "clip_value"} and list(clipping.grid()) == ["clipping"]
+
+
+def test_check_space_tries_every_grid_point_on_the_base_it_is_given(tmp_path):
+    body = D + "base: {impl: torch}\nspace: {optimizer: [sgd, adam]}\n"
+    definition = load_definition(write(tmp_path, body))
+    check_space(definition, RunConfig(impl="torch"))  # valid: adam exists for torch
+    with pytest.raises(DefinitionError, match=r"space.optimizer='adam'.*only for impl 'torch'"):
+        check_space(definition, RunConfig(impl="manual"))  # what `--set impl=manual` would make of it
+
+
+def test_parse_definition_names_the_path_it_is_given():
+    with pytest.raises(DefinitionError, match=r"^elsewhere.yaml: space.hidden_sise"):
+        parse_definition({"description": "x", "space": {"hidden_sise": [8]}}, name="x",
+                         path=Path("elsewhere.yaml"))

@@ -14,12 +14,13 @@ import pytest
 from optuna.trial import TrialState
 
 from fmnist_core.config import RunConfig
-from fmnist_tracking import run_log, store
+from fmnist_tracking import names, run_log, store
 from fmnist_tracking.signals import Terminated, handle_sigterm
-from sweeps.execution import lease, trials
+from sweeps.execution import lease, trials, workers
 from sweeps.execution import storage as stores
 from sweeps.execution.background import Background
-from sweeps.execution.lease import State, TrialLease, Worker
+from sweeps.execution.lease import State, TrialLease
+from sweeps.execution.workers import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +120,7 @@ def test_ctrl_c_while_the_child_run_is_made_leaves_no_run_open(setting):
     assert held.state == State.TRACKED
     worker.requeue_all(interrupt.value)
     run = client.get_run(held.run.run_id)
-    assert run.info.status == "KILLED" and run.data.tags[run_log.FAILURE_TAG] == INTERRUPTED
+    assert run.info.status == "KILLED" and run.data.tags[names.FAILURE_TAG] == INTERRUPTED
     assert held.state == State.REQUEUED and states(study)[held.number] == TrialState.FAIL
 
 
@@ -138,7 +139,7 @@ def test_a_signal_during_training_fails_re_queues_and_kills_the_run(setting, sig
     assert states(study)[held.number] == TrialState.FAIL
     assert copy_of(study, held.number).state == TrialState.WAITING
     run = client.get_run(held.run.run_id)
-    assert run.info.status == "KILLED" and run.data.tags[run_log.FAILURE_TAG] == reason
+    assert run.info.status == "KILLED" and run.data.tags[names.FAILURE_TAG] == reason
 
 
 def test_an_exception_fails_the_run_and_re_queues_the_trial(setting):
@@ -146,7 +147,7 @@ def test_an_exception_fails_the_run_and_re_queues_the_trial(setting):
     held = tracked(setting)
     worker.requeue_all(RuntimeError("out of memory"))
     run = client.get_run(held.run.run_id)
-    assert run.info.status == "FAILED" and run.data.tags[run_log.FAILURE_TAG] == "RuntimeError: out of memory"
+    assert run.info.status == "FAILED" and run.data.tags[names.FAILURE_TAG] == "RuntimeError: out of memory"
     assert states(study)[held.number] == TrialState.FAIL
     assert copy_of(study, held.number).state == TrialState.WAITING
 
@@ -188,7 +189,7 @@ def test_lost_another_worker_failed_the_trial_so_its_run_is_killed_not_finished(
     study, worker, client = setting[0], setting[1], setting[2]
     held = tracked(setting)
     other = Worker(worker.storage, exclusive=False, name="other:1")
-    assert lease.fail_and_requeue(other, study, held.number)  # as for a stale heartbeat
+    assert workers.fail_and_requeue(other, study, held.number)  # as for a stale heartbeat
     assert held.settle(TrialState.COMPLETE, 0.75) == State.LOST
     assert states(study)[held.number] == TrialState.FAIL  # not overwritten by this worker's tell
     assert copy_of(study, held.number).state == TrialState.WAITING  # exactly one copy
@@ -200,11 +201,11 @@ def test_recovery_on_sqlite_fails_re_queues_and_closes_what_a_dead_worker_left(s
     study, worker, client, experiment_id, parent_id = setting
     held = tracked(setting)  # then the worker "dies": nothing more happens to this lease
     survivor = Worker(worker.storage, exclusive=True, name="survivor:1")
-    lease.recover(study, survivor, client, experiment_id, parent_id, startup=True)
+    workers.recover(study, survivor, client, experiment_id, parent_id, startup=True)
     assert states(study)[held.number] == TrialState.FAIL
     assert copy_of(study, held.number).state == TrialState.WAITING
     run = client.get_run(held.run.run_id)
-    assert run.info.status == "KILLED" and "stopped during trial" in run.data.tags[run_log.FAILURE_TAG]
+    assert run.info.status == "KILLED" and "stopped during trial" in run.data.tags[names.FAILURE_TAG]
 
 
 def test_the_handshake_directory_records_each_point_a_lease_reaches(setting, tmp_path, monkeypatch):
@@ -253,7 +254,7 @@ def test_a_second_interrupt_during_uploads_re_queues_the_trained_trial_too(setti
     assert uploading.state == State.REQUEUED and states(study)[uploading.number] == TrialState.FAIL
     assert copy_of(study, uploading.number).state == TrialState.WAITING
     run = client.get_run(uploading.run.run_id)
-    assert run.info.status == "KILLED" and run.data.tags[run_log.FAILURE_TAG] == INTERRUPTED
+    assert run.info.status == "KILLED" and run.data.tags[names.FAILURE_TAG] == INTERRUPTED
 
 
 def test_a_failed_upload_re_queues_its_trial_and_is_raised_in_the_main_thread(setting):
@@ -271,7 +272,7 @@ def test_a_failed_upload_re_queues_its_trial_and_is_raised_in_the_main_thread(se
     background.close()
     assert uploading.state == State.REQUEUED and states(study)[uploading.number] == TrialState.FAIL
     run = client.get_run(uploading.run.run_id)
-    assert run.info.status == "FAILED" and "unreachable" in run.data.tags[run_log.FAILURE_TAG]
+    assert run.info.status == "FAILED" and "unreachable" in run.data.tags[names.FAILURE_TAG]
 
 
 def test_claim_takes_no_queued_trial_its_population_cannot_train(setting):

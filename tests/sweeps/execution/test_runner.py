@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from fmnist_core import trainer
-from fmnist_tracking import run_log, store
+from fmnist_tracking import names, store
 from sweeps.analysis import evidence, text
 from sweeps.definitions.loader import DefinitionError
 from sweeps.execution import runner
@@ -95,7 +95,7 @@ def test_grid_sweep_gives_a_parent_and_a_finished_child_per_point(tmp_path, stor
     # ... and names the best trial, which is what `best --sweep` finds
     best = store.find_best_run(client, [parent.info.experiment_id], sweep="tiny")
     assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert parent.data.tags["best_checkpoint"] == f"runs:/{best.info.run_id}/{run_log.CHECKPOINT_ARTIFACT}"
+    assert parent.data.tags["best_checkpoint"] == f"runs:/{best.info.run_id}/{names.CHECKPOINT_ARTIFACT}"
     assert summary.best_trial.user_attrs["mlflow_run_id"] == best.info.run_id
     assert len(summary.rows) == 2 and summary.rows[0].vs_best == "best"
     # every child has its result; the three figures are made for the best run only (on demand for others)
@@ -164,7 +164,7 @@ def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(tmp_path, stores, t
     status = {float(c.data.params["lr"]): c for c in children}
     assert status[0.05].info.status == "FINISHED"
     assert status[100000.0].info.status == "FAILED"
-    assert "diverged" in status[100000.0].data.tags[run_log.FAILURE_TAG]
+    assert "diverged" in status[100000.0].data.tags[names.FAILURE_TAG]
     states = {t.params["lr"]: t.state for t in study_of(stores, "tiny-manual").trials}
     assert states == {0.05: TrialState.COMPLETE, 100000.0: TrialState.FAIL}
 

@@ -26,10 +26,10 @@ from optuna.trial import TrialState
 from support import POSTGRES, ROOT, compose_command, env_example
 
 from cli import cli
-from fmnist_tracking import run_log, store
+from fmnist_tracking import names, run_log, store
 from sweeps.definitions.loader import load_definition
 from sweeps.definitions.plan import plan_studies
-from sweeps.execution import lease, runner
+from sweeps.execution import lease, runner, workers
 from sweeps.execution import storage as stores
 from sweeps.execution.study import StudyError, default_storage, enqueue_grid, open_study
 
@@ -150,7 +150,7 @@ def test_compose_topology_workers_finish_an_8_point_grid_exactly_once(tmp_path, 
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1]
-        assert run_log.CHECKPOINT_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert names.CHECKPOINT_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/summary.csv"}
 
 
@@ -185,7 +185,7 @@ def test_a_worker_killed_mid_trial_is_recovered_by_another(tmp_path, mlflow_serv
         assert retried[0].params == killed.params
         run = client.get_run(killed.user_attrs["mlflow_run_id"])
         assert run.info.status == "KILLED"  # closed by the survivor, not left RUNNING
-        assert f"worker {owner} stopped during trial {killed.number}" in run.data.tags[run_log.FAILURE_TAG]
+        assert f"worker {owner} stopped during trial {killed.number}" in run.data.tags[names.FAILURE_TAG]
     assert "lost its heartbeat" in output(survivor)
     assert parent.info.status == "FINISHED"
     assert not [r for r in children if r.info.status == "RUNNING"]
@@ -282,7 +282,7 @@ def ctrl_c_with_two_workers(tmp_path, mlflow_server, storage: str, experiment: s
         assert copy.state == TrialState.WAITING and copy.system_attrs["fixed_params"] == trial.params, story
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.info.status == "KILLED", story
-        assert run.data.tags[run_log.FAILURE_TAG] == "interrupted (Ctrl-C / SIGINT)", story
+        assert run.data.tags[names.FAILURE_TAG] == "interrupted (Ctrl-C / SIGINT)", story
     assert not [t for t in stopped if t.state == TrialState.RUNNING]
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert parent.info.status == "KILLED"
@@ -334,7 +334,7 @@ def test_workers_that_tag_one_run_at_once_all_get_through(mlflow_server):
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
         found = run.data.tags
-        assert found["dataset_digest"] == "d1" and found[run_log.FAILURE_TAG] == "worker lost"
+        assert found["dataset_digest"] == "d1" and found[names.FAILURE_TAG] == "worker lost"
 
 
 def test_workers_that_log_the_dataset_at_once_all_get_through(mlflow_server, tiny_splits):
@@ -392,7 +392,7 @@ def test_a_sqlite_sweep_recovers_what_a_killed_worker_left_on_its_next_run(tmp_p
     runner.run_sweep(path, create=True, **where)
     # a worker that died mid-trial: its trial RUNNING, its child run RUNNING (no heartbeats on SQLite)
     [plan] = plan_studies(load_definition(path))
-    worker = lease.Worker(stores.open_storage(where["storage"]), exclusive=True)
+    worker = workers.Worker(stores.open_storage(where["storage"]), exclusive=True)
     study, _ = open_study(plan, worker.storage)
     trial, _ = worker.pop_queued(study)
     client, experiment_id = store.setup(mlflow_store, "orphans")
@@ -405,7 +405,7 @@ def test_a_sqlite_sweep_recovers_what_a_killed_worker_left_on_its_next_run(tmp_p
     assert sorted(t.params["hidden_size"] for t in finished if t.state == TrialState.COMPLETE) == [8, 16]
     assert [t.state for t in finished if t.number == trial.number] == [TrialState.FAIL]
     closed = client.get_run(orphan.info.run_id)
-    assert closed.info.status == "KILLED" and "stopped during trial" in closed.data.tags[run_log.FAILURE_TAG]
+    assert closed.info.status == "KILLED" and "stopped during trial" in closed.data.tags[names.FAILURE_TAG]
     assert len(summary.rows) == 2
 
 

@@ -1,0 +1,84 @@
+"""sweeps/trial_record.py: what the execution writes of a trial is what the analysis reads back.
+
+Written on live trials of a real (in-memory) Optuna study, read from its frozen trials, as a sweep
+and its report do; and no module of sweeps/ but this one names a trial's user attr.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+
+import numpy as np
+import optuna
+import pytest
+from support import ROOT
+
+from sweeps import trial_record as record
+from sweeps.trial_record import TrialRecord
+
+pytestmark = pytest.mark.unit
+
+
+def test_what_the_execution_writes_the_reader_gives_back():
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    correct = np.random.default_rng(0).random(1001) < 0.9  # not a multiple of 8: the padding is dropped
+    record.claimed(trial, "host:123")
+    record.tracked(trial, "run-1")
+    record.seeded(trial, 2)
+    record.started(trial, 4)
+    record.trained(trial, [{"val_acc": 0.81234567, "epoch_seconds": 1.0},
+                           {"val_acc": 0.9, "epoch_seconds": 3.0}], correct)
+    record.completed(trial, {"test_acc": 0.88, "best_epoch": 2}, "run-1")
+    study.tell(trial, 0.9)
+    read = TrialRecord.of(study.trials[0])
+    assert (read.worker, read.owner, read.run_id, read.seed, read.population) == ("host:123", "host:123",
+                                                                                   "run-1", 2, 4)
+    assert read.epochs == 2 and read.epoch_seconds == 2.0
+    assert read.history == [{"val_acc": 0.812346, "epoch_seconds": 1.0, "epoch": 1},
+                            {"val_acc": 0.9, "epoch_seconds": 3.0, "epoch": 2}]
+    assert np.array_equal(read.val_correct, correct)
+    assert read.metric("test_acc") == 0.88 and read.metric("best_epoch") == 2
+    assert read.checkpoint == "runs:/run-1/checkpoint.pt" and read.failure is None
+
+
+def test_a_queued_repeat_carries_its_seed_and_origin():
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1}, user_attrs=record.repeat(3, of=7))
+    trial = study.ask()
+    assert (TrialRecord.of(trial).seed, TrialRecord.of(trial).repeat_of) == (3, 7)
+
+
+def test_an_old_or_failed_trial_reads_as_missing_not_as_an_error():
+    study = optuna.create_study()
+    trial = study.ask()
+    record.failed(trial, "diverged at epoch 2")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    read = TrialRecord.of(study.trials[0])
+    assert read.failure == "diverged at epoch 2"
+    assert (read.worker, read.owner, read.run_id, read.seed, read.repeat_of) == (None, "?", None, None, None)
+    assert read.population == 1 and read.epochs is None and math.isnan(read.epoch_seconds)
+    assert read.history == [] and read.val_correct is None and read.checkpoint is None
+    assert read.metric("test_acc") is None and math.isnan(read.metric("test_acc", math.nan))
+
+
+def test_a_vector_packs_into_one_bit_an_image():
+    correct = np.random.default_rng(1).random(10_000) < 0.5
+    text = record.pack_correct(correct)
+    assert len(text) == 1668 and np.array_equal(record.unpack_correct(text, 10_000), correct)
+
+
+def test_no_other_module_of_sweeps_names_a_trial_attribute():
+    """Trial user attrs are set and read through trial_record only; the study's own attrs (settings, the
+    parent run) are `study.` attributes, which stay where the study is made."""
+    offenders = []
+    for path in sorted((ROOT / "sweeps").rglob("*.py")):
+        if path.name == "trial_record.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("user_attrs", "set_user_attr"):
+                owner = node.value
+                if not (isinstance(owner, ast.Name) and owner.id == "study"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
