@@ -29,7 +29,10 @@ INTERRUPTED = "interrupted (Ctrl-C / SIGINT)"
 
 @pytest.fixture
 def setting(tmp_path, mlflow_store):
-    """A study with two queued grid points, a worker on it, and an MLflow experiment with a parent run."""
+    """A study with two queued grid points, a worker on it, and an MLflow experiment with a parent run.
+    SIGINT raises KeyboardInterrupt here even where the test process inherited it ignored (a suite
+    started in the background by a non-interactive shell): the tests interrupt the lease with it."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     storage = stores.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     study = optuna.create_study(study_name="lease", storage=storage)
     for hidden in (8, 16):
@@ -39,6 +42,7 @@ def setting(tmp_path, mlflow_store):
     parent = run_log.RunLogger.start(client, experiment_id, RunConfig(), tags={"sweep_role": "parent"})
     yield study, worker, client, experiment_id, parent.run_id
     lease.HOOKS.clear()
+    signal.signal(signal.SIGINT, inherited)
 
 
 def start_run(setting, held: TrialLease):
