@@ -17,6 +17,11 @@ Sections:
              the manual step of a population of 8 with its SGD update eager vs fused (torch.compile).
 6. sweep     a real `sweep learning_rate` end to end (2 epochs), population 8 vs 1: wall time, the
              share spent training, and the seconds per trial outside training (bench/sweep_speed.py).
+7. pack      the main job's five widths (128 to 2048) packed into one model: one step of the pack vs
+             its members one after another (both implementations), the products' share of the
+             machine's torch.mm rate, a 64-member population (8 lr x 8 seeds at hidden 256) vs one
+             model's throughput, and `sweep hidden_size` end to end (2 epochs; 1 with --quick)
+             packed (population 8, the default) vs --population 1 (bench/sweep_speed.py).
 --device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
 Timings go to stdout; nothing here is asserted, so CI never fails on a busy machine.
 """
@@ -310,12 +315,78 @@ def section_sweep(splits: fdata.Splits, quick: bool, device: str) -> None:
                   splits=splits)
 
 
+MAIN_JOB_WIDTHS = (128, 256, 512, 1024, 2048)  # sweeps/hidden_size.yaml
+
+
+def section_pack(splits: fdata.Splits | None, quick: bool, device: str) -> None:
+    """7. packed widths: a step, the 64-member population, and the main job end to end."""
+    from fmnist_core.trainer import make_learner
+
+    batch, units = 64, sum(MAIN_JOB_WIDTHS)
+    print(f"\n== 7. the main job's widths {'/'.join(map(str, MAIN_JOB_WIDTHS))} packed into one model "
+          f"(batch {batch}) vs one after another ==")
+    generator = torch.Generator().manual_seed(2)
+    xs = torch.randn(8, 1, batch, 784, generator=generator).to(device)
+    ys = torch.randint(0, 10, (8, 1, batch), generator=generator).to(device)
+    repeats, rounds = (10, 3) if quick else (40, 7)
+    lr = torch.full((len(MAIN_JOB_WIDTHS),), 0.03, device=device)
+    for impl in ("manual", "torch"):
+        configs = [RunConfig(impl=impl, hidden_size=h, device=device) for h in MAIN_JOB_WIDTHS]
+        pack = make_learner(configs, torch.device(device))
+        members = [make_learner([c], torch.device(device)) for c in configs]
+        packed_xs, packed_ys = xs.expand(-1, len(configs), -1, -1), ys.expand(-1, len(configs), -1)
+
+        def one_by_one(step: int, members=members) -> None:
+            for member in members:
+                _learner_step(member, xs, ys, lr[:1], step)
+
+        candidates = {f"{impl} pack of 5": partial(_learner_step, pack, packed_xs, packed_ys, lr),
+                      f"{impl} one by one": one_by_one}
+        times = interleaved_ms(candidates, repeats, rounds, device)
+        print_step_times(times, f"{impl} one by one", repeats, rounds)
+        # a step's products: forward x W1 and h1 W2, backward dW2, dh1, dW1 (as section 5), for all units
+        flops = 2 * batch * units * (784 + 10) + 2 * batch * units * (10 + 10 + 784)
+        mm = torch_mm_gflops(batch, units, device)
+        achieved = flops / (statistics.median(times[f"{impl} pack of 5"]) / 1e3) / 1e9
+        print(f"   {impl} pack: {achieved:.1f} GFLOP/s of products, {achieved / mm:.0%} of torch.mm "
+              f"[{batch}x784]@[784x{units}] ({mm:.1f} GFLOP/s)")
+    population_64(batch, device, repeats, rounds)
+    from sweep_speed import sweep_section
+
+    sweep_section(name="hidden_size", epochs=1 if quick else 2, rounds=1 if quick else 2, device=device,
+                  splits=splits)
+
+
+def population_64(batch: int, device: str, repeats: int, rounds: int) -> None:
+    """A population of 64 (8 lr x 8 seeds, hidden 256, manual) vs one model: samples per second."""
+    from fmnist_core.trainer import make_learner
+
+    members = 64
+    generator = torch.Generator().manual_seed(3)
+    xs = torch.randn(4, members, batch, 784, generator=generator).to(device)
+    ys = torch.randint(0, 10, (4, members, batch), generator=generator).to(device)
+    configs = [RunConfig(hidden_size=256, lr=0.005 * 2 ** (k % 8 / 2), seed=k // 8, device=device)
+               for k in range(members)]
+    population = make_learner(configs, torch.device(device))
+    single = make_learner(configs[:1], torch.device(device))
+    lr = torch.tensor([c.lr for c in configs], device=device)
+    times = interleaved_ms({"population of 64": partial(_learner_step, population, xs, ys, lr),
+                            "one model": partial(_learner_step, single, xs[:, :1], ys[:, :1], lr[:1])},
+                           max(1, repeats // 4), rounds, device)
+    ratios = [members * one / many for one, many in zip(times["one model"], times["population of 64"],
+                                                         strict=True)]
+    print(f"   64-member population (8 lr x 8 seeds, hidden 256, manual): "
+          f"{statistics.median(times['population of 64']):.2f} ms a step vs one model "
+          f"{statistics.median(times['one model']):.3f} ms: {statistics.median(ratios):.1f}x one model's "
+          f"throughput [{min(ratios):.1f}, {max(ratios):.1f}]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (partial epochs)")
-    parser.add_argument("--only", choices=("pipeline", "flops", "population", "wall", "step", "sweep"),
-                        action="append")
+    parser.add_argument("--only", action="append",
+                        choices=("pipeline", "flops", "population", "wall", "step", "sweep", "pack"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"),
                         help="where ours and the baseline's model run (its DataLoader stays on the CPU)")
     args = parser.parse_args()
@@ -327,7 +398,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}")
     sections = {"pipeline": section_pipeline, "flops": section_flops, "population": section_population,
-                "wall": section_wall, "step": section_step, "sweep": section_sweep}
+                "wall": section_wall, "step": section_step, "sweep": section_sweep, "pack": section_pack}
     names = args.only or list(sections)
     splits = None  # section 5 makes its own batches, so it runs where the data set is not installed
     if any(name != "step" for name in names):

@@ -1,13 +1,16 @@
 """What the trainer needs from a learner (the `Learner` protocol), and what it measures through one.
 
-A learner holds a POPULATION of P independent models of one shape (784 -> H -> 10) and
-trains them as one batched computation; member i owns slice i of every batched tensor.
+A learner holds a POPULATION of P independent models (784 -> H_i -> 10) and trains them as one
+batched computation. Members of one width are stacked (member i owns slice i of every batched
+tensor); members of different widths that see the same batches are PACKED: one first-layer product
+for all of their hidden units, each member's output from its own slice of the hidden layer. Either
+way each member keeps its own loss, gradient, clipping, optimizer and weights, and nothing mixes them.
 Two classes satisfy it structurally, without inheriting from it:
-`mlp_manual.ManualLearner` (hand-written backprop and SGD) and `mlp_torch.TorchLearner`
-(autograd and torch.optim). The trainer (`trainer.make_learner`) builds one and talks to it
-only through these members, so a third implementation needs nothing else.
+`mlp_manual.ManualLearner` / `mlp_manual.PackedManualLearner` (hand-written backprop and SGD) and
+`mlp_torch.TorchLearner` (autograd and torch.optim). The trainer (`trainer.make_learner`) builds one
+and talks to it only through these members, so a third implementation needs nothing else.
 
-Shapes: P = population, B = samples in a batch, H = hidden units, C = 10 classes.
+Shapes: P = population, B = samples in a batch, H_i = member i's hidden units, C = 10 classes.
 Inputs are normalised pixels, (x/255 - mean)/std, flattened to 784 values, float32.
 `evaluate_learner` and `dead_unit_fraction` measure all members at once through the protocol.
 """
@@ -49,12 +52,14 @@ class Learner(Protocol):
         """Evaluation forward, no dropout and no gradient: x [P, B, 784] -> logits [P, B, 10]."""
         ...
 
-    def hidden_preactivations(self, x: torch.Tensor) -> torch.Tensor:
-        """z1 = x W1 + b1 before the activation, no gradient: x [P, B, 784] -> [P, B, H]."""
+    def logits_and_activity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`logits(x)` and which hidden units fired, from one forward pass: bool, True for a unit whose
+        pre-activation z1 = x W1 + b1 is > 0 for some sample of x, in a layout of the learner's own
+        (combine two with `|`; `dead_fraction` reads it)."""
         ...
 
-    def logits_and_preactivations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`logits(x)` and `hidden_preactivations(x)` from one forward pass, the same values."""
+    def dead_fraction(self, activity: torch.Tensor) -> list[float]:
+        """[P]: the fraction of each member's hidden units that never fired in `activity`."""
         ...
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
@@ -96,8 +101,8 @@ def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor, *, dead
         xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
         yb = y[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1)
         if dead_units:
-            logits, z1 = learner.logits_and_preactivations(xb)
-            alive = _fires(z1, alive)
+            logits, fired = learner.logits_and_activity(xb)
+            alive = fired if alive is None else alive | fired
         else:
             logits = learner.logits(xb)
         chunk_loss, chunk_correct = loss_and_correct(logits, yb)
@@ -105,7 +110,8 @@ def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor, *, dead
         hits.append(is_correct(logits, yb))  # chunk_correct is its sum; kept per image for paired tests
     n = x.shape[0]
     return Evaluation(loss=(loss_sum / n).tolist(), accuracy=(correct.double() / n).tolist(),
-                      correct=torch.cat(hits, dim=1), dead_fraction=_dead(alive) if dead_units else None)
+                      correct=torch.cat(hits, dim=1),
+                      dead_fraction=learner.dead_fraction(alive) if dead_units else None)
 
 
 @torch.no_grad()
@@ -114,15 +120,16 @@ def dead_unit_fraction(learner: Learner, x: torch.Tensor) -> list[float]:
     alive = None
     for start in range(0, x.shape[0], EVAL_CHUNK):
         xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
-        alive = _fires(learner.hidden_preactivations(xb), alive)
-    return _dead(alive)
+        fired = learner.logits_and_activity(xb)[1]
+        alive = fired if alive is None else alive | fired
+    return learner.dead_fraction(alive)
 
 
-def _fires(z1: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
-    """bool [P, H]: units positive for some sample of z1 [P, B, H] or already in `alive`."""
-    fires = (z1 > 0).any(dim=1)
-    return fires if alive is None else alive | fires
+def stacked_activity(z1: torch.Tensor) -> torch.Tensor:
+    """bool [P, H]: the units of z1 [P, B, H] (members of one width) positive for some sample."""
+    return (z1 > 0).any(dim=1)
 
 
-def _dead(alive: torch.Tensor) -> list[float]:
+def stacked_dead_fraction(alive: torch.Tensor) -> list[float]:
+    """[P] from `stacked_activity` [P, H]: the fraction of each member's units never positive."""
     return (1.0 - alive.double().mean(dim=1)).tolist()

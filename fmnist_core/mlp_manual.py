@@ -33,6 +33,7 @@ import torch
 from fmnist_core import inits
 from fmnist_core.activations import activation as find_activation
 from fmnist_core.config import RunConfig, first_line
+from fmnist_core.learner import stacked_activity, stacked_dead_fraction
 from fmnist_core.metrics import cross_entropy_parts
 
 CLIP_CODES = {"none": 0, "value": 1, "norm": 2}  # per-member clip_mode as an integer tensor
@@ -69,6 +70,21 @@ def row_views(rows: torch.Tensor, shapes: dict[str, tuple[int, int]]) -> dict[st
         views[name] = rows[:, start:start + height * width].view(-1, height, width)
         start += height * width
     return views
+
+
+def copy_of(views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A member's weights (views in the nn.Linear layout) as a float32 CPU copy."""
+    return {key: view.to("cpu", torch.float32).clone() for key, view in views.items()}
+
+
+@torch.no_grad()
+def load_into(views: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` (nn.Linear layout) into a member's weight views, refusing a missing key or shape."""
+    for key, target in views.items():
+        if key not in state or tuple(state[key].shape) != tuple(target.shape):
+            got = tuple(state[key].shape) if key in state else "missing"
+            raise ValueError(f"{key}: expected shape {tuple(target.shape)}, got {got}")
+        target.copy_(state[key])
 
 
 class ManualMLP:
@@ -108,16 +124,11 @@ class ManualMLP:
 
     def state(self, i: int) -> dict[str, torch.Tensor]:
         """Member i's weights in the nn.Linear layout, as a float32 CPU copy."""
-        return {key: view.to("cpu", torch.float32).clone() for key, view in self._linear_layout(i).items()}
+        return copy_of(self._linear_layout(i))
 
-    @torch.no_grad()
     def load_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
         """Overwrite member i's weights with `state` (nn.Linear layout)."""
-        for key, target in self._linear_layout(i).items():
-            if key not in state or tuple(state[key].shape) != tuple(target.shape):
-                got = tuple(state[key].shape) if key in state else "missing"
-                raise ValueError(f"{key}: expected shape {tuple(target.shape)}, got {got}")
-            target.copy_(state[key])
+        load_into(self._linear_layout(i), state)
 
     @torch.no_grad()
     def hidden_preactivations(self, x: torch.Tensor) -> torch.Tensor:
@@ -371,9 +382,12 @@ class ManualLearner:
         return self.model.hidden_preactivations(x.to(self.dtype))
 
     @torch.no_grad()
-    def logits_and_preactivations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits_and_activity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z1 = self.model.hidden_preactivations(x.to(self.dtype))
-        return self.model.output(z1), z1
+        return self.model.output(z1), stacked_activity(z1)
+
+    def dead_fraction(self, activity: torch.Tensor) -> list[float]:
+        return stacked_dead_fraction(activity)
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
         return self.model.state(i)
@@ -387,7 +401,282 @@ class ManualLearner:
         self.frozen_mask[i] = True
 
 
+class PackLayout:
+    """Where each member of a pack lives: rows (one per data seed) x blocks (one per width slot).
+
+    Members that see the same batches (one seed) share a ROW: one first-layer product
+    x [B, 784] @ W1 [784, U] feeds all of their hidden units. A row's units are cut into BLOCKS, one
+    per member; every row has the same blocks (for each width, as many blocks as the row with most
+    members of that width), so block k spans the same units in every row and its output product
+    is one batched matmul over the rows. A (row, block) CELL without a member is padding: zero
+    weights, learning rate 0, never read. Member i owns cell `cells[i]` = row * K + block.
+    """
+
+    def __init__(self, configs: Sequence[RunConfig]) -> None:
+        seeds = sorted({c.seed for c in configs})
+        rows = [[i for i, c in enumerate(configs) if c.seed == s] for s in seeds]
+        counts: dict[int, int] = {}
+        for row in rows:
+            for width in {configs[i].hidden_size for i in row}:
+                counts[width] = max(counts.get(width, 0), sum(configs[i].hidden_size == width for i in row))
+        self.widths = [w for w in sorted(counts) for _ in range(counts[w])]  # width of each block
+        self.starts = [sum(self.widths[:k]) for k in range(len(self.widths))]
+        self.slices = [slice(start, start + w) for start, w in zip(self.starts, self.widths, strict=True)]
+        self.rows, self.blocks, self.units = len(rows), len(self.widths), sum(self.widths)
+        self.cells, self.row_leaders = [0] * len(configs), [row[0] for row in rows]
+        for s, row in enumerate(rows):
+            free = list(range(self.blocks))
+            for i in row:  # in config order, the first free block of the member's width
+                k = next(k for k in free if self.widths[k] == configs[i].hidden_size)
+                free.remove(k)
+                self.cells[i] = s * self.blocks + k
+        self.unit_block = torch.tensor([k for k, w in enumerate(self.widths) for _ in range(w)])  # [U]
+        self.cell_index = torch.tensor(self.cells)  # [P]
+
+    def to(self, device: torch.device) -> PackLayout:
+        """The index tensors on `device` (once: an index made per step would be a copy per step)."""
+        self.unit_block, self.cell_index = self.unit_block.to(device), self.cell_index.to(device)
+        return self
+
+    def block_of(self, i: int) -> tuple[int, int, slice]:
+        """Member i's row, block and its units' slice of the row."""
+        s, k = divmod(self.cells[i], self.blocks)
+        return s, k, self.slices[k]
+
+    def per_cell(self, values: torch.Tensor, padding: float = 0.0) -> torch.Tensor:
+        """Per-member values [P] as [S, K] by cell; padding cells get `padding`."""
+        cells = torch.full((self.rows * self.blocks,), padding, dtype=values.dtype, device=values.device)
+        return cells.index_copy_(0, self.cell_index.to(values.device), values).view(self.rows, self.blocks)
+
+    def per_unit(self, cell_values: torch.Tensor) -> torch.Tensor:
+        """[S, K] cell values spread to [S, U], each unit taking its block's value."""
+        return cell_values[:, self.unit_block]
+
+    def cell_sums(self, unit_values: torch.Tensor) -> torch.Tensor:
+        """[S, U] summed per block -> [S, K]."""
+        sums = unit_values.new_zeros(self.rows, self.blocks)
+        return sums.index_add_(1, self.unit_block, unit_values)
+
+    def cell_max(self, unit_values: torch.Tensor) -> torch.Tensor:
+        """[S, U] maximised per block -> [S, K] (values >= 0)."""
+        index = self.unit_block.expand_as(unit_values)
+        return unit_values.new_zeros(self.rows, self.blocks).scatter_reduce_(1, index, unit_values, "amax")
+
+    def members_of(self, cell_values: torch.Tensor) -> torch.Tensor:
+        """[S, K, ...] -> [P, ...]: each member's cell, in member order."""
+        return cell_values.reshape(-1, *cell_values.shape[2:])[self.cell_index]
+
+
+class PackedManualLearner:
+    """The Learner interface for members of different widths, packed (see PackLayout): the
+    hand-written forward, backward, clipping and SGD of ManualMLP / GradientClipper / ManualSGD, each
+    per member, on the packed tensors. Every per-member quantity is a cell [S, K] or, spread to its
+    units, [S, U]; nothing sums over units of two cells, so a NaN in one member never reaches another.
+
+    Shapes (S rows, K blocks, U units a row, B batch):
+        W1 [S, U, 784]   b1 [S, 1, U]   W2 [S, U, 10]   b2 [S, K, 10]
+    Both weight matrices are unit-major (row j: unit j's input / output weights, nn.Linear's fc1
+    layout for W1), so a member's weights are whole rows and the per-unit sums of the gradient norm
+    and clipping run along contiguous memory (over the 784 inputs, W1 input-major, they took 4x the
+    time of the rest of the norm). The products read W1 transposed, which BLAS does for free.
+    """
+
+    def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype) -> None:
+        if len({c.activation for c in configs}) > 1:
+            raise ValueError("all members of a population must share the activation")
+        if any(c.optimizer != "sgd" for c in configs):
+            raise ValueError("the manual implementation has only SGD")
+        self.population, self.device, self.dtype = len(configs), torch.device(device), dtype
+        self.layout = layout = PackLayout(configs).to(self.device)
+        chosen = find_activation(configs[0].activation)
+        self.act, self.act_grad = chosen.function, chosen.derivative
+        S, K, U = layout.rows, layout.blocks, layout.units
+        new = functools.partial(torch.zeros, device=self.device, dtype=dtype)
+        self.params = {"W1": new(S, U, inits.INPUT_SIZE), "b1": new(S, 1, U),
+                       "W2": new(S, U, inits.NUM_CLASSES), "b2": new(S, K, inits.NUM_CLASSES)}
+        self.grads = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self.buffers = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        for i, c in enumerate(configs):
+            self.load_member_state(i, inits.initial_state(c.hidden_size, activation=c.activation, init=c.init,
+                                                          scale=c.init_scale, seed=c.seed))
+        self.configs = list(configs)
+        self.dropout = [c.dropout for c in configs]
+        self.generators = inits.dropout_generators([c.seed for c in configs], self.device)
+        self.frozen = [False] * self.population  # host copy: no device sync to ask "any frozen?"
+        self.keep_cells = layout.per_cell(torch.zeros(self.population, dtype=torch.bool, device=self.device),
+                                          padding=True)  # cells whose weights do not change
+
+        def per_cell(name: str, kind: torch.dtype = dtype) -> torch.Tensor:  # [S, K]; padding cells 0
+            values = [getattr(c, name) for c in configs]
+            return layout.per_cell(torch.tensor(values, dtype=kind, device=self.device))
+
+        self.hyper = {name: self._spread(per_cell(name)) for name in ("momentum", "weight_decay")}
+        self.clip_value = per_cell("clip_value")
+        flags = [c.nesterov for c in configs]  # once, on the host, as ManualSGD
+        self.nesterov_kind = "all" if all(flags) else "none" if not any(flags) else "mixed"
+        self.nesterov = self._spread(per_cell("nesterov", torch.bool))
+        modes = torch.tensor([CLIP_CODES[c.clip_mode] for c in configs], device=self.device)
+        self.by_value = layout.per_cell(modes == CLIP_CODES["value"])  # [S, K]
+        self.by_norm = layout.per_cell(modes == CLIP_CODES["norm"])
+        self.clip_kinds = {c.clip_mode for c in configs}  # host copy: skip the work no member needs
+
+    def _spread(self, cells: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cell values [S, K] shaped to broadcast against each parameter."""
+        units = self.layout.per_unit(cells)  # [S, U]
+        return {"W1": units.unsqueeze(2), "b1": units.unsqueeze(1), "W2": units.unsqueeze(2),
+                "b2": cells.unsqueeze(2)}
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row's batch [S, B, 784] from the per-member batches [P, B, 784] (one seed, one batch)."""
+        leaders = self.layout.row_leaders
+        if leaders == list(range(len(leaders))):
+            return x[:len(leaders)]  # a view
+        return x[leaders]
+
+    def _hidden(self, x_rows: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.params["b1"], x_rows, self.params["W1"].transpose(1, 2))  # z1 = x W1 + b1
+
+    def _output(self, h1: torch.Tensor) -> torch.Tensor:
+        """Logits [S, K, B, 10]: block k's units through block k's output weights, one bmm over rows."""
+        W2, b2, layout = self.params["W2"], self.params["b2"], self.layout
+        return torch.stack([torch.baddbmm(b2[:, k:k + 1], h1[:, :, units], W2[:, units])  # z2 = h1 W2 + b2
+                            for k, units in enumerate(layout.slices)], dim=1)
+
+    def _dropout_mask(self, batch_size: int) -> torch.Tensor | None:
+        """[S, B, U]: each member's inverted-dropout mask drawn as it would be alone, in its block."""
+        if not any(p > 0 for p in self.dropout):
+            return None
+        mask = torch.ones(self.layout.rows, batch_size, self.layout.units, device=self.device,
+                          dtype=self.dtype)
+        for i, c in enumerate(self.configs):
+            s, _, units = self.layout.block_of(i)
+            drawn = inits.dropout_masks([c.dropout], batch_size, c.hidden_size, [self.generators[i]],
+                                        device=self.device, dtype=self.dtype)
+            if drawn is not None:
+                mask[s, :, units] = drawn[0]
+        return mask
+
+    @torch.no_grad()
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_rows, y_rows = self._rows(x.to(self.dtype)), self._rows(y)  # [S, B, 784], [S, B]
+        z1 = self._hidden(x_rows)
+        h1 = self.act(z1)  # h1 = act(z1)
+        mask = self._dropout_mask(x.shape[1])
+        h1_dropped = h1 * mask if mask is not None else h1  # inverted dropout: mask in {0, 1/(1-p)}
+        z2 = self._output(h1_dropped)  # [S, K, B, 10]
+        y_cells = y_rows.unsqueeze(1).expand(-1, self.layout.blocks, -1)  # every block sees its row's labels
+        loss_sum, correct, log_probs = cross_entropy_parts(z2, y_cells)  # [S, K]
+        self._backward(x_rows, z1, h1, mask, h1_dropped, log_probs.exp_(), y_cells)
+        grad_norm, clipped = self._clip()
+        self._sgd(lr.to(self.device, self.dtype, non_blocking=True))
+        stats = {"loss_sum": loss_sum, "correct": correct, "grad_norm": grad_norm, "clipped": clipped}
+        return {key: self.layout.members_of(value) for key, value in stats.items()}
+
+    def _backward(self, x: torch.Tensor, z1: torch.Tensor, h1: torch.Tensor, mask: torch.Tensor | None,
+                  h1_dropped: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> None:
+        """Gradients of each cell's MEAN cross-entropy into self.grads: ManualMLP.backward per block."""
+        g, W2 = self.grads, self.params["W2"]
+        # dL/dz2 = (p - onehot(y)) / B   [S, K, B, 10]
+        dz2 = probs.scatter_add_(-1, y.unsqueeze(-1), probs.new_full((1, 1, 1, 1), -1.0).expand(*y.shape, 1))
+        dz2.div_(x.shape[1])
+        dh1 = torch.empty_like(h1)  # [S, B, U]
+        for k, units in enumerate(self.layout.slices):
+            g["W2"][:, units] = torch.bmm(h1_dropped[:, :, units].transpose(1, 2), dz2[:, k])  # h1^T . dz2
+            g["b2"][:, k] = dz2[:, k].sum(1)  # dL/db2 = sum_b dz2
+            dh1[:, :, units] = torch.bmm(dz2[:, k], W2[:, units].transpose(1, 2))  # dL/dh1 = dz2 . W2^T
+        if mask is not None:
+            dh1.mul_(mask)  # dropped units pass no gradient; kept ones are scaled by 1/(1-p)
+        dz1 = dh1.mul_(self.act_grad(z1, h1))  # dL/dz1 = dh1 * act'(z1)
+        torch.bmm(dz1.transpose(1, 2), x, out=g["W1"])  # dL/dW1 = x^T . dz1, unit-major: dz1^T . x
+        torch.sum(dz1, 1, keepdim=True, out=g["b1"])  # dL/db1 = sum_b dz1
+
+    def _clip(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """GradientClipper's rules per cell; pre-clip norms [S, K] and 0/1 flags [S, K]."""
+        g, layout = self.grads, self.layout
+        norm = torch.linalg.vector_norm  # per unit, without a squared copy of the gradient   [S, U]
+        unit_squares = norm(g["W1"], dim=2).square() + g["b1"][:, 0].square() + norm(g["W2"], dim=2).square()
+        grad_norm = (layout.cell_sums(unit_squares) + g["b2"].square().sum(2)).sqrt()  # ||g|| of each cell
+        clip_value = self.clip_value
+        clip_coef = (clip_value / (grad_norm + 1e-6)).clamp(max=1.0)  # min(1, c / (||g|| + 1e-6))
+        clipped = self.by_norm & (clip_coef < 1)
+        if "value" in self.clip_kinds:  # g = clamp(g, -c, c) for cells clipping by value
+            unit_max = torch.maximum(torch.maximum(g["W1"].abs().amax(2), g["b1"][:, 0].abs()),
+                                     g["W2"].abs().amax(2))  # max |g| of each unit's weights   [S, U]
+            cell_max = torch.maximum(layout.cell_max(unit_max), g["b2"].abs().amax(2))
+            clipped |= self.by_value & (cell_max > clip_value)
+            bound = self._spread(torch.where(self.by_value, clip_value, torch.inf))
+            for name, grad in g.items():
+                grad.clamp_(-bound[name], bound[name])
+        if "norm" in self.clip_kinds:  # g = g * min(1, c / ||g||) for cells clipping by norm
+            factor = self._spread(torch.where(self.by_norm, clip_coef, 1.0))
+            for name, grad in g.items():
+                grad.mul_(factor[name])
+        return grad_norm, clipped.to(self.dtype)
+
+    def _sgd(self, lr: torch.Tensor) -> None:
+        """ManualSGD.step on each packed tensor, the hyperparameters spread to each cell's weights:
+        g = grad + wd w;  buf = momentum buf + g;  step = g + momentum buf (Nesterov) or buf;  w -= lr step.
+        Padding cells have lr, momentum and decay 0, so they stay zero. Always the eager passes: the
+        compiled update (fused_sgd_update) rounds otherwise in float32, and a packed member is to
+        train as it would alone; it saved 2% of the main job's wall time."""
+        lr_of = self._spread(self.layout.per_cell(lr))
+        keep = self._spread(self.keep_cells) if any(self.frozen) else None
+        momentum, decay = self.hyper["momentum"], self.hyper["weight_decay"]
+        for name, w in self.params.items():
+            g, old_buf = self.grads[name].addcmul_(decay[name], w), self.buffers[name]  # L2: dL/dw += wd w
+            buf = torch.addcmul(g, momentum[name], old_buf,  # m buf + g
+                                out=old_buf if keep is None else None)
+            if self.nesterov_kind == "all":
+                step = g.addcmul_(momentum[name], buf)
+            elif self.nesterov_kind == "none":
+                step = buf
+            else:
+                step = torch.where(self.nesterov[name], g.addcmul(momentum[name], buf), buf)
+            if keep is None:
+                w.addcmul_(lr_of[name], step, value=-1)  # w = w - lr step
+            else:  # where, not a 0/1 factor: 0 * NaN would still be NaN
+                old_buf.copy_(torch.where(keep[name], old_buf, buf))
+                w.copy_(torch.where(keep[name], w, w - lr_of[name] * step))
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_and_activity(x)[0]
+
+    @torch.no_grad()
+    def logits_and_activity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [P, B, 10]; activity bool [S, U]: units positive for some sample."""
+        z1 = self._hidden(self._rows(x.to(self.dtype)))
+        return self.layout.members_of(self._output(self.act(z1))), (z1 > 0).any(dim=1)
+
+    def dead_fraction(self, activity: torch.Tensor) -> list[float]:
+        widths = torch.tensor(self.layout.widths, dtype=torch.float64, device=activity.device)
+        return (1.0 - self.layout.members_of(self.layout.cell_sums(activity.double()) / widths)).tolist()
+
+    def member_state(self, i: int) -> dict[str, torch.Tensor]:
+        return copy_of(self._linear_layout(i))
+
+    def load_member_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite member i's weights (nn.Linear layout); buffers and frozen flag are left as they are."""
+        load_into(self._linear_layout(i), state)
+
+    def _linear_layout(self, i: int) -> dict[str, torch.Tensor]:
+        """Views of member i's weights in the nn.Linear layout."""
+        s, k, units = self.layout.block_of(i)
+        p = self.params
+        return {"fc1.weight": p["W1"][s, units], "fc1.bias": p["b1"][s, 0, units],
+                "fc2.weight": p["W2"][s, units].t(), "fc2.bias": p["b2"][s, k]}
+
+    def freeze_member(self, i: int) -> None:
+        s, k, _ = self.layout.block_of(i)
+        self.frozen[i] = True
+        self.keep_cells[s, k] = True
+
+
 def make_manual_learner(configs: Sequence[RunConfig], device: torch.device, *,
-                        dtype: torch.dtype = torch.float32, steps: int = 0) -> ManualLearner:
-    """`steps`: the steps it will be trained for, where known (whether compiling its update pays)."""
+                        dtype: torch.dtype = torch.float32, steps: int = 0
+                        ) -> ManualLearner | PackedManualLearner:
+    """Members of one width stacked (ManualLearner), of several widths packed (PackedManualLearner).
+    `steps`: the steps it will be trained for, where known (whether compiling its update pays)."""
+    if len({c.hidden_size for c in configs}) > 1:
+        return PackedManualLearner(configs, device, dtype)
     return ManualLearner(configs, device, dtype, steps)

@@ -2,15 +2,22 @@
 
 `TorchMLP` is the checkpoint format: its state_dict keys (fc1.weight, fc1.bias, fc2.weight,
 fc2.bias) are what both implementations save and load. `TorchLearner` trains a population of
-P members: P separate TorchMLPs whose weights are stacked into one batched forward (autograd
-flows back through torch.stack into each member's own leaf parameters), one param group per
-member (its own lr, momentum, weight decay), and clipping with torch.nn.utils per member.
+P members: P separate TorchMLPs whose weights are gathered into one batched forward (autograd
+flows back through torch.stack / torch.cat into each member's own leaf parameters), one param
+group per member (its own lr, momentum, weight decay), and clipping with torch.nn.utils per member.
 Initial weights and dropout masks come from `inits`, exactly as for the manual learner.
 
+Members of one width are STACKED: member i owns slice i of every batched tensor. Members of
+several widths are PACKED (`_Packing`): the members that see the same batches (same seed) form a
+row, whose hidden layer is their units side by side, so the first layer is one product per row; the
+second layer reads each member's own units only, so a member learns exactly as it would alone and
+nothing of it (a NaN included) reaches another, forward or backward.
+
 Speed (a small step is mostly per-operation overhead): torch.optim runs its fused kernel
-(one pass over each tensor) where it has one, else its foreach kernels; the loss that is
-differentiated is also the step's statistic (one log-softmax); the forward is computed in
-the layout that gives autograd's weight gradients nn.Linear's layout (`_stacked_forward`).
+(one pass over each tensor) where it has one, else its foreach kernels; on an accelerator the
+fused kernels read each member's lr from the device, so a step never waits for the device; the
+loss that is differentiated is also the step's statistic (one log-softmax); the forward is computed
+in the layout that gives autograd's weight gradients nn.Linear's layout (`_stacked_hidden`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 from fmnist_core import inits
 from fmnist_core.activations import activation as find_activation
 from fmnist_core.config import RunConfig
+from fmnist_core.learner import stacked_dead_fraction
 from fmnist_core.metrics import cross_entropy_parts
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -56,14 +64,105 @@ class TorchMLP(nn.Module):
         return model
 
 
+class _Packing:
+    """Where each member's hidden units sit when members of different widths share one forward.
+
+    Rows: one per distinct seed, in sorted order, holding the members that see that seed's batches
+    (identical rows of x), in config order. A row's hidden layer is its members' units side by side,
+    then zero units up to U, the largest row's total, so the S rows stack into one [S, U, .] batch.
+    The pads are constants, not parameters: their z1 is 0 and no member reads them, so they neither
+    contribute nor learn.
+
+    The second layer is one product for all P members: member i reads its slot, [Hmax] units (Hmax:
+    the widest member) gathered from the packed layer: its own H_i units, then its first unit again
+    where its padded W2 has zero columns. It reads no other member's units, so no 0 * NaN of a
+    block-diagonal product carries one member's NaN to another, neither forward nor (through dlogits)
+    backward. Layouts: unit u of row r is flat unit r*U + u; `start[i]` is member i's first.
+    """
+
+    def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype) -> None:
+        self.widths = [c.hidden_size for c in configs]
+        seeds = sorted({c.seed for c in configs})
+        self.rows = [[i for i, c in enumerate(configs) if c.seed == seed] for seed in seeds]
+        totals = [sum(self.widths[i] for i in row) for row in self.rows]
+        self.units, self.widest = max(totals), max(self.widths)  # U, Hmax
+        leaders = [row[0] for row in self.rows]
+        self.leaders = None if leaders == [0] else torch.tensor(leaders, device=device)  # None: x[:1], a view
+        self.start = [0] * len(configs)
+        for r, row in enumerate(self.rows):
+            for k, i in enumerate(row):
+                self.start[i] = r * self.units + sum(self.widths[j] for j in row[:k])
+        slot = torch.arange(self.widest)
+        own = slot < torch.tensor(self.widths).unsqueeze(1)  # [P, Hmax]: slot j holds one of member i's units
+        slot_units = torch.tensor(self.start).unsqueeze(1) + torch.where(own, slot, 0)  # [P, Hmax]
+        self.slot_units = slot_units.flatten().to(device)  # flat unit of each member's slot
+        self.own, self.width = own.to(device), torch.tensor(self.widths, dtype=torch.float64, device=device)
+
+        def zeros(*shape: int) -> torch.Tensor | None:
+            return torch.zeros(shape, device=device, dtype=dtype) if 0 not in shape else None
+        self.weight_pads = [zeros(self.units - total, inits.INPUT_SIZE) for total in totals]
+        self.bias_pads = [zeros(self.units - total) for total in totals]
+        self.output_pads = [zeros(inits.NUM_CLASSES, self.widest - width) for width in self.widths]
+
+    def rows_of(self, x: torch.Tensor) -> torch.Tensor:
+        """[S, B, 784]: each row's batch, read from x [P, B, 784] at the row's first member."""
+        return x[:1] if self.leaders is None else x.index_select(0, self.leaders)
+
+    def first_layer(self, members: Sequence[TorchMLP]) -> tuple[torch.Tensor, torch.Tensor]:
+        """W1 [S, U, 784] and b1 [S, U, 1]: each row's members' fc1 side by side, then its pad."""
+        W1 = torch.cat(self._in_unit_order([m.fc1.weight for m in members], self.weight_pads))
+        b1 = torch.cat(self._in_unit_order([m.fc1.bias for m in members], self.bias_pads))
+        return W1.view(len(self.rows), self.units, -1), b1.view(len(self.rows), self.units, 1)
+
+    def second_layer(self, members: Sequence[TorchMLP]) -> tuple[torch.Tensor, torch.Tensor]:
+        """W2 [P, 10, Hmax] (member i's fc2.weight, then zero columns) and b2 [P, 10, 1]."""
+        pieces = [t for m, pad in zip(members, self.output_pads, strict=True) for t in (m.fc2.weight, pad)
+                  if t is not None]
+        W2 = torch.cat(pieces, dim=1).view(inits.NUM_CLASSES, len(members), self.widest).transpose(0, 1)
+        return W2, _stack([m.fc2.bias for m in members]).unsqueeze(2)
+
+    def member_slots(self, packed_t: torch.Tensor) -> torch.Tensor:
+        """[P, Hmax, B]: each member's slot of a packed layer [S, U, B]: its units, then its first again."""
+        flat = packed_t.reshape(-1, packed_t.shape[2])  # [S*U, B]
+        return flat.index_select(0, self.slot_units).view(len(self.widths), self.widest, -1)
+
+    def masks(self, probabilities: Sequence[float], generators: Sequence[torch.Generator], batch: int, *,
+              device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """Dropout masks [S, U, B] (transposed, like z1^T): member i's [B, H_i] mask drawn exactly as it
+        would be drawn alone, from its own generator, placed at its units; 1 elsewhere. None if no dropout."""
+        if not any(p > 0 for p in probabilities):
+            return None
+        masks = torch.ones(len(self.rows) * self.units, batch, device=device, dtype=dtype)
+        for i, (p, generator) in enumerate(zip(probabilities, generators, strict=True)):
+            if p > 0:
+                width = self.widths[i]
+                [mask] = inits.dropout_masks([p], batch, width, [generator], device=device, dtype=dtype)
+                masks[self.start[i]:self.start[i] + width] = mask.T  # [B, H_i] -> [H_i, B]
+        return masks.view(len(self.rows), self.units, batch)
+
+    def dead_fraction(self, activity: torch.Tensor) -> list[float]:
+        """[P] from activity [S, U]: the fraction of member i's own units (pads excluded) never fired."""
+        alive = self.member_slots(activity.unsqueeze(2)).squeeze(2) & self.own  # [P, Hmax]
+        return (1.0 - alive.sum(1).double() / self.width).tolist()  # = stacked_dead_fraction's mean
+
+    def _in_unit_order(self, tensors: list[torch.Tensor], pads: list[torch.Tensor | None]
+                       ) -> list[torch.Tensor]:
+        """Per-member tensors (indexed by member) in the packed units' order: row by row, each row's
+        members in config order, then the row's pad."""
+        ordered = []
+        for row, pad in zip(self.rows, pads, strict=True):
+            ordered += [tensors[i] for i in row] + ([pad] if pad is not None else [])
+        return ordered
+
+
 class TorchLearner:
-    """The Learner interface (see mlp_manual.ManualLearner) over P TorchMLPs and torch.optim."""
+    """The Learner interface (see learner.Learner) over P TorchMLPs and torch.optim: stacked when
+    the members share hidden_size, packed (`_Packing`) when they do not."""
 
     def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype) -> None:
         first = configs[0]
-        for cfg in configs:
-            if (cfg.hidden_size, cfg.activation) != (first.hidden_size, first.activation):
-                raise ValueError("all members of a population must share hidden_size and activation")
+        if any(cfg.activation != first.activation for cfg in configs):
+            raise ValueError("all members of a population must share activation; train the others apart")
         self.population, self.device, self.dtype = len(configs), torch.device(device), dtype
         self.act = find_activation(first.activation).function
         self.members = [
@@ -78,13 +177,21 @@ class TorchLearner:
         self.configs = list(configs)
         self.frozen = [False] * self.population
         self._zero = torch.zeros((), device=self.device, dtype=dtype)  # the statistics of a frozen member
+        same_width = len({c.hidden_size for c in configs}) == 1
+        self.packing = None if same_width else _Packing(configs, self.device, dtype)
+        self._build_optimizers()
+        # Fused kernels take a device tensor as lr and read it there (their Tensor-lr overloads);
+        # foreach kernels turn it into a Python number (.item(): a device sync), and on the CPU
+        # a float is what they all take.
+        self.lr_on_device = self.device.type != "cpu" and all(g.get("fused") for g in self.param_groups)
 
-        # One optimizer per optimizer kind in the population, one param group per member.
+    def _build_optimizers(self) -> None:
+        """One optimizer per optimizer kind in the population, one param group per member."""
         self.optimizers: list[torch.optim.Optimizer] = []
         self.param_groups: list[dict] = [{}] * self.population
-        for kind in dict.fromkeys(c.optimizer for c in configs):
-            members = [i for i, c in enumerate(configs) if c.optimizer == kind]
-            groups = [self._param_group(configs[i], self.members[i]) for i in members]
+        for kind in dict.fromkeys(c.optimizer for c in self.configs):
+            members = [i for i, c in enumerate(self.configs) if c.optimizer == kind]
+            groups = [self._param_group(self.configs[i], self.members[i]) for i in members]
             optimizer = _fastest_optimizer(kind, groups)
             self.optimizers.append(optimizer)
             for i, group in zip(members, optimizer.param_groups, strict=True):
@@ -100,9 +207,17 @@ class TorchLearner:
             group.update(betas=(cfg.momentum, 0.999))
         return group
 
-    def _stacked_forward(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         """Logits [P, B, 10] of all members in one batched computation."""
-        return self._stacked_output(self._stacked_hidden(x), masks)
+        return self._output(self._hidden(x), masks)
+
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """z1^T: [P, H, B] stacked, [S, U, B] packed."""
+        return self._stacked_hidden(x) if self.packing is None else self._packed_hidden(x)
+
+    def _output(self, z1_t: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """Logits [P, B, 10] from `_hidden`'s z1^T and dropout masks in its layout."""
+        return self._stacked_output(z1_t, masks) if self.packing is None else self._packed_output(z1_t, masks)
 
     def _stacked_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """z1^T [P, H, B], computed transposed, one column per sample (z1^T = W1 x^T + b1): autograd's
@@ -114,7 +229,7 @@ class TorchLearner:
         return torch.baddbmm(b1, W1, x.transpose(1, 2))  # [P, H, B]
 
     def _stacked_output(self, z1_t: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """Logits [P, B, 10] from z1^T [P, H, B]."""
+        """Logits [P, B, 10] from z1^T [P, H, B]; masks [P, B, H]."""
         h1_t = self.act(z1_t)
         if masks is not None:
             h1_t = h1_t * masks.transpose(1, 2)
@@ -122,17 +237,37 @@ class TorchLearner:
         b2 = _stack([m.fc2.bias for m in self.members]).unsqueeze(2)  # [P, 10, 1]
         return torch.baddbmm(b2, W2, h1_t).transpose(1, 2)  # [P, B, 10]
 
+    def _packed_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """z1^T [S, U, B] of every row's units (z1^T = W1 x_row^T + b1), transposed as in `_stacked_hidden`.
+        Unit u's row of z1^T depends only on row u of W1, so a NaN in one member's W1 stays in its units."""
+        W1, b1 = self.packing.first_layer(self.members)
+        return torch.baddbmm(b1, W1, self.packing.rows_of(x).transpose(1, 2))
+
+    def _packed_output(self, z1_t: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """Logits [P, B, 10] from z1^T [S, U, B]; masks [S, U, B].
+        Member i: logits_i^T = W2_i [10, Hmax] . slot_i [Hmax, B] + b2_i, one bmm for all members."""
+        h1_t = self.act(z1_t)
+        if masks is not None:
+            h1_t = h1_t * masks
+        W2, b2 = self.packing.second_layer(self.members)  # [P, 10, Hmax], [P, 10, 1]
+        return torch.baddbmm(b2, W2, self.packing.member_slots(h1_t)).transpose(1, 2)  # [P, B, 10]
+
+    def _dropout_masks(self, batch: int) -> torch.Tensor | None:
+        """This step's dropout masks in `_output`'s layout: [P, B, H] stacked, [S, U, B] packed."""
+        if self.packing is None:
+            return inits.dropout_masks(self.dropout, batch, self.configs[0].hidden_size, self.generators,
+                                       device=self.device, dtype=self.dtype)
+        return self.packing.masks(self.dropout, self.generators, batch, device=self.device, dtype=self.dtype)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One step for every member. Pass `lr` on the CPU: torch.optim takes Python floats,
-        so an lr on the accelerator costs one device sync here."""
+        """One step for every member. On the CPU, pass `lr` on the CPU (torch.optim reads it as Python
+        floats); on an accelerator, pass it on the device: with fused kernels nothing in the step
+        waits for the device."""
         x = x.to(self.dtype)
-        for group, value in zip(self.param_groups, lr.tolist(), strict=True):
-            group["lr"] = value
+        self._set_lr(lr)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        masks = inits.dropout_masks(self.dropout, x.shape[1], self.configs[0].hidden_size, self.generators,
-                                    device=self.device, dtype=self.dtype)
-        logits = self._stacked_forward(x, masks)
+        logits = self._forward(x, self._dropout_masks(x.shape[1]))
         loss_sum, correct, _ = cross_entropy_parts(logits, y)  # the loss to train on is also the statistic
         if not all(self.frozen):
             # d/d(loss_sum) of the sum over members of each member's mean loss: 1/B for every member,
@@ -142,6 +277,16 @@ class TorchLearner:
         for optimizer in self.optimizers:
             optimizer.step()  # frozen members have no .grad, so torch.optim skips them
         return {"loss_sum": loss_sum.detach(), "correct": correct, "grad_norm": grad_norm, "clipped": clipped}
+
+    def _set_lr(self, lr: torch.Tensor) -> None:
+        """Member i's param group gets lr[i]: a 0-dim view of lr on the device where the fused kernels
+        read it there (float32: what they read), else a Python float."""
+        if self.lr_on_device:
+            values = lr.to(self.device, torch.float32, non_blocking=True).unbind()
+        else:
+            values = lr.tolist()
+        for group, value in zip(self.param_groups, values, strict=True):
+            group["lr"] = value
 
     def _clip(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip each member's gradients by its own rule; pre-clip global norms [P] and 0/1 flags [P]."""
@@ -167,16 +312,27 @@ class TorchLearner:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._stacked_forward(x.to(self.dtype), None)
+        return self._forward(x.to(self.dtype), None)
 
     @torch.no_grad()
     def hidden_preactivations(self, x: torch.Tensor) -> torch.Tensor:
-        return self._stacked_hidden(x.to(self.dtype)).transpose(1, 2)
+        """z1 [P, B, H]; packed, [P, B, Hmax] with zeros after member i's H_i units."""
+        z1_t = self._hidden(x.to(self.dtype))
+        if self.packing is None:
+            return z1_t.transpose(1, 2)
+        slots = self.packing.member_slots(z1_t)  # [P, Hmax, B]
+        return torch.where(self.packing.own.unsqueeze(2), slots, 0).transpose(1, 2)
 
     @torch.no_grad()
-    def logits_and_preactivations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z1_t = self._stacked_hidden(x.to(self.dtype))
-        return self._stacked_output(z1_t, None), z1_t.transpose(1, 2)
+    def logits_and_activity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Activity: bool [P, H] stacked, [S, U] packed (the pads never fire: their z1 is 0)."""
+        z1_t = self._hidden(x.to(self.dtype))
+        return self._output(z1_t, None), (z1_t > 0).any(dim=2)
+
+    def dead_fraction(self, activity: torch.Tensor) -> list[float]:
+        if self.packing is None:
+            return stacked_dead_fraction(activity)
+        return self.packing.dead_fraction(activity)
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
         state = self.members[i].state_dict()
@@ -209,4 +365,5 @@ def _fastest_optimizer(kind: str, groups: list[dict]) -> torch.optim.Optimizer:
 
 def make_torch_learner(configs: Sequence[RunConfig], device: torch.device, *,
                        dtype: torch.dtype = torch.float32) -> TorchLearner:
+    """The learner of `configs`: members of any widths (stacked or packed), one activation."""
     return TorchLearner(configs, device, dtype)

@@ -1,9 +1,11 @@
 """Device choice, seeding and the training loop: train(cfg) -> TrainResult.
 
 One loop serves a single run and a population of K runs trained together as one batched
-computation (`train_population`): a single run is a population of one. Members share the
-shape (impl, hidden size, activation, batch size, epochs, schedule kind, augmentation) and
-keep their own hyperparameters, seed, data order, metrics, early stopping and best state.
+computation (`train_population`): a single run is a population of one. Members share what sets
+the loop (impl, activation, batch size, epochs, schedule kind, augmentation) and keep their own
+hyperparameters, width, seed, data order, metrics, early stopping and best state. Members of one
+width are stacked; members of several widths are packed, one first-layer product for all the
+hidden units of the members that see the same batches (see learner.py).
 
 The dataset lives on the device as tensors; blocks of the epoch's data order are gathered
 by index and augmented there, and each step slices its batch from the block. Per-step
@@ -42,7 +44,7 @@ BLOCK_SAMPLES = 1024  # training images gathered and augmented at once: cache-si
 PROGRESS_EVERY = 50  # steps between on_progress calls
 STEP_STATS = ("loss_sum", "correct", "grad_norm", "clipped")  # what learner.train_step returns, per member
 # Fields that must agree between members of one population (they set tensor shapes or the loop).
-SHARED_FIELDS = ("impl", "hidden_size", "activation", "batch_size", "epochs", "schedule", "augment_flip",
+SHARED_FIELDS = ("impl", "activation", "batch_size", "epochs", "schedule", "augment_flip",
                  "augment_rotate", "augment_translate", "val_size", "device", "patience")
 
 EpochCallback = Callable[[int, dict[str, float]], "bool | None"]

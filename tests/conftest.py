@@ -17,7 +17,8 @@ from support import POSTGRES, compose_command, env_example, free_port, postgres_
 # Each test module's layer (pytest -m unit | integration | e2e). A module may mark itself instead
 # (pytestmark); a module in neither place is an error, so every new test chooses its layer.
 LAYERS = {
-    "unit": {"test_activations", "test_checkpoint", "test_inits", "test_mlp_manual", "test_mlp_parity",
+    "unit": {"test_activations", "test_checkpoint", "test_inits", "test_mlp_manual", "test_mlp_packed_manual",
+             "test_mlp_parity",
              "test_schedules", "test_definitions_loader", "test_background", "test_outage_policy"},
     "integration": {"test_data", "test_tracking", "test_runner", "test_report", "test_compose",
                     "test_outage_heartbeats"},

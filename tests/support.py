@@ -242,3 +242,26 @@ def synthetic_splits(
     val_x, val_y = make(n_val)
     test_x, test_y = make(n_test)
     return fdata.Splits(train_x, train_y, val_x, val_y, test_x, test_y, fdata.MEAN, fdata.STD, "synthetic")
+
+
+def teacher_dataset(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`samples` random inputs [N, 784] labelled by a random linear teacher: data a small MLP learns
+    within a few hundred steps (the learner tests')."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(samples, 784, generator=g)
+    y = (x @ torch.randn(784, 10, generator=g)).argmax(1)
+    return x, y
+
+
+def teacher_batches(data: tuple[torch.Tensor, torch.Tensor], seeds: list[int], steps: int, batch: int):
+    """(x [P, B, 784], y [P, B]) per step for members with these seeds: each seed reshuffles `data` every
+    epoch in its own order, and members of one seed get the same rows, as the trainer hands them."""
+    x, y = data
+    orders = {s: torch.Generator().manual_seed(s) for s in dict.fromkeys(seeds)}
+    per_epoch = x.shape[0] // batch
+    for step in range(steps):
+        if step % per_epoch == 0:
+            perms = {s: torch.randperm(x.shape[0], generator=g) for s, g in orders.items()}
+        start = (step % per_epoch) * batch
+        idx = torch.stack([perms[s][start:start + batch] for s in seeds])
+        yield x[idx], y[idx]

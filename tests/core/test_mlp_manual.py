@@ -31,14 +31,7 @@ from fmnist_core.mlp_manual import (
 CPU = torch.device("cpu")
 F64 = torch.float64
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These matrices are tiny: a second thread only adds sync overhead (and stalls under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: see tests/core/conftest.py
 
 
 def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:

@@ -16,42 +16,22 @@ import torch
 from fmnist_core.config import RunConfig
 from fmnist_core.mlp_manual import make_manual_learner
 from fmnist_core.mlp_torch import TorchMLP, make_torch_learner
+from tests.support import teacher_batches, teacher_dataset
 
 CPU = torch.device("cpu")
 F64 = torch.float64
 SAMPLES, BATCH, STEPS = 2048, 64, 300
 LEARNERS = {"manual": make_manual_learner, "torch": make_torch_learner}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These matrices are tiny: a second thread only adds sync overhead (and stalls under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: see tests/core/conftest.py
 
 
-def teacher_dataset() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1234)
-    x = torch.randn(SAMPLES, 784, generator=g)
-    y = (x @ torch.randn(784, 10, generator=g)).argmax(1)
-    return x, y
-
-
-DATA = teacher_dataset()
+DATA = teacher_dataset(SAMPLES, 1234)
 
 
 def batch_stream(seeds: list[int], steps: int):
-    """(x [P,B,784], y [P,B]) per step; member i reshuffles each epoch from its own seed."""
-    x, y = DATA
-    orders = {s: torch.Generator().manual_seed(s) for s in seeds}
-    per_epoch = SAMPLES // BATCH
-    for step in range(steps):
-        if step % per_epoch == 0:
-            perms = [torch.randperm(SAMPLES, generator=orders[s]) for s in seeds]
-        idx = torch.stack([p[(step % per_epoch) * BATCH:(step % per_epoch + 1) * BATCH] for p in perms])
-        yield x[idx], y[idx]
+    """(x [P,B,784], y [P,B]) per step; each seed reshuffles DATA every epoch in its own order."""
+    return teacher_batches(DATA, seeds, steps, BATCH)
 
 
 def train(impl: str, configs: list[RunConfig], steps: int = STEPS, dtype=F64):
@@ -171,9 +151,9 @@ def test_validation_with_dead_units_is_one_pass_of_the_same_values(impl):
     configs = [config(seed=0, init="zeros"), config(seed=4)]  # zeros: every unit dead, others not
     _, learner = train(impl, configs, 20)
     x, y = DATA[0][:300], DATA[1][:300]
-    both = learner.logits_and_preactivations(x.expand(2, -1, -1))
-    assert torch.equal(both[0], learner.logits(x.expand(2, -1, -1)))
-    assert torch.equal(both[1], learner.hidden_preactivations(x.expand(2, -1, -1)))
+    logits, fired = learner.logits_and_activity(x.expand(2, -1, -1))
+    assert torch.equal(logits, learner.logits(x.expand(2, -1, -1)))
+    assert torch.equal(fired, (learner.hidden_preactivations(x.expand(2, -1, -1)) > 0).any(dim=1))
     together, alone = evaluate_learner(learner, x, y, dead_units=True), evaluate_learner(learner, x, y)
     assert together.dead_fraction == dead_unit_fraction(learner, x)
     assert together.dead_fraction[0] == 1.0 and together.dead_fraction[1] < 1.0

@@ -215,9 +215,13 @@ def test_clip_fraction_grad_norm_and_dead_units_are_measured(splits):
     assert dead["dead_relu_fraction"] == 1.0
 
 
-def test_members_must_share_their_shape(splits):
-    with pytest.raises(ConfigError, match="share hidden_size"):
-        train_population([tiny(hidden_size=8), tiny(hidden_size=16)], splits)
+def test_members_must_share_what_sets_the_loop_but_not_their_width(splits):
+    with pytest.raises(ConfigError, match="share batch_size"):
+        train_population([tiny(batch_size=32), tiny(batch_size=64)], splits)
+    with pytest.raises(ConfigError, match="share activation"):
+        train_population([tiny(hidden_size=8), tiny(hidden_size=16, activation="tanh")], splits)
+    results = train_population([tiny(hidden_size=8), tiny(hidden_size=16)], splits)  # packed
+    assert [r.best_state["fc1.weight"].shape[0] for r in results] == [8, 16]
 
 
 def test_device_choice():

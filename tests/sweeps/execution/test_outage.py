@@ -168,7 +168,8 @@ def test_a_two_worker_sweep_rides_out_a_20_s_database_restart(tmp_path, private_
     storage = private_postgres.database("optuna")
     tracking_uri = mlflow_database(private_postgres, tmp_path, "outage")
     sweep = grid_file(tmp_path, [8, 16], [0.05, 0.1], epochs=2)
-    argv = sweep_argv(sweep, storage, tracking_uri, "outage", "--workers", "2")
+    # --population 2: the four points are one pack, and each worker is to hold half of it
+    argv = sweep_argv(sweep, storage, tracking_uri, "outage", "--workers", "2", "--population", "2")
     down_line = f"Optuna storage postgresql://127.0.0.1:{private_postgres.port}/optuna unreachable ("
 
     with paused_in_training(tmp_path, argv, workers=2) as (process, go):

@@ -135,10 +135,10 @@ def test_an_interrupted_trial_is_requeued_and_trained_on_resume(tmp_path, stores
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trial_loop, "train_population", interrupted)
-    with pytest.raises(KeyboardInterrupt):  # both points asked at once; two shapes: two groups
+    with pytest.raises(KeyboardInterrupt):  # both points asked at once: one pack of two widths
         runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
-    _, [parent], [child] = runs_of(stores, "tiny")  # only the first group had started its run
-    assert parent.info.status == "KILLED" and child.info.status == "KILLED"
+    _, [parent], children = runs_of(stores, "tiny")  # the pack had started both runs
+    assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"] * 2
     states = [t.state for t in study_of(stores, "tiny-manual").trials]
     assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING, TrialState.WAITING]
     monkeypatch.setattr(trial_loop, "train_population", trainer.train_population)
@@ -148,7 +148,7 @@ def test_an_interrupted_trial_is_requeued_and_trained_on_resume(tmp_path, stores
     assert len(trials) == 4  # no grid point trained twice
     _, [parent], children = runs_of(stores, "tiny")
     assert parent.info.status == "FINISHED"
-    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED", "KILLED"]
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
     assert sorted(c.data.tags.get("retry_of") for c in children if c.info.status == "FINISHED") == ["0", "1"]
 
 
@@ -167,6 +167,30 @@ def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(tmp_path, stores, t
     assert "diverged" in status[100000.0].data.tags[names.FAILURE_TAG]
     states = {t.params["lr"]: t.state for t in study_of(stores, "tiny-manual").trials}
     assert states == {0.05: TrialState.COMPLETE, 100000.0: TrialState.FAIL}
+
+
+def test_a_diverging_member_of_a_pack_fails_alone_and_its_packmates_finish(tmp_path, stores, tiny_splits,
+                                                                          count_training):
+    path = definition(tmp_path, """
+        description: two widths in one pack, one of them at an absurd learning rate
+        base: {epochs: 2, batch_size: 32, clip_mode: none}
+        space:
+          setting:
+            bundles:
+              sane: {hidden_size: 8, lr: 0.05}
+              absurd: {hidden_size: 16, lr: 100000.0}
+              wide: {hidden_size: 24, lr: 0.05}
+    """)
+    runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
+    assert count_training == [3]  # three widths, one packed model
+    states = {t.params["setting"]: t.state for t in study_of(stores, "tiny-manual").trials}
+    assert states == {"sane": TrialState.COMPLETE, "absurd": TrialState.FAIL, "wide": TrialState.COMPLETE}
+    _, _, children = runs_of(stores, "tiny")
+    status = {c.data.params["hidden_size"]: c for c in children}
+    assert status["16"].info.status == "FAILED" and "diverged" in status["16"].data.tags[names.FAILURE_TAG]
+    for width in ("8", "24"):
+        assert status[width].info.status == "FINISHED"
+        assert float(status[width].data.metrics["best_val_acc"]) > 0.5  # it learnt: no NaN reached it
 
 
 def test_tpe_with_a_pruner_prunes_and_closes_the_trial_killed(tmp_path, stores, tiny_splits):
