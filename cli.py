@@ -381,7 +381,10 @@ storage_option = click.option(
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=parse_set,
               help="Override a RunConfig field for every trial (repeatable), e.g. --set batch_size=128.")
 @click.option("--population", type=click.IntRange(min=1), default=DEFAULT_POPULATION, show_default=True,
-              help="Trials of the same shape trained together as one batched computation; 1 turns it off.")
+              envvar="FMNIST_POPULATION",
+              help="Most trials trained together as one batched computation (those sharing batches and "
+                   "schedule; different widths packed into one model); 1 turns it off. "
+                   "Default: $FMNIST_POPULATION, else 8.")
 @click.option("--fresh", is_flag=True,
               help="Delete this sweep's stored Optuna study and start it again (its MLflow runs are kept).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

@@ -108,7 +108,8 @@ def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
     poll = min(5.0, worker.heartbeat or 1.0)  # seconds between looks at the queue while others train
     while deadline is None or time.monotonic() < deadline:
         recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
-        leases = claim_population(study, plan, population, total, worker)
+        with worker.claiming(study):  # on a shared storage, a pack goes whole to one worker
+            leases = claim_population(study, plan, population, total, worker)
         for group in by_shape(leases):
             train_group(study, plan, group, splits, tracker, background, shown)
         if leases:

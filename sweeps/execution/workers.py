@@ -7,6 +7,10 @@ stopping, and `recover` (run by every worker between populations, and by `--repa
 once stale, queues a copy (`fail_and_requeue`, as an interrupted lease does) and closes their
 MLflow runs KILLED. Imports nothing of lease.py: the arrow runs lease -> workers.
 
+On a shared PostgreSQL storage a worker claims its population under a lock of the study's
+(`claiming`, a PostgreSQL advisory lock), so a pack goes whole to one worker, not split between two that
+claim at once; each trial is taken exactly once either way (the atomic pop).
+
 Across an outage of the database (outage.py) a worker beats for its trials as soon as the storage is
 back, and judges others' trials stale only once it has seen the storage up for a grace period: a
 heartbeat that could not be written while the database was away does not fail a live worker's trial.
@@ -15,6 +19,7 @@ heartbeat that could not be written while the database was away does not fail a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 import warnings
@@ -22,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
@@ -99,6 +105,32 @@ class Worker:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # taken and finished by another worker meanwhile
         return None
+
+    @contextlib.contextmanager
+    def claiming(self, study: optuna.Study) -> Iterator[None]:
+        """Hold the study's claim lock while claiming a population: a PostgreSQL advisory lock on a
+        connection of its own, so that the claims of two workers do not interleave and one pack goes
+        whole to one of them. The lock goes with its connection, so a worker killed while it holds it
+        holds nothing. Elsewhere (SQLite: one worker), or with the database unreachable, claims go on
+        without it: the atomic pop still gives each trial to one worker."""
+        engine = self.storage.engine
+        if self.exclusive or engine.dialect.name != "postgresql":
+            yield
+            return
+        key = int.from_bytes(hashlib.sha256(f"fmnist-claim:{study.study_name}".encode()).digest()[:8],
+                             "big", signed=True)
+        connection = None
+        with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+            connection = engine.connect()
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            if connection is not None:
+                with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                    connection.close()
 
     def hold(self, lease: Held) -> None:
         """Keep the lease's trial alive (heartbeats) until it is released; the first beat is now."""

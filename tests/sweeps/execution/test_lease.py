@@ -5,6 +5,7 @@ delivered at the exact point under test: a hook (`lease.HOOKS`) or a patched cal
 real signal to this process, so the code under test meets it where it would in a worker.
 """
 
+import contextlib
 import os
 import signal
 import threading
@@ -287,3 +288,45 @@ def test_claim_takes_no_queued_trial_its_population_cannot_train(setting):
     assert TrialLease.claim(worker, study, sample=False, accept=same_shape).number == 0
     assert TrialLease.claim(worker, study, sample=False, accept=same_shape) is None
     assert states(study) == {0: TrialState.RUNNING, 1: TrialState.WAITING}
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_on_a_shared_postgresql_storage_a_pack_goes_whole_to_one_of_two_workers(make_postgres_database,
+                                                                                 locked):
+    """Two workers claim a population of two at once, each giving the other its turn after every trial
+    it takes. Under the study's claim lock (Worker.claiming) each gets two consecutive trials, a whole
+    pack; without it (the control) their claims interleave. Each trial is claimed once either way."""
+    url = make_postgres_database("optuna")
+    optuna.create_study(study_name="claims", storage=url)
+    workers_ = {name: Worker.open(url, heartbeat=60, exclusive=False) for name in "ab"}
+    studies = {name: optuna.load_study(study_name="claims", storage=worker.storage)
+               for name, worker in workers_.items()}
+    for hidden in (8, 16, 24, 32):
+        studies["a"].enqueue_trial({"hidden_size": hidden})
+    taken: dict[str, list[int]] = {"a": [], "b": []}
+    claimed = {(name, k): threading.Event() for name in "ab" for k in range(2)}  # its k-th claim is done
+
+    def claim(name: str, other: str) -> None:
+        worker, study = workers_[name], studies[name]
+        with worker.claiming(study) if locked else contextlib.nullcontext():
+            for k in range(2):
+                taken[name].append(TrialLease.claim(worker, study, sample=False).number)
+                claimed[name, k].set()
+                claimed[other, k].wait(2)  # the other's turn; under the lock it cannot take it
+
+    threads = [threading.Thread(target=claim, args=pair) for pair in (("a", "b"), ("b", "a"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(taken["a"] + taken["b"]) == [0, 1, 2, 3]
+    if locked:  # one worker took 0 and 1, the other 2 and 3
+        assert sorted(taken.values()) == [[0, 1], [2, 3]]
+    else:  # they took turns: each one of the first two
+        assert sorted(numbers[0] for numbers in taken.values()) == [0, 1]
+
+
+def test_the_claim_lock_is_nothing_on_sqlite(setting):
+    study, worker = setting[0], setting[1]
+    with worker.claiming(study):
+        assert TrialLease.claim(worker, study, sample=False).number == 0

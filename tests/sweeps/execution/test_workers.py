@@ -132,6 +132,8 @@ def test_compose_topology_workers_finish_an_8_point_grid_exactly_once(tmp_path, 
     worker_argv_, worker_environment = compose_command("worker", variables, local)
     assert worker_argv_[:2] == ["python", "cli.py"]
     assert worker_environment["MLFLOW_TRACKING_URI"] == mlflow_server
+    # the 8 points are one shape: populations of 2 make 4 packs for the 3 workers to share
+    worker_environment["FMNIST_POPULATION"] = "2"
 
     create = start([sys.executable, *create_argv[1:]], tmp_path, "create", create_environment)
     assert finish([create]) == [0], output(create)
