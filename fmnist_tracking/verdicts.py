@@ -112,4 +112,9 @@ def _named(verdict: dict) -> str:
 
 
 def _p(value: float) -> str:
-    return "p<0.001" if value < 0.001 else f"p={value:.3f}" if value < 0.01 else f"p={value:.2f}"
+    """As the sweep's text prints p (sweeps/analysis/evidence.py): rounding never lifts a p under 0.05
+    to 0.05, so "worse" never stands beside "p=0.05"."""
+    if value < 0.001:
+        return "p<0.001"
+    shown = f"{value:.3f}" if value < 0.01 else f"{value:.2f}"
+    return "p<0.05" if value < 0.05 <= float(shown) else f"p={shown}"

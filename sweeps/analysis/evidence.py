@@ -20,7 +20,11 @@ Which test compares a configuration with the best one:
   would hide real differences. A seeded generator makes the result the same on every call.
 - one seed each, with vectors: the exact McNemar test on the images where the two disagree. It covers
   which images were drawn, not seed-to-seed training noise, and the verdict says so.
-- no vectors (older runs), >= 2 seed accuracies each: Welch's t-test over seeds (training noise only).
+- no vectors (older runs), >= 2 seed accuracies each: Welch's t-test over seeds (training noise only);
+  where neither side's seeds vary, nothing measured the noise: "not tested" (not p = 0: two seeds
+  that happen to agree do not show that there is no noise).
+- a configuration without an accuracy (NaN: a run that never recorded one): "not tested", ranked last,
+  and kept out of the Holm adjustment (a NaN there would make every later adjusted p 1).
 - otherwise: "not tested", with the reason.
 p-values are Holm-adjusted over all comparisons with the best; "worse" means adjusted p < 0.05.
 """
@@ -58,13 +62,15 @@ def wilson_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> tup
     return (0.0 if correct == 0 else centre - half), (1.0 if correct == n else centre + half)
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Student's t interval of the mean of `values` (NaNs with fewer than 2 values)."""
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE,
+               bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """Student's t interval of the mean of `values` (NaNs with fewer than 2 values), cut to `bounds`
+    (an accuracy's (0, 1): two seeds at 0.99 and 1.00 would otherwise read 0.931-1.059)."""
     if len(values) < 2:
         return math.nan, math.nan
     mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * sd / math.sqrt(len(values))
-    return mean - half, mean + half
+    return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,10 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> McNemar:
 
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the input order: the k-th smallest is multiplied by
-    (m - k + 1), then made monotone in that order and capped at 1."""
+    (m - k + 1), then made monotone in that order and capped at 1. A NaN is refused: it has no rank,
+    and min(1, NaN) is 1, which would carry into every later adjusted value."""
+    if any(math.isnan(p) for p in p_values):
+        raise ValueError(f"Holm needs p-values, got NaN among {list(p_values)}")
     order = sorted(range(len(p_values)), key=lambda i: p_values[i])
     adjusted, running = [0.0] * len(p_values), 0.0
     for rank, index in enumerate(order):
@@ -174,7 +183,8 @@ def compare_to_best(configs: Sequence[ConfigResult], *, alpha: float = ALPHA,
     if len(lengths) > 1:
         raise ValueError(f"per-image vectors of different lengths {sorted(lengths)}: all trials of a study "
                          "must see the same validation images in the same order")
-    ranked = sorted(configs, key=lambda c: -c.accuracy)  # stable: ties keep the input order
+    # stable: ties keep the input order; configurations without an accuracy (NaN) last, never the best
+    ranked = sorted(configs, key=lambda c: (math.isnan(c.accuracy), -np.nan_to_num(c.accuracy)))
     best = ranked[0]
     with_vectors = [c for c in ranked if c.correct]
     resampled = {}
@@ -195,6 +205,8 @@ def compare_to_best(configs: Sequence[ConfigResult], *, alpha: float = ALPHA,
 
 def _compare(best: ConfigResult, other: ConfigResult, resampled: dict) -> tuple:
     """(raw p, method, note, discordant) of `other` against `best`; p None when nothing measures the noise."""
+    if math.isnan(other.accuracy) or math.isnan(best.accuracy):
+        return None, "", "no validation accuracy recorded", None
     if best.correct and other.correct:
         if len(best.correct) == len(other.correct) == 1:
             test = mcnemar_exact(other.correct[0], best.correct[0])
@@ -208,10 +220,10 @@ def _compare(best: ConfigResult, other: ConfigResult, resampled: dict) -> tuple:
         return min(1.0, p_value), BOOTSTRAP, note, None
     if len(best.seed_accuracies) >= 2 and len(other.seed_accuracies) >= 2:
         mine, theirs = best.seed_accuracies, other.seed_accuracies
-        if np.ptp(mine) == 0 and np.ptp(theirs) == 0:
-            p_value = float(best.accuracy == other.accuracy)  # no spread: noise cannot explain a gap
-        else:
-            p_value = float(stats.ttest_ind(mine, theirs, equal_var=False).pvalue)
+        if np.ptp(mine) == 0 and np.ptp(theirs) == 0:  # seeds that agree measure no noise: no test
+            return None, "", "no per-image vectors and no seed-to-seed spread: nothing measures the noise", \
+                None
+        p_value = float(stats.ttest_ind(mine, theirs, equal_var=False).pvalue)
         note = "no per-image vectors: covers training noise, not which images were drawn"
         return p_value, WELCH, note, None
     return None, "", "one seed and no per-image vectors on one side: nothing measures the noise", None
@@ -221,7 +233,7 @@ def _verdict(config: ConfigResult, best: ConfigResult, p_value, p_adjusted, word
              note: str, discordant) -> Verdict:
     accuracies = config.seed_accuracies
     if len(accuracies) >= 2:
-        interval, kind = t_interval(accuracies), "t over seeds"
+        interval, kind = t_interval(accuracies, bounds=(0.0, 1.0)), "t over seeds"
     elif config.correct:
         interval, kind = wilson_interval(int(config.correct[0].sum()), len(config.correct[0])), "Wilson"
     else:
@@ -302,7 +314,11 @@ def _caveats(verdicts: Sequence[Verdict]) -> list[str]:
 
 
 def _p(value: float) -> str:
-    return "p<0.001" if value < 0.001 else f"p={value:.3f}" if value < 0.01 else f"p={value:.2f}"
+    """p as the text prints it; rounding never lifts a p under ALPHA to ALPHA (0.04996: "p<0.05")."""
+    if value < 0.001:
+        return "p<0.001"
+    shown = f"{value:.3f}" if value < 0.01 else f"{value:.2f}"
+    return f"p<{ALPHA:g}" if value < ALPHA <= float(shown) else f"p={shown}"
 
 
 def _sentence(text: str) -> str:

@@ -132,7 +132,7 @@ def accuracy_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str
     axes.errorbar(positions, means, yerr=[below, above], marker="o", capsize=4,
                   label="validation (selected epoch)")
     tests = [[TrialRecord.of(t).metric("test_acc", math.nan) for t in row.trials] for row in rows]
-    test_intervals = [evidence.t_interval(values) for values in tests]
+    test_intervals = [evidence.t_interval(values, bounds=(0.0, 1.0)) for values in tests]
     test_means = np.array([np.mean(values) for values in tests])
     axes.errorbar(positions, test_means, marker="s", capsize=4, alpha=0.7, label="test (not used to choose)",
                   yerr=[np.nan_to_num(test_means - [lo for lo, _ in test_intervals]),

@@ -212,3 +212,48 @@ def test_t_interval_known_value():
     low, high = evidence.t_interval([1.0, 2.0, 3.0])
     half = 4.302653 / np.sqrt(3)  # t(0.975, 2) = 4.3027, sd = 1
     assert (low, high) == pytest.approx((2 - half, 2 + half), rel=1e-5)
+
+
+# The smaller defects the audit of issue 19 found; each test failed before its fix.
+
+def test_a_configuration_without_an_accuracy_is_not_tested_and_leaves_the_others_verdicts_alone():
+    """A NaN p-value inside Holm made every later adjusted p 1.0, so a clearly worse configuration read
+    "within noise"; now the one without an accuracy is ranked last, not tested, and out of Holm."""
+    configs = [ConfigResult("best", cost=1.0, accuracies=[0.901, 0.899, 0.900]),
+               ConfigResult("missing", cost=1.0, accuracies=[math.nan, math.nan]),
+               ConfigResult("worse", cost=1.0, accuracies=[0.850, 0.852, 0.851])]
+    verdicts = compare_to_best(configs)
+    assert [v.label for v in verdicts] == ["best", "worse", "missing"]
+    by_label = {v.label: v for v in verdicts}
+    assert by_label["worse"].verdict == "worse" and by_label["worse"].p_adjusted < 0.05
+    missing = by_label["missing"]
+    assert missing.verdict == "not tested" and "no validation accuracy" in missing.note
+    with pytest.raises(ValueError, match="NaN"):
+        holm([0.01, math.nan, 0.02])
+
+
+def test_seeds_that_do_not_vary_measure_no_noise_so_nothing_is_declared():
+    """Welch's fallback returned p = 0 when neither side's seeds varied: a "worse" from two coincidences."""
+    configs = [ConfigResult("a", cost=1.0, accuracies=[0.90, 0.90]),
+               ConfigResult("b", cost=1.0, accuracies=[0.89, 0.89])]
+    [_, other] = compare_to_best(configs)
+    assert other.verdict == "not tested" and other.p_value is None and "no seed-to-seed spread" in other.note
+
+
+def test_an_interval_over_seeds_stays_inside_0_and_1():
+    """Two seeds at 0.99 and 1.00 gave 0.931-1.059."""
+    nearly, perfect = np.ones(100, dtype=bool), np.ones(100, dtype=bool)
+    nearly[0] = False
+    [best] = compare_to_best([ConfigResult("a", [nearly, perfect])])
+    low, high = best.interval
+    assert 0.0 <= low < 0.995 and high == 1.0
+    assert evidence.t_interval([0.99, 1.0]) == pytest.approx((0.931, 1.059), abs=1e-3)  # unbounded by default
+
+
+@pytest.mark.parametrize("p, shown", [(0.04996, "p<0.05"), (0.0501, "p=0.05"), (0.81, "p=0.81"),
+                                      (0.0042, "p=0.004"), (0.0004, "p<0.001")])
+def test_printed_p_values_never_round_up_to_the_threshold(p, shown):
+    """An adjusted p of 0.04996 printed as "p=0.05" beside "worse"."""
+    from fmnist_tracking import verdicts
+
+    assert evidence._p(p) == shown and verdicts._p(p) == shown

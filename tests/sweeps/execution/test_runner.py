@@ -247,7 +247,7 @@ def test_population_training_matches_one_by_one_and_gives_seed_statistics(tmp_pa
     assert [len(row.trials) for row in summary.rows] == [2, 2]
     values = [t.value for t in summary.rows[0].trials]
     assert summary.rows[0].verdict.accuracy == pytest.approx(sum(values) / 2)
-    assert summary.rows[0].verdict.interval == pytest.approx(evidence.t_interval(values))
+    assert summary.rows[0].verdict.interval == pytest.approx(evidence.t_interval(values, bounds=(0.0, 1.0)))
     assert summary.rows[0].vs_best == "best" and summary.rows[1].vs_best in ("within noise", "worse")
     assert "| 1 |" in text.ranked_table(summary) and "95% t over seeds" in text.ranked_table(summary)
     rows = list(csv.DictReader(io.StringIO(text.summary_csv(summary))))
