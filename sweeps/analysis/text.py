@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fmnist_tracking.names import SWEEP_ARTIFACT_DIR
+from sweeps.analysis.evidence import ALPHA
 from sweeps.trial_record import TrialRecord
 
 if TYPE_CHECKING:
@@ -143,7 +144,13 @@ def _test_acc(row: ConfigRow) -> float:
 
 
 def _p(value: float | None) -> str:
-    return "" if value is None else "<0.001" if value < 0.001 else f"{value:.3f}"
+    """The table's p (as evidence._p, three decimals): rounding never lifts a p under ALPHA to ALPHA."""
+    if value is None:
+        return ""
+    if value < 0.001:
+        return "<0.001"
+    shown = f"{value:.3f}"
+    return f"<{ALPHA:g}" if value < ALPHA <= float(shown) else shown
 
 
 def _number(value: float, digits: int = 4) -> str:

@@ -257,3 +257,10 @@ def test_printed_p_values_never_round_up_to_the_threshold(p, shown):
     from fmnist_tracking import verdicts
 
     assert evidence._p(p) == shown and verdicts._p(p) == shown
+
+
+def test_the_ranked_table_never_rounds_a_p_up_to_the_threshold_either():
+    from sweeps.analysis import text
+
+    printed = [text._p(p) for p in (0.04996, 0.0501, 0.809, 0.0004, None)]
+    assert printed == ["<0.05", "0.050", "0.809", "<0.001", ""]
