@@ -313,12 +313,18 @@ def _caveats(verdicts: Sequence[Verdict]) -> list[str]:
     return caveats
 
 
-def _p(value: float) -> str:
-    """p as the text prints it; rounding never lifts a p under ALPHA to ALPHA (0.04996: "p<0.05")."""
+def p_shown(value: float, decimals: int) -> str:
+    """p as the text prints it, with `decimals` decimals and "<0.001" below that; rounding never lifts
+    a p under ALPHA to ALPHA (0.04996: "<0.05"), so "worse" never stands beside "0.05"."""
     if value < 0.001:
-        return "p<0.001"
-    shown = f"{value:.3f}" if value < 0.01 else f"{value:.2f}"
-    return f"p<{ALPHA:g}" if value < ALPHA <= float(shown) else f"p={shown}"
+        return "<0.001"
+    shown = f"{value:.{decimals}f}"
+    return f"<{ALPHA:g}" if value < ALPHA <= float(shown) else shown
+
+
+def _p(value: float) -> str:
+    shown = p_shown(value, 3 if value < 0.01 else 2)
+    return f"p{shown}" if shown.startswith("<") else f"p={shown}"
 
 
 def _sentence(text: str) -> str:

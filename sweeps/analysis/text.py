@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fmnist_tracking.names import SWEEP_ARTIFACT_DIR
-from sweeps.analysis.evidence import ALPHA
+from sweeps.analysis.evidence import p_shown
 from sweeps.trial_record import TrialRecord
 
 if TYPE_CHECKING:
@@ -144,13 +144,7 @@ def _test_acc(row: ConfigRow) -> float:
 
 
 def _p(value: float | None) -> str:
-    """The table's p (as evidence._p, three decimals): rounding never lifts a p under ALPHA to ALPHA."""
-    if value is None:
-        return ""
-    if value < 0.001:
-        return "<0.001"
-    shown = f"{value:.3f}"
-    return f"<{ALPHA:g}" if value < ALPHA <= float(shown) else shown
+    return "" if value is None else p_shown(value, 3)
 
 
 def _number(value: float, digits: int = 4) -> str:
