@@ -265,3 +265,15 @@ def teacher_batches(data: tuple[torch.Tensor, torch.Tensor], seeds: list[int], s
         start = (step % per_epoch) * batch
         idx = torch.stack([perms[s][start:start + batch] for s in seeds])
         yield x[idx], y[idx]
+
+
+HEX = "0123456789abcdef"
+
+
+def runs_with_prefixes(client, experiment_id: str) -> tuple[list[str], str, str]:
+    """17 new runs' ids, a hex digit two of them start with, and a 2-digit start none of them has:
+    what the run-id prefix tests need (17 ids over 16 digits: some digit is always shared)."""
+    ids = [client.create_run(experiment_id, run_name=f"run-{i}").info.run_id for i in range(17)]
+    shared = next(digit for digit in HEX if sum(i.startswith(digit) for i in ids) > 1)
+    unused = next(a + b for a in HEX for b in HEX if not any(i.startswith(a + b) for i in ids))
+    return ids, shared, unused

@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from PIL import Image
-from support import ROOT, free_port, stop_group
+from support import ROOT, free_port, runs_with_prefixes, stop_group
 
 from cli import cli
 from fmnist_core import serving
@@ -304,11 +304,7 @@ def test_runs_of_a_sweep_are_ranked_by_its_objective_with_labelled_columns(mlflo
 
 def test_commands_taking_a_run_id_take_the_start_of_it_that_runs_shows(mlflow_store):
     client, experiment_id = store.setup(mlflow_store)
-    # 17 runs: two of them start with the same hex digit, and some 2-digit start is no run's
-    ids = [client.create_run(experiment_id, run_name=f"run-{i}").info.run_id for i in range(17)]
-    shared = next(digit for digit in "0123456789abcdef" if sum(i.startswith(digit) for i in ids) > 1)
-    unused = next(f"{a}{b}" for a in "0123456789abcdef" for b in "0123456789abcdef"
-                  if not any(i.startswith(a + b) for i in ids))
+    ids, shared, unused = runs_with_prefixes(client, experiment_id)
     table = invoke("runs", "--limit", "17").stdout
     shown = ids[5][:8]
     assert shown in table and ids[5] not in table

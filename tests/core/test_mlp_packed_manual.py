@@ -11,12 +11,12 @@ import dataclasses
 
 import pytest
 import torch
+from support import synthetic_splits
 
 from fmnist_core import trainer
 from fmnist_core.config import RunConfig
 from fmnist_core.learner import dead_unit_fraction, evaluate_learner
 from fmnist_core.mlp_manual import ManualLearner, PackedManualLearner, make_manual_learner
-from tests.support import synthetic_splits
 
 CPU, F64 = torch.device("cpu"), torch.float64
 BATCH = 32

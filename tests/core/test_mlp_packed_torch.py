@@ -13,11 +13,11 @@ import math
 
 import pytest
 import torch
+from support import teacher_batches, teacher_dataset
 
 from fmnist_core.config import RunConfig
 from fmnist_core.learner import dead_unit_fraction, evaluate_learner
 from fmnist_core.mlp_torch import TorchLearner, make_torch_learner
-from tests.support import teacher_batches, teacher_dataset
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 

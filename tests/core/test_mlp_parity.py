@@ -12,11 +12,11 @@ import math
 
 import pytest
 import torch
+from support import teacher_batches, teacher_dataset
 
 from fmnist_core.config import RunConfig
 from fmnist_core.mlp_manual import make_manual_learner
 from fmnist_core.mlp_torch import TorchMLP, make_torch_learner
-from tests.support import teacher_batches, teacher_dataset
 
 CPU = torch.device("cpu")
 F64 = torch.float64

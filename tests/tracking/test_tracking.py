@@ -11,6 +11,7 @@ import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
+from support import runs_with_prefixes
 
 from fmnist_core import serving
 from fmnist_core.config import RunConfig
@@ -194,11 +195,7 @@ def test_find_best_run_takes_the_best_finished_run_by_validation_only(mlflow_sto
 
 def test_a_run_is_found_by_its_id_or_by_a_start_of_it_that_only_it_has(mlflow_store):
     client, experiment_id = store.setup(mlflow_store)
-    # 17 runs: two of them start with the same hex digit, and some 2-digit start is no run's
-    ids = [client.create_run(experiment_id, run_name=f"run-{i}").info.run_id for i in range(17)]
-    shared = next(digit for digit in "0123456789abcdef" if sum(i.startswith(digit) for i in ids) > 1)
-    unused = next(f"{a}{b}" for a in "0123456789abcdef" for b in "0123456789abcdef"
-                  if not any(i.startswith(a + b) for i in ids))
+    ids, shared, unused = runs_with_prefixes(client, experiment_id)
     _, elsewhere = store.setup(mlflow_store, "other")
     other = client.create_run(elsewhere).info.run_id
 
