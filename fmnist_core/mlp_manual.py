@@ -251,9 +251,16 @@ class ManualSGD:
         tensors are slow on the CPU); members where `frozen` [P] is True keep their weights and buffers."""
         w, lr, momentum = self.weights, lr.unsqueeze(1), self.momentum
         if self.fused_update is not None and frozen is None:
-            self.fused_update(w, gradients, self.buffer, lr, momentum, self.weight_decay,
-                              self.nesterov_kind == "all")
-            return
+            try:
+                self.fused_update(w, gradients, self.buffer, lr, momentum, self.weight_decay,
+                                  self.nesterov_kind == "all")
+                return
+            except Exception as error:  # noqa: BLE001 - a recompile that fails: nothing was written yet
+                # inductor can fail recompiling for a later population's rows ("s15 ... is not tracked
+                # with proxy", torch 2.14, a sweep's second pack) before running anything: eager from here
+                warnings.warn(f"the compiled SGD update failed, using the eager update: {first_line(error)}",
+                              RuntimeWarning, stacklevel=2)
+                self.fused_update = None
         g = gradients.addcmul_(self.weight_decay, w)  # L2: dL/dw += wd w
         old_buf = self.buffer
         buf = torch.addcmul(g, momentum, old_buf, out=old_buf if frozen is None else None)  # m buf + g

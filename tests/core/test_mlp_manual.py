@@ -284,3 +284,18 @@ def test_a_failing_compiler_leaves_the_eager_update(monkeypatch):
         mlp_manual.fused_sgd_update.cache_clear()
     assert not optimizer.fused
     assert torch.equal(fallen_back, eager)
+
+
+def test_a_compiled_update_that_fails_mid_run_is_replaced_by_the_eager_one():
+    """inductor can fail recompiling the update for a later population's rows (torch 2.14: "s15 is not
+    tracked with proxy", a sweep's second pack): that step and the rest run eager, with the same weights."""
+    def failing_recompile(*args, **kwargs):
+        raise RuntimeError("s15 (<class 'torch.SymInt'>) is not tracked with proxy")
+
+    eager = sgd_run(three_members(True))
+    optimizer = three_members(True)
+    optimizer.fused_update = failing_recompile  # as if compiled, failing on its next call
+    with pytest.warns(RuntimeWarning, match="not tracked with proxy"):
+        fallen_back = sgd_run(optimizer)
+    assert not optimizer.fused
+    assert torch.equal(fallen_back, eager)
