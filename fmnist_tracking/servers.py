@@ -6,9 +6,15 @@ to loopback unless told otherwise: none of them has a login.
 
 The sweep view is an MLflow "saved view" (MLflow >= 3.15: the Runs page's Views menu): an experiment
 tag `mlflow.sharedViewState.<id>` holding `{name, createdAt, updatedAt, state}`, where `state` is the
-JSON of the runs table's search facets and UI state (filter, sort, selected columns). The UI opens it
-from `#/experiments/<id>/runs?viewStateShareKey=<id>`; it accepts the state as plain JSON (the UI
-itself deflates it, and reads both), the format MLflow's own demo data writes from Python.
+JSON of the runs page's search facets and UI state. The UI opens it from
+`#/experiments/<id>/runs?viewStateShareKey=<id>`; it accepts the state as plain JSON (the UI itself
+deflates it, and reads both), the format MLflow's own demo data writes from Python. What it reads back
+(MLflow 3.17.2's bundle, checked in its JS under mlflow/server/js/build): the search facets
+(`searchFilter orderByKey orderByAsc startTime lifecycleFilter modelVersionFilter datasetsFilter`) and
+the UI state of `EXPERIMENT_PAGE_UI_STATE_FIELDS` (models/ExperimentPageUIState.tsx) less the per-run
+and personal fields (`runsExpanded runsPinned runsHidden runsVisibilityMap autoRefreshEnabled`): the
+table's columns and group-by, the Chart tab's cards and sections. Which tab opens (Table or Chart) is
+not view state: it is the URL's `compareRunsMode` (TABLE unless it says CHART).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -34,9 +41,13 @@ from fmnist_tracking.store import (
     setup,
 )
 
+if TYPE_CHECKING:
+    from fmnist_tracking.registry import Ranking
+
 SAVED_VIEW_TAG = "mlflow.sharedViewState."
 # Always shown for a sweep: validation accuracy (what selects) and test accuracy (only reported).
 SWEEP_METRICS = ("best_val_acc", "test_acc")
+SEED_PARAM = "seed"  # RunConfig.seed, logged as a param: the seeds of one configuration share the rest
 
 
 def _address(host: str, port: int) -> str:
@@ -75,12 +86,32 @@ def ui_run_url(host: str, port: int, experiment_id: str, run_id: str) -> str:
     return f"{_address(host, port)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str) -> tuple[str, list[str]]:
-    """Save (or refresh) the view of sweep `sweep`'s trial runs, best validation accuracy first, with
-    the params they vary and their validation and test accuracy as columns.
+def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str,
+                    ranking: Ranking | None = None) -> tuple[str, list[str]]:
+    """Save (or refresh) the view of sweep `sweep`'s trial runs, ranked by its objective `ranking`
+    (default: best validation accuracy), the seeds of each configuration grouped.
+
+    Table: the runs grouped by the params the sweep varies but the seed (a group per configuration:
+    its row the average over its seeds, the groups ranked by it, its seeds' runs open beneath it), with
+    those params, the objective and test accuracy as columns (the run names say the seed). Chart tab,
+    one section: per swept param a scatter of the objective at the selected epoch (best_val_acc)
+    against it; with several swept params, also parallel coordinates of them and the objective; the
+    objective per epoch (val_acc against Step), for each configuration the seeds' average as a line and
+    their min-max as a band. Every other metric (best_epoch, best_value, test_acc, train_loss, ...) gets
+    a deleted card: MLflow adds a card for each metric that no card names, and draws a one-value metric
+    logged at step best_epoch as a line against Step.
+
+    What MLflow's charts cannot do: a group is one point of a scatter or one line of parallel
+    coordinates, its aggregate (the average; min or max are the other choices), with no error bar, so
+    the seeds' spread is in the per-epoch band and the table's rows. Charts are one trace per group or
+    one per run (`useGroupedValuesInCharts`), for all charts at once. A metric first logged after the
+    view was saved gets MLflow's default card until it is saved again (each `cli.py ui --sweep`).
 
     Returns (view id, the sweep's parent run ids); TrackingError if the experiment holds no such sweep.
     """
+    from fmnist_tracking.registry import Ranking
+
+    ranking = ranking or Ranking()
     runs = search_runs(client, [experiment_id], sweep=sweep)
     trials = [run for run in runs if not is_sweep_parent(run.data.tags)]
     parents = [run.info.run_id for run in runs if is_sweep_parent(run.data.tags)]
@@ -89,21 +120,55 @@ def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str) -> tup
                             f"{sweep}` or check --experiment / --tracking-uri")
     names = {key for run in trials for key in run.data.params}
     varying = sorted(key for key in names if len({run.data.params.get(key) for run in trials}) > 1)
+    swept = [key for key in varying if key != SEED_PARAM]
+    objective = ranking.logged  # the objective at each run's selected epoch
+    columns = [objective, *(key for key in SWEEP_METRICS if key != objective)]
     state = {
         "searchFilter": f"{sweep_filter(sweep)} and {SWEEP_TRIALS}",
-        "orderByKey": "metrics.`best_val_acc`", "orderByAsc": False,
+        "orderByKey": f"metrics.`{objective}`", "orderByAsc": ranking.direction == "minimize",
         "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
-        "selectedColumns": [f"params.`{key}`" for key in varying]
-                           + [f"metrics.`{key}`" for key in SWEEP_METRICS],
+        "selectedColumns": [f"params.`{key}`" for key in swept] + [f"metrics.`{key}`" for key in columns],
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [
+            {"mode": "param", "groupByData": key} for key in swept]} if swept else None,
+        "groupsExpanded": {},  # a group not named here opens expanded
+        "useGroupedValuesInCharts": True,  # a configuration is one trace in the charts, not each seed
+        "runsHiddenMode": "SHOW_ALL",  # MLflow charts only the first 10 rows (groups) otherwise
+        **_sweep_charts(sweep, swept, objective, ranking.metric,
+                        {key for run in trials for key in run.data.metrics}),
     }
     view = "sweep-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", sweep).strip("-") or "sweep")
     now = int(time.time() * 1000)
-    envelope = {"name": f"sweep {sweep}: runs by validation accuracy", "createdAt": now, "updatedAt": now,
+    envelope = {"name": f"sweep {sweep}: seeds grouped, by {objective}", "createdAt": now, "updatedAt": now,
                 "state": json.dumps(state, separators=(",", ":"))}
     client.set_experiment_tag(experiment_id, SAVED_VIEW_TAG + view,
                               json.dumps(envelope, separators=(",", ":")))
     return view, parents
+
+
+def _sweep_charts(sweep: str, swept: list[str], objective: str, per_epoch: str,
+                  metrics: set[str]) -> dict[str, object]:
+    """The Chart tab's part of the sweep view: one section, its cards (RunsChartsCardConfig's fields in
+    MLflow's runs-charts.types.ts), and a deleted card for each metric that no card shows."""
+    section = "sweep"
+    card = {"metricSectionId": section, "deleted": False, "isGenerated": False}
+    cards = [{**card, "uuid": f"scatter-{key}", "type": "SCATTER", "runsCountToCompare": 100,
+              "xaxis": {"key": key, "type": "PARAM"}, "yaxis": {"key": objective, "type": "METRIC"}}
+             for key in swept]
+    if len(swept) > 1:
+        cards.append({**card, "uuid": "parallel", "type": "PARALLEL", "selectedParams": swept,
+                      "selectedMetrics": [objective]})
+    cards.append({**card, "uuid": f"line-{per_epoch}", "type": "LINE", "metricKey": per_epoch,
+                  "xAxisKey": "step", "useGlobalXaxisKey": False, "lineSmoothness": 0,
+                  "useGlobalLineSmoothing": False, "scaleType": "linear", "xAxisScaleType": "linear",
+                  "selectedXAxisMetricKey": "", "range": {}})
+    cards += [{**card, "uuid": f"hidden-{key}", "type": "BAR", "metricKey": key, "deleted": True}
+              for key in sorted(metrics - {per_epoch})]
+    answer = (f"{objective} against {', '.join(swept)}; " if swept else "") + f"{per_epoch} per epoch"
+    return {"compareRunCharts": cards,
+            "compareRunSections": [{"uuid": section, "name": f"sweep {sweep}: {answer}", "display": True,
+                                    "isReordered": False}],
+            "isAccordionReordered": True}  # keep this one section first; MLflow re-sorts it otherwise
 
 
 def serve_command(model_uri: str, tracking_uri: str | None, host: str,

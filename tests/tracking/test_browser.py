@@ -1,8 +1,9 @@
 """The MLflow UI, opened the way the README says (`cli.py ui --sweep NAME`, then the address it prints),
-over a store holding a sweep's runs as the runner names them, seen in headless Chromium.
+over a store holding a sweep's runs as the runner names and tags them, seen in headless Chromium.
 
-Assertions are on our content (run names, values, the conclusion text), not on MLflow's markup,
-except the one check that a chart draws a line.
+Assertions are on our content (run names, values, the conclusion text, the chart section's name), not
+on MLflow's markup, except where the markup is what is tested: a group's header ("Group: 1024"), the
+Table/Chart switch, a chart card's title, and that a chart draws a line and a band.
 """
 
 from __future__ import annotations
@@ -23,9 +24,20 @@ from fmnist_tracking import run_log, store
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
-# name -> (hidden_size, best_val_acc, test_acc): the hidden_size sweep of the README, three of its widths.
-CHILDREN = {"hidden_size=128": (128, 0.8921, 0.8877), "hidden_size=2048": (2048, 0.9013, 0.8971),
-            "hidden_size=1024": (1024, 0.9018, 0.8952)}
+# (hidden_size, seed) -> (best_val_acc, test_acc): the hidden_size sweep of the README, three of its widths,
+# two seeds each. By their seeds' average 1024 (0.9025) > 2048 (0.9014) > 128 (0.8927), although a run of
+# 2048 beats one of 1024: ungrouped, their runs would interleave. (No trailing zeros: MLflow drops them.)
+RESULTS = {(128, 0): (0.8921, 0.8877), (128, 1): (0.8933, 0.8881), (2048, 0): (0.9027, 0.8971),
+           (2048, 1): (0.9001, 0.8966), (1024, 0): (0.9018, 0.8952), (1024, 1): (0.9032, 0.8962)}
+# run name, as the runner names a trial -> (hidden_size, seed, best_val_acc, test_acc)
+CHILDREN = {f"hidden_size={hidden}, seed={seed}": (hidden, seed, *accuracies)
+            for (hidden, seed), accuracies in RESULTS.items()}
+# Top to bottom in the saved view's table: each configuration's group, its seeds beneath it.
+TABLE_ORDER = ["Group: 1024", "hidden_size=1024, seed=1", "hidden_size=1024, seed=0",
+               "Group: 2048", "hidden_size=2048, seed=0", "hidden_size=2048, seed=1",
+               "Group: 128", "hidden_size=128, seed=1", "hidden_size=128, seed=0"]
+CHART_SECTION = "sweep hidden_size: best_val_acc against hidden_size; val_acc per epoch"
+CHART_TITLES = ["hidden_size vs. best_val_acc", "val_acc"]  # MLflow's titles of the two cards saved
 CONCLUSION = ("Which hidden size works best? hidden_size=1024 has the best validation accuracy, 0.9018 "
               "(95% Wilson 0.896-0.908). Within noise of it: hidden_size=2048 (-0.0005, 134 images only it "
               "got right vs 139 only the best, p=0.80 Holm-adjusted). Worse: hidden_size=128 (-0.0097, "
@@ -54,28 +66,32 @@ def _stop(server: subprocess.Popen) -> None:
 
 def _sweep_runs(uri: str) -> dict[str, str]:
     """A finished hidden_size sweep as the runner and report leave it: a parent whose description is the
-    conclusion, and child runs named by what varies, with three epochs each. Returns {name: run id}."""
+    conclusion, and child runs named by what varies and their seed, tagged as the runner tags them, with
+    three epochs each and the one-value metrics at the best epoch. Returns {name: run id}."""
     client, experiment_id = store.setup(uri)
     parent = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="hidden_size-manual",
                                      tags={"sweep": "hidden_size", "sweep_role": "parent",
                                            "mlflow.note.content": CONCLUSION})
     made = {"parent": parent.run_id}
-    for trial, (name, (hidden, val_acc, test_acc)) in enumerate(CHILDREN.items()):
-        cfg = RunConfig(hidden_size=hidden, epochs=3, device="cpu")
+    for trial, (name, (hidden, seed, val_acc, test_acc)) in enumerate(CHILDREN.items()):
+        cfg = RunConfig(hidden_size=hidden, epochs=3, device="cpu", seed=seed)
         with run_log.RunLogger.start(client, experiment_id, cfg, run_name=name, parent_run_id=parent.run_id,
-                                     tags={"sweep": "hidden_size", "sweep_role": "trial",
-                                           "trial": str(trial)}) as child:
+                                     tags={"sweep": "hidden_size", "sweep_role": "trial", "trial": str(trial),
+                                           "seed": str(seed), "sampled.hidden_size": str(hidden),
+                                           "sampled.seed": str(seed)}) as child:
             for epoch in (1, 2, 3):
                 child.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch,
                                  "val_acc": val_acc - 0.01 * (3 - epoch)})
-            for key, value in (("best_val_acc", val_acc), ("test_acc", test_acc), ("best_epoch", 3)):
+            for key, value in (("best_val_acc", val_acc), ("best_value", val_acc), ("test_acc", test_acc),
+                               ("best_epoch", 3)):
                 client.log_metric(child.run_id, key, value, step=3)
         made[name] = child.run_id
     parent.end()
     return made
 
 
-def test_cli_ui_opens_on_the_sweeps_ranked_runs_and_its_conclusion(mlflow_store, tmp_path):
+def test_cli_ui_opens_on_the_sweeps_runs_grouped_by_configuration_its_charts_and_conclusion(mlflow_store,
+                                                                                            tmp_path):
     if not CHROMIUM.exists():
         pytest.fail(f"Chromium is missing at {CHROMIUM}: run `make browser` to install it")
     from playwright.sync_api import sync_playwright
@@ -99,15 +115,29 @@ def test_cli_ui_opens_on_the_sweeps_ranked_runs_and_its_conclusion(mlflow_store,
             page.set_default_timeout(60_000)
 
             page.goto(runs_url)
-            rows = {name: page.get_by_text(name, exact=True).first for name in CHILDREN}
-            for name, (hidden, val_acc, test_acc) in CHILDREN.items():
-                rows[name].wait_for(state="visible")
+            rows = {name: page.get_by_text(name, exact=True).first for name in TABLE_ORDER}
+            for row in rows.values():
+                row.wait_for(state="visible")
+            for hidden, _, val_acc, test_acc in CHILDREN.values():
                 for value in (f"{val_acc:.4f}", f"{test_acc:.4f}", str(hidden)):  # columns, no clicking
                     page.get_by_text(value, exact=True).first.wait_for(state="visible")
+            page.get_by_text("0.9014 (average)").first.wait_for(state="visible")  # group 2048: seeds' mean
             heights = {name: row.bounding_box()["y"] for name, row in rows.items()}
-            assert sorted(heights, key=heights.get) == ["hidden_size=1024", "hidden_size=2048",
-                                                        "hidden_size=128"]  # best validation accuracy first
+            # grouped by configuration, the groups best average validation accuracy first, each with its seeds
+            assert sorted(heights, key=heights.get) == TABLE_ORDER
             page.screenshot(path=str(tmp_path / "sweep_runs.png"))
+
+            page.locator("label:has(input[value='CHART'])").click()  # the Chart tab of the same view
+            page.get_by_text(CHART_SECTION).first.wait_for(state="visible")
+            for group in ("1024", "2048", "128"):  # the per-epoch chart draws configurations, not runs
+                page.get_by_text(f"{group} (val_acc)", exact=True).first.wait_for(state="visible")
+            # Its data are in (three epochs: a line; seeds min-max: a band per configuration): the cards
+            # are all there, none added for best_epoch and the other one-value metrics.
+            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .scatterlayer "
+                                   ".trace path.js-fill').length >= 3")
+            titles = page.locator("[data-testid='experiment-view-compare-runs-card'] h4").all_inner_texts()
+            assert titles == CHART_TITLES
+            page.screenshot(path=str(tmp_path / "sweep_charts.png"))
 
             page.goto(parent_url)  # the parent's Overview: its description is the sweep's conclusion
             page.get_by_text(CONCLUSION[:80]).first.wait_for(state="visible")
@@ -115,13 +145,13 @@ def test_cli_ui_opens_on_the_sweeps_ranked_runs_and_its_conclusion(mlflow_store,
                 page.get_by_text(name).first.wait_for(state="visible")  # listed as its child runs
             page.screenshot(path=str(tmp_path / "sweep_parent.png"))
 
-            child = runs["hidden_size=1024"]
+            child = runs["hidden_size=1024, seed=0"]
             page.goto(parent_url.replace(runs["parent"], child).replace("?", "/model-metrics?"))
             # The run page draws its charts lazily, as they scroll into view: search for the one we want.
             page.get_by_placeholder("Search metric charts").fill("val_acc")
-            page.get_by_text("hidden_size=1024 (val_acc)").first.wait_for(state="visible")  # the legend
+            page.get_by_text("hidden_size=1024, seed=0 (val_acc)").first.wait_for(state="visible")  # legend
             # Three epochs: a plot holds a drawn line, not an empty frame or the one point of best_val_acc
-            # (MLflow's markup, the one place); a timeout fails the test.
+            # (MLflow's markup); a timeout fails the test.
             page.wait_for_function("() => [...document.querySelectorAll("
                                    "'.js-plotly-plot .scatterlayer .trace path.js-line')]"
                                    ".some(line => (line.getAttribute('d') || '').includes('L'))")  # a segment
@@ -129,3 +159,4 @@ def test_cli_ui_opens_on_the_sweeps_ranked_runs_and_its_conclusion(mlflow_store,
     finally:
         _stop(server)
     assert (tmp_path / "sweep_runs.png").stat().st_size > 10_000
+    assert (tmp_path / "sweep_charts.png").stat().st_size > 10_000
