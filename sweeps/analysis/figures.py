@@ -1,14 +1,19 @@
-"""The figures every sweep gets: validation curves, accuracy and time against the swept value, Optuna's plots.
+"""The figures every sweep gets: validation curves, what the verdicts rest on and what a configuration
+costs against the swept value, Optuna's plots.
 
-Accuracies carry the same 95% intervals as the ranked table (report.summarise's verdicts): across seeds
-with >= 2 seeds, Wilson over the validation images with one; the caption says which. Every
-configuration is named: in a legend up to LEGEND_MAX of them, else a colorbar (the swept value where it
-is a number, else the rank). why_figures.py adds the diagnostics that explain the outcome.
+`accuracy_vs_<x>` shows each configuration's paired difference to the best with the interval its verdict
+(report.summarise's, evidence.py) was read from and the ±δ tie band, each point marked by its verdict;
+the absolute accuracies, whose unpaired intervals overlap where a paired test still separates two
+configurations, sit below, smaller. `epoch_seconds_vs_<x>` shows parameters and training FLOPs, not the
+measured seconds, which a pack's members share. Every configuration is named: in a legend up to
+LEGEND_MAX of them, else a colorbar (the swept value where it is a number, else the rank). Titles are
+wrapped to the figure's width (`caption`). why_figures.py adds the diagnostics that explain the outcome.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,8 +25,10 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from optuna.trial import TrialState
 
+from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
 from fmnist_tracking import plots
 from sweeps.analysis import evidence
 from sweeps.definitions.plan import fmt_value
@@ -30,14 +37,27 @@ from sweeps.trial_record import TrialRecord
 if TYPE_CHECKING:
     import optuna
 
+    from fmnist_core.config import RunConfig
     from sweeps.analysis.summary import ConfigRow, Summary
     from sweeps.definitions.plan import StudyPlan
 
 LEGEND_MAX = 12  # more configurations than this get a colorbar instead of a legend
+TRAIN_SET_IMAGES = 60_000  # Fashion-MNIST's training file; val_size of them are held out for validation
 INTERVAL_CAPTIONS = {"t over seeds": "95% t-interval over seeds",
                      "Wilson": "95% Wilson interval over the validation images (one seed: training noise "
                                "not in it)",
                      "none": "no interval (one seed, no per-image results kept)"}
+METHOD_CAPTIONS = {evidence.MCNEMAR: "paired over the validation images, one seed: training noise not in "
+                                     "it"}  # other methods name themselves (evidence.BOOTSTRAP, ...)
+VERDICT_STYLES = {  # verdict word -> (colour, marker, legend text), in the legend's order
+    evidence.BEST: ("black", "*", "best (0 by definition)"),
+    evidence.TIED: ("tab:green", "D", "tied: within ±δ of the best"),
+    evidence.WORSE: ("tab:red", "v", "worse"),
+    evidence.UNDECIDED: ("tab:orange", "o", "undecided"),
+    evidence.NOT_SHOWN: ("tab:blue", "s", "not shown different (no tie claimed)"),
+    evidence.NOT_TESTED: ("gray", "X", "not tested"),
+}
+LEGACY_WORDS = {"within noise": evidence.NOT_SHOWN}  # what older code still calls a non-significant test
 
 
 @dataclass
@@ -91,7 +111,7 @@ def row_palette(rows: list[ConfigRow], plan: StudyPlan) -> Palette:
 
 
 def figures(plan: StudyPlan, summary: Summary) -> list[tuple[str, Figure]]:
-    """Validation curves and, with a plot axis, accuracy and seconds per epoch against it."""
+    """Validation curves and, with a plot axis, the verdicts' differences and the cost against it."""
     rows = ordered(summary.rows, plan)
     result = [("validation_curves", validation_curves(plan, summary, rows))] if rows else []
     x = plan.definition.plot_x
@@ -114,7 +134,8 @@ def validation_curves(plan: StudyPlan, summary: Summary, rows: list[ConfigRow]) 
             axes.plot(steps, [1 - v for v in values] if error else values, color=colors.colors[row.label],
                       alpha=0.8, marker=plots.curve_marker(len(steps)))
     name = "validation error" if error else summary.metric
-    axes.set(xlabel="epoch", ylabel=name, title=f"{summary.study_name}: {name} per epoch (one line per seed)")
+    axes.set(xlabel="epoch", ylabel=name)
+    caption(figure, f"{summary.study_name}: {name} per epoch (one line per seed)", fontsize=10)
     axes.grid(alpha=0.3)
     plots.epoch_axis(axes)
     colors.finish(figure, axes)
@@ -122,16 +143,84 @@ def validation_curves(plan: StudyPlan, summary: Summary, rows: list[ConfigRow]) 
 
 
 def accuracy_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str) -> Figure:
-    """Validation accuracy with the verdicts' intervals; test accuracy beside (t over seeds, if any)."""
+    """What the verdicts rest on: each configuration's paired difference to the best with the interval the
+    verdict was read from, the ±δ tie band where a tie can be declared, each point marked by its verdict;
+    below, smaller, the absolute validation (and test) accuracy. Unpaired accuracy intervals overlap where
+    a paired test still separates two configurations, so they are not the main message. Studies without
+    any difference interval (older runs) get the accuracies alone."""
+    if not any(_has_interval(row.verdict) for row in rows):
+        return _accuracies_only(plan, summary, rows, x)
+    positions, labels, numeric = _positions(rows, x)
+    figure = Figure(figsize=(8, 6.5), layout="constrained")
+    paired, absolute = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
+    margins = sorted({row.verdict.margin for row in rows if row.verdict.margin is not None})
+    for margin in margins:
+        paired.axhspan(-100 * margin, 100 * margin, color="tab:green", alpha=0.12, linewidth=0)
+    paired.axhline(0, color="black", linewidth=0.8)
+    handles, hollow = {}, False
+    for position, row in zip(positions, rows, strict=True):
+        verdict, word = row.verdict, _word(row.verdict)
+        if math.isnan(verdict.difference):  # no accuracy recorded: nothing to place
+            continue
+        color, marker, text = VERDICT_STYLES.get(word, ("tab:purple", "o", word))
+        low, high = verdict.difference_interval
+        has_interval = _has_interval(verdict)
+        if has_interval:
+            paired.vlines(position, 100 * low, 100 * high, color=color, linewidth=2)
+        empty = not has_interval and word != evidence.BEST
+        hollow |= empty
+        paired.plot(position, 100 * verdict.difference, marker=marker, color=color, linestyle="",
+                    markersize=12 if word == evidence.BEST else 8, markerfacecolor="none" if empty else color)
+        handles.setdefault(word, Line2D([], [], color=color, marker=marker, linestyle="", label=text))
+    paired.set(ylabel="validation accuracy minus the best's\n(percentage points)")
+    paired.grid(alpha=0.3)
+    words = [w for w in VERDICT_STYLES if w in handles] + [w for w in handles if w not in VERDICT_STYLES]
+    legend = [handles[word] for word in words]
+    if margins:
+        legend.append(Patch(color="tab:green", alpha=0.25, label="±δ: the tie margin"))
+    if hollow:
+        legend.append(Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="",
+                             label="hollow: no interval of the difference"))
+    figure.legend(handles=legend, loc="outside right center", fontsize="small")
+    _absolute_panel(absolute, rows, positions)
+    _x_axis(absolute, x, positions, labels, numeric, plan.definition.plot_log_x)
+    methods = sorted({row.verdict.method for row in rows if _has_interval(row.verdict)})
+    band = f"; band: ±δ = {', '.join(f'{100 * m:g}' for m in margins)} percentage points, the tie margin" \
+        if margins else "; no tie margin (one seed: no tie can be declared)"
+    kinds = "; ".join(INTERVAL_CAPTIONS[kind] for kind in sorted({row.verdict.interval_kind for row in rows}))
+    caption(figure, f"{summary.study_name}: validation accuracy vs {x}, as the difference to the best "
+                    f"({_leader(rows)})\nbars: the interval of the difference each verdict rests on "
+                    f"({'; '.join(METHOD_CAPTIONS.get(m, m) for m in methods)}){band}\nlower panel: mean "
+                    f"validation accuracy, {kinds}; test accuracy beside, not used to choose")
+    return figure
+
+
+def _validation_bars(axes, rows: list[ConfigRow], positions, **style) -> np.ndarray:
+    """Mean validation accuracy with the verdicts' intervals (the ranked table's); the means."""
+    means = np.array([row.verdict.accuracy for row in rows])
+    lows, highs = (np.array([row.verdict.interval[i] for row in rows]) for i in (0, 1))
+    axes.errorbar(positions, means, yerr=[np.nan_to_num(means - lows), np.nan_to_num(highs - means)], **style)
+    return means
+
+
+def _absolute_panel(axes, rows: list[ConfigRow], positions) -> None:
+    _validation_bars(axes, rows, positions, marker="o", markersize=4, capsize=3, label="validation")
+    axes.plot(positions, [np.mean(_test_accuracies(row)) for row in rows], "s", markerfacecolor="none",
+              color="tab:orange", markersize=4, label="test")
+    axes.set_ylabel("accuracy")
+    handles, names = axes.get_legend_handles_labels()
+    axes.legend(handles[::-1], names[::-1], fontsize="x-small")  # validation first, as drawn
+
+
+def _accuracies_only(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str) -> Figure:
+    """Older studies (no difference intervals): validation accuracy with the verdicts' intervals, test
+    accuracy beside (t over seeds, if any), each point named by its verdict."""
     positions, labels, numeric = _positions(rows, x)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
-    means = np.array([row.verdict.accuracy for row in rows])
-    lows, highs = (np.array([row.verdict.interval[i] for row in rows]) for i in (0, 1))
-    below, above = np.nan_to_num(means - lows), np.nan_to_num(highs - means)
-    axes.errorbar(positions, means, yerr=[below, above], marker="o", capsize=4,
-                  label="validation (selected epoch)")
-    tests = [[TrialRecord.of(t).metric("test_acc", math.nan) for t in row.trials] for row in rows]
+    means = _validation_bars(axes, rows, positions, marker="o", capsize=4,
+                             label="validation (selected epoch)")
+    tests = [_test_accuracies(row) for row in rows]
     test_intervals = [evidence.t_interval(values, bounds=(0.0, 1.0)) for values in tests]
     test_means = np.array([np.mean(values) for values in tests])
     axes.errorbar(positions, test_means, marker="s", capsize=4, alpha=0.7, label="test (not used to choose)",
@@ -141,28 +230,80 @@ def accuracy_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str
         axes.annotate(row.vs_best, (position, mean), textcoords="offset points", xytext=(6, -12), fontsize=7)
     _x_axis(axes, x, positions, labels, numeric, plan.definition.plot_log_x)
     kinds = sorted({row.verdict.interval_kind for row in rows})
-    caption = "; ".join(INTERVAL_CAPTIONS[kind] for kind in kinds)
     seeded = all(len(row.trials) >= 2 for row in rows)
     test_caption = "test: t over seeds" if seeded else "test: one seed, no interval"
-    axes.set(ylabel="accuracy",
-             title=f"{summary.study_name}: accuracy vs {x}\nvalidation: {caption}; {test_caption}")
-    axes.title.set_fontsize(9)
+    axes.set_ylabel("accuracy")
+    caption(figure, f"{summary.study_name}: accuracy vs {x}\nvalidation: "
+                    f"{'; '.join(INTERVAL_CAPTIONS[kind] for kind in kinds)}; {test_caption}")
     axes.legend(fontsize="small")
     return figure
 
 
 def seconds_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str) -> Figure:
+    """What a configuration costs each member of a pack: its parameters and the training FLOPs of an
+    epoch, exact from its RunConfig. The measured seconds are the wall time of the whole population a
+    trial trained in, the same for every member, so they cannot tell two widths of one pack apart."""
     positions, labels, numeric = _positions(rows, x)
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    axes = figure.subplots()
-    for position, row in zip(positions, rows, strict=True):
-        seconds = [TrialRecord.of(t).epoch_seconds for t in row.trials]
-        axes.plot([position] * len(seconds), seconds, "o", color="tab:blue", alpha=0.6)
-    axes.plot(positions, [row.seconds_per_epoch for row in rows], "-", color="tab:blue")
-    _x_axis(axes, x, positions, labels, numeric, plan.definition.plot_log_x)
-    axes.set(ylabel="seconds per epoch", title=f"{summary.study_name}: training time per epoch vs {x}\n"
-             "(points: each seed; wall time of the population it trained in)")
+    figure = Figure(figsize=(9, 4.5), layout="constrained")
+    weights, flops = figure.subplots(1, 2, sharex=True)
+    counts = [row.parameters for row in rows]
+    giga = [training_flops(row.config) / 1e9 for row in rows]
+    for panel, values, name, shown in ((weights, counts, "parameters (weights and biases)", "{:,.0f}"),
+                                       (flops, giga, "training GFLOP per epoch", "{:.3g}")):
+        panel.plot(positions, values, "-o")
+        _x_axis(panel, x, positions, labels, numeric, plan.definition.plot_log_x)
+        if plan.definition.plot_log_x:
+            panel.set_yscale("log")
+        ticks = sorted(set(values))  # each configuration's value, read off the axis exactly
+        panel.set_yticks(ticks, [shown.format(tick) for tick in ticks])
+        panel.minorticks_off()
+        panel.set_ylabel(name)
+    populations = sorted({TrialRecord.of(t).population for row in rows for t in row.trials})
+    epochs = sorted({row.config.epochs for row in rows})
+    caption(figure, f"{summary.study_name}: what one configuration costs vs {x}\nFLOPs: the two matrix "
+                    "products forward and backward, 2 per multiply-add, over an epoch's training images "
+                    f"(60,000 - val_size); a trial trains {', '.join(map(str, epochs))} epochs. Measured "
+                    "seconds are not shown: they are the wall time of the population a trial trained in "
+                    f"(population sizes here: {', '.join(map(str, populations))}), shared by all its members")
     return figure
+
+
+def training_flops(config: RunConfig) -> int:
+    """Floating-point operations of one training epoch of `config`'s MLP, 2 per multiply-add:
+    forward  z1 = x . W1 (784 H) and z2 = h1 . W2 (H 10);
+    backward dW2 = h1^T . dz2 (H 10), dh1 = dz2 . W2^T (H 10), dW1 = x^T . dz1 (784 H), and no
+    gradient to the pixels (the usual "backward = 2 x forward" would count one) -- per image, times the
+    training images of an epoch. Biases, activations, the loss and the update are O(H): left out."""
+    hidden = config.hidden_size
+    per_image = 2 * (INPUT_SIZE * hidden + hidden * NUM_CLASSES) + 2 * (2 * hidden * NUM_CLASSES +
+                                                                        INPUT_SIZE * hidden)
+    return per_image * (TRAIN_SET_IMAGES - config.val_size)
+
+
+def caption(figure: Figure, text: str, fontsize: float = 9) -> None:
+    """The figure's title, each line of `text` wrapped to the figure's width: constrained layout makes
+    room for any number of lines, but a line wider than the figure is cut at both edges."""
+    # DejaVu Sans averages about 0.55 em a character in running text; 0.6 leaves a margin
+    chars = max(30, int(figure.get_figwidth() * 72 / (0.6 * fontsize)))
+    lines = [line for paragraph in text.split("\n")
+             for line in textwrap.wrap(paragraph, chars, break_on_hyphens=False) or [""]]
+    figure.suptitle("\n".join(lines), fontsize=fontsize)
+
+
+def _leader(rows: list[ConfigRow]) -> str:
+    return next((row.label for row in rows if row.verdict.verdict == evidence.BEST), "none")
+
+
+def _has_interval(verdict: evidence.Verdict) -> bool:
+    return not any(math.isnan(end) for end in verdict.difference_interval)
+
+
+def _word(verdict: evidence.Verdict) -> str:
+    return LEGACY_WORDS.get(verdict.verdict, verdict.verdict)
+
+
+def _test_accuracies(row: ConfigRow) -> list[float]:
+    return [TrialRecord.of(t).metric("test_acc", math.nan) for t in row.trials]
 
 
 def optuna_figures(study: optuna.Study, plan: StudyPlan) -> list[tuple[str, Figure]]:

@@ -12,7 +12,6 @@ Curves are the mean over a configuration's seeds. Studies from before `history` 
 from __future__ import annotations
 
 import re
-import textwrap
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from fmnist_tracking import plots
-from sweeps.analysis.figures import ordered, palette, row_palette
+from sweeps.analysis.figures import caption, ordered, palette, row_palette
 from sweeps.trial_record import TrialRecord
 
 if TYPE_CHECKING:
@@ -88,7 +87,7 @@ def mean_curve(trials, key: str, last_epoch: int | None = None) -> tuple[list[in
 def _two_panels(title: str) -> tuple[Figure, Any]:
     figure = Figure(figsize=(12, 4.5), layout="constrained")
     axes = figure.subplots(1, 2, sharex=True)
-    figure.suptitle("\n".join(textwrap.wrap(title, 100, break_on_hyphens=False)), fontsize=10)
+    caption(figure, title, fontsize=10)
     for panel in axes:
         panel.grid(alpha=0.3)
         panel.set_xlabel("epoch")
@@ -157,8 +156,8 @@ def training_loss(plan: StudyPlan, summary: Summary, rows: list[ConfigRow]) -> F
                           marker=plots.curve_marker(len(points)))
             if "diverged" in (TrialRecord.of(trial).failure or ""):
                 _mark_divergence(axes, trial, points, colors.colors[label])
-    axes.set(xlabel="epoch", ylabel="training loss (mean over the epoch)", yscale="log",
-             title=f"{summary.study_name}: training loss per epoch, one line per seed")
+    axes.set(xlabel="epoch", ylabel="training loss (mean over the epoch)", yscale="log")
+    caption(figure, f"{summary.study_name}: training loss per epoch, one line per seed", fontsize=10)
     axes.grid(alpha=0.3)
     plots.epoch_axis(axes)
     colors.extra = [Line2D([], [], marker="x", color="black", linestyle="", markersize=9,
@@ -197,10 +196,9 @@ def train_val_gap(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], fiel
     axes.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
     axes.minorticks_off()
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.set(xlabel=field, ylabel="train accuracy - validation accuracy",
-             title=f"{summary.study_name}: train-validation gap vs {field}\n(train accuracy: the running "
-                   "accuracy during the epoch, with dropout and augmentation where they are on)")
-    axes.title.set_fontsize(9)
+    axes.set(xlabel=field, ylabel="train accuracy - validation accuracy")
+    caption(figure, f"{summary.study_name}: train-validation gap vs {field}\n(train accuracy: the running "
+                    "accuracy during the epoch, with dropout and augmentation where they are on)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     return figure

@@ -1,5 +1,7 @@
 """sweeps/analysis/figures.py: the figures every sweep gets, checked for what they show (intervals, every
-configuration named, which figures a sweep gets), on constructed in-memory Optuna studies (support.add)."""
+configuration named, which figures a sweep gets), on constructed in-memory Optuna studies (support.add).
+What the figures show of decided verdicts (paired differences, the ±δ band, the cost) and that no text is
+cut off: test_figures_decided.py."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def test_every_configuration_is_named_in_the_overlays():
     assert len(labels) == 7
     figures = dict(sweep_figures.figures(plan, summary))
     assert labels <= legend_texts(figures["validation_curves"])
-    ticks = {tick.get_text() for tick in figures["accuracy_vs_clipping"].axes[0].get_xticklabels()}
+    lowest = figures["accuracy_vs_clipping"].axes[-1]  # the panel that carries the x axis
+    ticks = {tick.get_text() for tick in lowest.get_xticklabels()}
     assert {label.removeprefix("clipping=") for label in labels} <= ticks  # configurations on the x axis
 
 
@@ -46,11 +49,13 @@ def test_more_configurations_than_a_legend_holds_get_a_colorbar():
 
 
 def test_accuracy_figure_draws_the_wilson_intervals_of_the_table():
+    """In the accuracy panel: the whole figure for studies without difference intervals, the lower panel
+    below the paired differences otherwise (test_figures_decided)."""
     study, plan = width_study()
     summary = report.summarise(study, plan)
     figure = dict(sweep_figures.figures(plan, summary))["accuracy_vs_hidden_size"]
-    axes = figure.axes[0]
-    assert "Wilson" in axes.get_title()
+    [axes] = [panel for panel in figure.axes if panel.get_ylabel() == "accuracy"]
+    assert "Wilson" in figure.get_suptitle()
     bars = next(c for c in axes.collections if isinstance(c, LineCollection))
     spans = sorted((round(seg[0][1], 6), round(seg[1][1], 6)) for seg in bars.get_segments())
     expected = sorted((round(r.verdict.interval[0], 6), round(r.verdict.interval[1], 6))
@@ -62,11 +67,13 @@ def test_a_sweep_with_a_plot_axis_gets_curves_accuracy_and_time_against_it():
     study, plan = width_study()
     figures = drawn(plan, study)
     assert list(figures) == ["validation_curves", "accuracy_vs_hidden_size", "epoch_seconds_vs_hidden_size"]
-    accuracy = figures["accuracy_vs_hidden_size"].axes[0]
+    accuracy = figures["accuracy_vs_hidden_size"].axes[-1]  # the lowest panel carries the x axis
     assert accuracy.get_xscale() == "log" and accuracy.get_xlabel() == "hidden_size"  # plot: {log_x: true}
     assert [tick.get_text() for tick in accuracy.get_xticklabels()] == ["256", "512", "1024", "2048"]
-    seconds = figures["epoch_seconds_vs_hidden_size"].axes[0]
-    assert seconds.get_ylabel() == "seconds per epoch"
+    cost = figures["epoch_seconds_vs_hidden_size"].axes
+    assert [panel.get_ylabel() for panel in cost] == ["parameters (weights and biases)",
+                                                      "training GFLOP per epoch"]
+    assert all(panel.get_xscale() == "log" for panel in cost)
 
 
 def test_a_sweep_of_two_axes_without_plot_x_gets_only_the_curves():
