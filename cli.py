@@ -162,7 +162,7 @@ def ui(sweep: str | None, host: str, port: int, tracking_uri: str | None, experi
     if sweep is not None:
         client = setup(uri, experiment)[0]
         refuse_unknown_sweep_runs(client, experiment_id, sweep)
-        view, parents = save_sweep_view(client, experiment_id, sweep)
+        view, parents = save_sweep_view(client, experiment_id, sweep, sweep_ranking(sweep))
     click.echo(f"MLflow UI over {uri}: {ui_runs_url(host, port, experiment_id, view)} (Ctrl-C stops it)")
     for parent in parents:
         click.echo(f"  the sweep's conclusion, figures and ranked table: "
@@ -377,7 +377,18 @@ storage_option = click.option(
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Ask for no new trials after this many seconds of this invocation (asked ones finish).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
-              help="Train every configuration with seeds 0..K-1. Default: the definition's `seeds`.")
+              help="A fixed design: train every configuration with seeds 0..K-1 (--seeds 1: the quick "
+                   "one-seed answer). Default: the definition's `decide:` rounds, else its `seeds`.")
+@click.option("--max-seeds", type=click.IntRange(min=2), default=None,
+              help="Decide in rounds (grid sweeps): one seed each, then one more seed only where the "
+                   "verdict is undecided, up to this many per configuration. Default: the definition's "
+                   "`decide: max_seeds`.")
+@click.option("--confirm", type=click.IntRange(min=2), default=None, metavar="K",
+              help="tpe/random sweeps: once the budget is sampled, run the K best configurations through "
+                   "the same rounds of seeds (--max-seeds, --margin) until each is worse or tied.")
+@click.option("--margin", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              help="Tie margin in accuracy (0.005 = 0.5 percentage point): closer to the best than this, "
+                   "with the error rate alpha, reads `tied`. Default: the definition's, else 0.005.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=parse_set,
               help="Override a RunConfig field for every trial (repeatable), e.g. --set batch_size=128.")
 @click.option("--population", type=click.IntRange(min=1), default=DEFAULT_POPULATION, show_default=True,
@@ -412,7 +423,9 @@ storage_option = click.option(
 @store_options
 @data_dir_option
 def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None, timeout: float | None,
-          seeds: int | None, overrides: dict[str, str], population: int, fresh: bool, workers: int,
+          seeds: int | None, max_seeds: int | None, confirm: int | None, margin: float | None,
+          overrides: dict[str, str],
+          population: int, fresh: bool, workers: int,
           create: bool, repair: bool, heartbeat: int, outage_timeout: float, progress: bool | None,
           storage: str | None, tracking_uri: str | None, experiment: str, data_dir: Path | None) -> None:
     """Run the sweep NAME (a file in sweeps/, or a path to a YAML definition); re-running resumes it.
@@ -441,7 +454,9 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
         return
     if epochs is not None:
         overrides = dict(overrides, epochs=epochs)
-    settings = dict(impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials, timeout=timeout,
+    settings = dict(impl=impl, overrides=overrides, seeds=seeds, max_seeds=max_seeds, margin=margin,
+                    confirm=confirm,
+                    n_trials=n_trials, timeout=timeout,
                     population=population, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
                     heartbeat=heartbeat, outage_timeout=outage_timeout)
     try:
@@ -464,15 +479,17 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
     sys.exit(code)
 
 
-def worker_command(name: str, *, impl, overrides, seeds, n_trials, timeout, population, storage, tracking_uri,
-                   experiment, heartbeat, outage_timeout, data_dir) -> list[str]:
+def worker_command(name: str, *, impl, overrides, seeds, max_seeds, margin, confirm, n_trials, timeout,
+                   population,
+                   storage, tracking_uri, experiment, heartbeat, outage_timeout, data_dir) -> list[str]:
     """`cli.py sweep` for one of --workers N: the same sweep options, one line per trial instead of a bar.
     Stores given through the environment ($OPTUNA_STORAGE, $MLFLOW_TRACKING_URI) are inherited from it."""
     argv = [sys.executable, str(ROOT / "cli.py"), "sweep", name, "--experiment", experiment,
             "--population", str(population), "--heartbeat", str(heartbeat),
             "--outage-timeout", f"{outage_timeout:g}", "--no-progress"]
     argv += [f"--set={key}={value}" for key, value in overrides.items()]
-    for flag, value in (("--impl", impl), ("--seeds", seeds), ("--n-trials", n_trials),
+    for flag, value in (("--impl", impl), ("--seeds", seeds), ("--max-seeds", max_seeds),
+                        ("--margin", margin), ("--confirm", confirm), ("--n-trials", n_trials),
                         ("--timeout", timeout), ("--storage", storage), ("--tracking-uri", tracking_uri),
                         ("--data-dir", data_dir)):
         if value is not None:
@@ -494,7 +511,8 @@ def sweeps() -> None:
         size = 1
         for param in definition.space:
             size *= len(param.choices) if param.choices else 0
-        budget = f"{size * definition.seeds} trials" if definition.sampler == "grid" else \
+        budget = f"{size}-{size * definition.decide.max_seeds} trials" if definition.decide else \
+            f"{size * definition.seeds} trials" if definition.sampler == "grid" else \
             f"{definition.n_trials} trials" if definition.n_trials else f"{definition.timeout:g} s"
         click.echo(f"{name:<14} {definition.sampler:<6} {budget:<11} {definition.description}")
 

@@ -33,6 +33,7 @@ import optuna
 from fmnist_tracking.names import checkpoint_uri
 
 WORKER, RUN_ID, SEED, REPEAT_OF = "worker", "mlflow_run_id", "seed", "repeat_of"
+ROUND = "round"  # decided sweeps: the round that queued the trial (the study's `rounds` record is the truth)
 POPULATION, EPOCHS, EPOCH_SECONDS, HISTORY = "population", "epochs", "epoch_seconds", "history"
 VAL_CORRECT, N_VAL, FAILURE, CHECKPOINT = "val_correct", "n_val", "failure", "checkpoint"
 
@@ -49,6 +50,11 @@ def tracked(trial: optuna.Trial, run_id: str) -> None:
 
 def seeded(trial: optuna.Trial, seed: int) -> None:
     trial.set_user_attr(SEED, seed)
+
+
+def in_round(number: int) -> dict[str, int]:
+    """The user attrs of a trial queued by a decided sweep's round `number` (execution/rounds.py)."""
+    return {ROUND: number}
 
 
 def repeat(seed: int, of: int) -> dict[str, int]:

@@ -20,7 +20,7 @@ LAYERS = {
     "unit": {"test_activations", "test_checkpoint", "test_inits", "test_mlp_manual", "test_mlp_packed_manual",
              "test_mlp_parity",
              "test_schedules", "test_definitions_loader", "test_background", "test_outage_policy"},
-    "integration": {"test_data", "test_tracking", "test_runner", "test_report", "test_compose",
+    "integration": {"test_data", "test_tracking", "test_runner", "test_rounds", "test_report", "test_compose",
                     "test_outage_heartbeats"},
     "e2e": {"test_workers", "test_cli_sweep", "test_cli_tracking", "test_browser", "test_outage"},
 }

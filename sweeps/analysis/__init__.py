@@ -1,9 +1,14 @@
 """What a sweep found, computed from its Optuna study alone (so `cli.py report` rebuilds it any time).
 
-evidence.py      intervals and paired tests; each configuration against the best, and the conclusion
+decide.py        the sound verdicts: worse / tied within ±margin / undecided, with error rates (MCB over
+                 paired images and pooled seed noise, Bonferroni over the looks of a decided sweep)
+rounds.py        a decided sweep's rounds replayed from its study: what each round decided and queued
+evidence.py      intervals and tests: each configuration against the best (decide.py's, or the one-seed
+                 McNemar and old Welch tests), as Verdicts
+wording.py       the conclusion in words, and how a p-value is printed
 summary.py       the data types: ConfigRow (a configuration over its seeds) and Summary (the answer)
 report.py        study -> Summary, and everything logged to the parent run
-text.py          the answer as text: ranked table, conclusion, summary.csv, verdicts.json, run note
-figures.py       accuracy with intervals, curves, time, Optuna's plots
+text.py          the answer as text: ranked table, rounds, conclusion, summary.csv, verdicts.json, run note
+figures.py       paired differences with the tie margin, accuracy, curves, cost, Optuna's plots
 why_figures.py   the diagnostics behind the outcome, chosen by the fields a sweep varies
 """

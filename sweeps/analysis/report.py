@@ -5,7 +5,7 @@ time. A configuration is a trial's params without the seed. Its COMPLETE seeds b
 evidence.ConfigResult: per-image correctness vectors where the trials kept them (user attrs
 `val_correct`, `n_val`), otherwise per-seed validation accuracies (studies run before the vectors were
 kept: seed intervals and Welch's t-test only, and the conclusion says so). evidence.compare_to_best
-ranks them and tests each against the best; evidence.conclusion puts it into words.
+ranks them and tests each against the best; wording.conclusion puts it into words.
 
 The answer goes to the terminal (`answer`), to the parent run's `sweep/summary.md`, `summary.csv`
 and `verdicts.json` (read by `cli.py best`), and to the parent's run note (the tag
@@ -32,7 +32,7 @@ from fmnist_core.config import ConfigError, RunConfig, first_line
 from fmnist_tracking import run_log
 from fmnist_tracking.names import NOTE_TAG, SWEEP_ARTIFACT_DIR
 from fmnist_tracking.verdicts import log_verdicts
-from sweeps.analysis import evidence, why_figures
+from sweeps.analysis import evidence, rounds, why_figures, wording
 from sweeps.analysis import figures as sweep_figures
 from sweeps.analysis.summary import ConfigRow, Summary, config_key, config_of, label_of, parameter_count
 from sweeps.analysis.text import answer, run_note, summary_csv, verdict_records
@@ -53,7 +53,19 @@ def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
     costs, cost_name = _costs(configs, seconds)
     results = {key: _evidence(label_of(dict(key)), members, costs[key], plan.definition.metric)
                for key, members in groups.items()}
-    verdicts = evidence.compare_to_best(list(results.values()))
+    vectors = all(result.correct for result in results.values())
+    seeded = any(len(members) >= 2 for members in groups.values())
+    decided = rounds.state(study, plan, trials) if results and vectors and (plan.decides or seeded) else None
+    if decided is not None:  # decide.py's verdicts: rounds replayed, or the fixed design's one look
+        verdicts = evidence.compare_to_best([results[key] for key in decided.keys], rule=plan.rule,
+                                            decision=decided.decision)
+        leader = results[decided.keys[decided.decision.final.leader]]
+        left_out = [key for key in sorted(results, key=lambda k: -results[k].accuracy)
+                    if key not in decided.keys]
+        verdicts += [evidence.untested(results[key], leader, f"not among the {plan.confirm} confirmed")
+                     for key in left_out]
+    else:
+        verdicts = evidence.compare_to_best(list(results.values()), rule=plan.rule)
     key_of = {results[key].label: key for key in groups}
     rows = [ConfigRow(dict(key_of[v.label]), configs[key_of[v.label]], tuple(groups[key_of[v.label]]), v,
                       seconds[key_of[v.label]], bool(results[key_of[v.label]].correct)) for v in verdicts]
@@ -65,8 +77,12 @@ def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
     metric_name = "validation accuracy" if plan.definition.metric == "val_acc" else \
         f"validation accuracy (at the epochs {plan.definition.metric} selected)"
     summary = Summary(plan.study_name, plan.definition.description, plan.definition.metric, rows,
-                      dict(Counter(t.state.name for t in trials)), best_trial, failed, cost_name, "")
-    text = evidence.conclusion(verdicts, plan.definition.description, metric_name, cost_name)
+                      dict(Counter(t.state.name for t in trials)), best_trial, failed, cost_name, "",
+                      rounds=rounds.history(decided) if decided is not None and plan.decides else [],
+                      margin=plan.rule.margin if decided is not None else None)
+    text = wording.conclusion(verdicts, plan.definition.description, metric_name, cost_name,
+                               spent=decided.spent if decided is not None and plan.decides else None,
+                               decision=decided.decision if decided is not None else None)
     return dataclasses.replace(summary, conclusion=" ".join([text, *_failures(summary),
                                                              *_missing_vectors(rows)]))
 

@@ -6,7 +6,7 @@ draw and write them, and none of those imports the module that orchestrates it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from optuna.trial import FrozenTrial
 
@@ -51,6 +51,8 @@ class Summary:
     failed: list[FrozenTrial]  # FAIL trials (diverged, refused configurations): not ranked
     cost_name: str  # what the conclusion's "cheapest" is measured in
     conclusion: str
+    rounds: list[str] = field(default_factory=list)  # decided sweeps: a line per round
+    margin: float | None = None  # the tie margin of decided verdicts (None: one-seed or old tests)
 
     def failed_by_label(self) -> dict[str, list[FrozenTrial]]:
         """FAIL trials grouped by configuration label."""

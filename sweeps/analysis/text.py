@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import textwrap
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fmnist_tracking.names import SWEEP_ARTIFACT_DIR
-from sweeps.analysis.evidence import p_shown
+from sweeps.analysis.wording import p_shown
 from sweeps.trial_record import TrialRecord
 
 if TYPE_CHECKING:
@@ -30,14 +29,22 @@ INTERVAL_KINDS = {"t over seeds": "95% t over seeds", "Wilson": "95% Wilson over
 
 
 def answer(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
-    """What `cli.py sweep` and `cli.py report` print, and summary.md holds: the table, then the conclusion."""
-    return f"{ranked_table(summary, limit)}\n\n{conclusion_paragraph(summary)}"
+    """What `cli.py sweep` and `cli.py report` print, and summary.md holds: the table, the rounds of a
+    decided sweep, then the conclusion."""
+    return f"{ranked_table(summary, limit)}\n\n{rounds_section(summary)}{conclusion_paragraph(summary)}"
+
+
+def rounds_section(summary: Summary) -> str:
+    """A decided sweep's line per round (markdown list), or nothing."""
+    if not summary.rounds:
+        return ""
+    return "**Rounds.**\n" + "".join(f"- {line}\n" for line in summary.rounds) + "\n"
 
 
 def run_note(summary: Summary) -> str:
     """The parent run's note (markdown): the conclusion first, where the Overview page shows it, then the
     table, with as many rows as MLflow's limit on a tag value allows."""
-    head = f"{conclusion_paragraph(summary)}\n\n"
+    head = f"{conclusion_paragraph(summary)}\n\n{rounds_section(summary)}"
     for limit in (None, TERMINAL_ROWS, 5, 1, 0):
         note = head + ranked_table(summary, limit)
         if len(note) <= NOTE_LIMIT:
@@ -46,7 +53,9 @@ def run_note(summary: Summary) -> str:
 
 
 def conclusion_paragraph(summary: Summary) -> str:
-    return "**Conclusion.** " + textwrap.fill(summary.conclusion, width=100, break_on_hyphens=False)
+    """One line: the MLflow UI renders a note's line breaks, so a hard-wrapped paragraph read "Within
+    noise of / it:"; terminals and editors wrap it themselves."""
+    return "**Conclusion.** " + summary.conclusion
 
 
 def ranked_table(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
@@ -56,15 +65,21 @@ def ranked_table(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
     header = INTERVAL_KINDS[kinds[0]] if len(kinds) == 1 else "95%; (t) over seeds, (W) Wilson over images"
     show_parameters = len({row.parameters for row in summary.rows}) > 1
     objective = [] if summary.metric == "val_acc" else [summary.metric]
+    decided = summary.margin is not None
+    tests = ["difference to best, pp [interval]"] if decided else ["difference", "p (Holm)"]
+    # a pack's members share its wall time: the column says so rather than pricing 512 units like 2048
+    packed = any(TrialRecord.of(t).population > 1 for row in summary.rows for t in row.trials)
     columns = ["rank", "configuration", "seeds", f"val_acc [{header}]", *objective, "vs best",
-               "difference", "p (Holm)", "test_acc", *(["parameters"] if show_parameters else []), "s/epoch"]
+               *tests, "test_acc", *(["parameters"] if show_parameters else []),
+               "s/epoch of its pack" if packed else "s/epoch"]
     lines = [f"### {summary.study_name}: ranked by mean val_acc at the selected epoch",
              f"Trials: {counts or 'none'}", "", "| " + " | ".join(columns) + " |",
              "|" + "|".join("---" if c in ("configuration", "vs best") else "---:" for c in columns) + "|"]
     for rank, row in enumerate(summary.rows[:limit], 1):
         cells = [str(rank), row.label, str(len(row.trials)), _accuracy(row, len(kinds) > 1),
                  *[_number(float(np.mean([t.value for t in row.trials]))) for _ in objective], row.vs_best,
-                 _difference(row), _p(row.verdict.p_adjusted), _number(_test_acc(row)),
+                 *([_decided_difference(row)] if decided else [_difference(row), _p(row.verdict.p_adjusted)]),
+                 _number(_test_acc(row)),
                  *([f"{row.parameters:,}"] if show_parameters else []), _number(row.seconds_per_epoch, 2)]
         lines.append("| " + " | ".join(cells) + " |")
     if limit is not None and len(summary.rows) > limit:
@@ -107,7 +122,10 @@ def verdict_records(summary: Summary) -> list[dict]:
             "accuracy": verdict.accuracy, "interval": [_null(v) for v in verdict.interval],
             "interval_kind": verdict.interval_kind, "diff_images": _rounded(verdict.difference_images),
             "p_value": verdict.p_value, "p_adjusted": verdict.p_adjusted, "verdict": verdict.verdict,
-            "method": verdict.method, "cost_seconds_per_epoch": _null(row.seconds_per_epoch),
+            "method": verdict.method, "margin": verdict.margin,
+            "difference": _null(verdict.difference),
+            "difference_interval": [_null(v) for v in verdict.difference_interval],
+            "decided_at": verdict.decided_at, "cost_seconds_per_epoch": _null(row.seconds_per_epoch),
             "cost": _null(verdict.cost), "cost_name": summary.cost_name,  # as the conclusion prices
             "test_acc": verdict.test_acc})
     return records
@@ -137,6 +155,16 @@ def _difference(row: ConfigRow) -> str:
         return f"{verdict.difference:+.4f}"
     shown = f"{images:+.0f}" if len(row.trials) == 1 else f"{images:+.1f}"
     return f"{verdict.difference:+.4f} ({shown} images)"
+
+
+def _decided_difference(row: ConfigRow) -> str:
+    """The difference to the best in percentage points, with the interval its verdict rests on."""
+    verdict = row.verdict
+    if verdict.verdict == "best":
+        return ""
+    low, high = verdict.difference_interval
+    span = "" if math.isnan(low) else f" [{100 * low:+.2f}, {100 * high:+.2f}]"
+    return f"{100 * verdict.difference:+.2f}{span}"
 
 
 def _test_acc(row: ConfigRow) -> float:

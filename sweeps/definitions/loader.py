@@ -14,6 +14,10 @@ A definition is data (see `hidden_size.yaml` for a commented example):
     objective    {metric: val_acc | val_loss, direction: maximize | minimize}
     seeds        K: every configuration is trained with seeds 0..K-1
     budget       {n_trials: N, timeout: seconds}: totals for the study (grid: defaults to the grid)
+    decide       {margin, alpha, max_seeds, budget}: a grid sweep decides by itself in rounds (see
+                 sweeps/analysis/decide.py): round 1 trains one seed of every configuration, each
+                 later round one more seed of those still undecided (and of the leader), until every
+                 one is worse or tied with the best, or max_seeds rounds, or budget seconds
     plot         {x: a space name, log_x: bool}: the parameter the sweep's figures put on the x axis
 
 definition_schema.py holds that schema as pydantic models (unknown keys and wrong types are
@@ -32,6 +36,7 @@ from typing import Any
 import yaml
 
 from fmnist_core.config import ConfigError, RunConfig, coerce, field_names
+from sweeps.definitions.rule import Rule
 from sweeps.definitions.schema import METRICS, Axis, DefinitionError, make_pruner, read_file
 
 # The public API; DefinitionError and make_pruner live with the schema and are re-exported here.
@@ -85,6 +90,7 @@ class SweepDefinition:
     timeout: float | None = None
     plot_x: str | None = None
     plot_log_x: bool = False
+    decide: Rule | None = None  # the `decide:` block: seeds are added in rounds (grid sweeps)
 
     @property
     def fields(self) -> set[str]:
@@ -133,6 +139,17 @@ def parse_definition(raw: Any, *, name: str, path: Path) -> SweepDefinition:
     sampler, budget, objective = schema.sampler, schema.budget, schema.objective
     if sampler.type != "grid" and budget.n_trials is None and budget.timeout is None:
         raise fail("budget", f"a {sampler.type} sweep needs n_trials or timeout, or it would never end")
+    decide = None
+    if schema.decide is not None:
+        if schema.seeds > 1:
+            raise fail("decide", "a decided sweep adds seeds itself: leave `seeds` out (or use "
+                                 "--seeds N for a fixed design)")
+        if budget.n_trials is not None:
+            raise fail("decide", "a decided sweep sizes itself: leave budget.n_trials out (max_seeds "
+                                 "bounds it)")
+        if "seed" in {p.name for p in space}:
+            raise fail("decide", "space already varies seed; a decided sweep adds seeds itself")
+        decide = Rule(**schema.decide.model_dump(exclude_none=True))
     swept = [p.name for p in space if p.name != "seed"]
     plot_x = schema.plot.x if "x" in schema.plot.model_fields_set else swept[0] if len(swept) == 1 else None
     if plot_x is not None and plot_x not in {p.name for p in space}:
@@ -143,7 +160,7 @@ def parse_definition(raw: Any, *, name: str, path: Path) -> SweepDefinition:
         pruner=schema.pruner.type, pruner_options=dict(schema.pruner.model_extra),
         metric=objective.metric, direction=objective.direction or METRICS[objective.metric],
         seeds=schema.seeds, n_trials=budget.n_trials, timeout=budget.timeout, plot_x=plot_x,
-        plot_log_x=schema.plot.log_x,
+        plot_log_x=schema.plot.log_x, decide=decide,
     )
     check_space(definition, base_config)
     return definition

@@ -11,11 +11,12 @@ Plain data, no Optuna: the analysis reads plans as well as the execution that ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fmnist_core.config import ConfigError, RunConfig
 from sweeps.definitions.loader import DefinitionError, SweepDefinition, check_space
+from sweeps.definitions.rule import Rule
 
 
 @dataclass(frozen=True)
@@ -26,19 +27,35 @@ class StudyPlan:
     seeds: int = 1
     n_trials: int | None = None  # total trials the study should hold; None: the grid, or unbounded
     timeout: float | None = None  # seconds for this invocation
+    rule: Rule = Rule()  # margin and alpha of the verdicts; with `rounds`, also max_seeds and budget
+    rounds: bool = False  # seeds added in rounds where undecided (sweeps/analysis/decide.py)
+    confirm: int = 0  # tpe/random: the top K sampled configurations then go through the same rounds
+
+    @property
+    def decides(self) -> bool:
+        """Whether seeds are added in rounds: a decided grid, or a sampler's confirmation at the end."""
+        return self.rounds or self.confirm > 0
 
     @property
     def seed_axis(self) -> bool:
         """Grid sweeps put the seed on the grid; other samplers repeat each sampled configuration."""
-        return self.definition.sampler == "grid" and self.seeds > 1
+        return self.definition.sampler == "grid" and (self.seeds > 1 or self.rounds)
+
+    @property
+    def max_seeds(self) -> int:
+        return self.rule.max_seeds if self.decides else self.seeds
 
     def grid(self) -> dict[str, list]:
+        """The grid's axes; `seed` takes 0..max_seeds-1 (a decided sweep queues seed 0 first)."""
         grid = self.definition.grid()
         if self.seed_axis:
-            grid["seed"] = list(range(self.seeds))
+            grid["seed"] = list(range(self.max_seeds))
         return grid
 
     def total_trials(self) -> int | None:
+        """Trials the study will hold; None where unbounded or (rounds) known only as it decides."""
+        if self.rounds:
+            return None
         if self.definition.sampler == "grid":
             size = 1
             for values in self.grid().values():
@@ -49,17 +66,58 @@ class StudyPlan:
     def settings(self) -> dict[str, Any]:
         """What makes two trials comparable: stored in the study, compared on resume."""
         d = self.definition
-        return {"base": self.base.as_dict(), "space": [repr(p) for p in d.space], "seeds": self.seeds,
-                "sampler": [d.sampler, d.sampler_options], "pruner": [d.pruner, d.pruner_options],
-                "objective": [d.metric, d.direction]}
+        settings = {"base": self.base.as_dict(), "space": [repr(p) for p in d.space], "seeds": self.seeds,
+                    "sampler": [d.sampler, d.sampler_options], "pruner": [d.pruner, d.pruner_options],
+                    "objective": [d.metric, d.direction]}
+        if self.decides:  # which seeds are queued depends on these (the time budget may change on resume)
+            settings["decide"] = {k: v for k, v in self.rule.as_dict().items() if k != "budget"}
+        if self.confirm:
+            settings["confirm"] = self.confirm
+        return settings
 
 
 def plan_studies(definition: SweepDefinition, *, impl: str | None = None,
                  overrides: dict[str, Any] | None = None, seeds: int | None = None,
-                 n_trials: int | None = None, timeout: float | None = None) -> list[StudyPlan]:
-    """One plan per implementation variant (`impl="both"`: manual and torch)."""
+                 n_trials: int | None = None, timeout: float | None = None,
+                 max_seeds: int | None = None, margin: float | None = None,
+                 confirm: int | None = None) -> list[StudyPlan]:
+    """One plan per implementation variant (`impl="both"`: manual and torch).
+
+    Rounds (seeds added where undecided) when the definition has a `decide:` block or `max_seeds` is
+    given, on a grid; `seeds` forces a fixed design (`--seeds 1`: one seed, the quick answer). `confirm`
+    (tpe/random): once the budget is sampled, the top K configurations go through the same rounds."""
     overrides = dict(overrides or {})
-    swept = definition.fields | ({"seed"} if (seeds or definition.seeds) > 1 else set())
+    if seeds is not None and max_seeds is not None:
+        raise DefinitionError("--seeds and --max-seeds: give one: --seeds N trains N seeds of everything, "
+                              "--max-seeds M adds seeds in rounds where the answer is undecided, up to M")
+    rule = definition.decide or Rule()
+    try:
+        rule = replace(rule, **{k: v for k, v in (("max_seeds", max_seeds), ("margin", margin))
+                                if v is not None})
+    except ValueError as error:
+        raise DefinitionError(f"--max-seeds/--margin: {error}") from None
+    if confirm:
+        if definition.sampler == "grid":
+            raise DefinitionError("--confirm: a grid sweep decides every configuration itself (a `decide:` "
+                                  "block or --max-seeds); --confirm K is for tpe and random sweeps")
+        if (seeds or definition.seeds) > 1:
+            raise DefinitionError("--confirm and --seeds: confirmation adds seeds itself, where undecided")
+        if not (n_trials or definition.n_trials):
+            raise DefinitionError("--confirm needs an n_trials budget (--n-trials or budget.n_trials): it "
+                                  "starts once that many configurations are sampled")
+    rounds = seeds is None and not confirm and definition.sampler == "grid" and (
+        definition.decide is not None or max_seeds is not None)
+    if max_seeds is not None and definition.sampler != "grid" and not confirm:
+        raise DefinitionError(f"{definition.path}: a {definition.sampler} sweep samples configurations; "
+                              "rounds of seeds over every configuration are for grid sweeps; --confirm K "
+                              "runs the top K sampled ones through them (--seeds N repeats every one)")
+    if rounds and n_trials is not None:
+        raise DefinitionError("--n-trials: a decided sweep sizes itself (up to max_seeds seeds per "
+                              "configuration); use --max-seeds, or --seeds N for a fixed design")
+    if rounds and definition.seeds > 1:
+        raise DefinitionError(f"--max-seeds: the sweep {definition.name} fixes seeds: "
+                              f"{definition.seeds} in {definition.path}; use --seeds N instead")
+    swept = definition.fields | ({"seed"} if (seeds or definition.seeds) > 1 or rounds else set())
     clash = sorted(set(overrides) & swept)
     if clash:
         raise DefinitionError(f"--set {', '.join(clash)}: varied by the sweep {definition.name} "
@@ -82,9 +140,10 @@ def plan_studies(definition: SweepDefinition, *, impl: str | None = None,
                                   "it needs val_size > 0")
         check_space(definition, base)
         name = definition.name if "impl" in definition.fields else f"{definition.name}-{base.impl}"
-        plans.append(StudyPlan(definition, base, name, seeds=seeds or definition.seeds,
+        plans.append(StudyPlan(definition, base, name, seeds=1 if rounds else seeds or definition.seeds,
                                n_trials=n_trials or definition.n_trials,
-                               timeout=timeout if timeout is not None else definition.timeout))
+                               timeout=timeout if timeout is not None else definition.timeout,
+                               rule=rule, rounds=rounds, confirm=confirm or 0))
     return plans
 
 

@@ -104,6 +104,16 @@ class _Budget(_Schema):
     timeout: float | None = Field(None, gt=0, description="a positive number of seconds")
 
 
+class _Decide(_Schema):
+    """The `decide:` block (rule.py): every key optional, the defaults are Rule's."""
+
+    margin: float | None = Field(None, gt=0, lt=1, description="an accuracy between 0 and 1 (0.01 = 1 "
+                                 "percentage point)")
+    alpha: float | None = Field(None, gt=0, lt=0.5, description="an error rate between 0 and 0.5")
+    max_seeds: int | None = Field(None, ge=2, description="an integer >= 2")
+    budget: float | None = Field(None, gt=0, description="a positive number of seconds")
+
+
 class _Plot(_Schema):
     x: str | None = None  # unset: the one space name other than seed, if there is only one
     log_x: bool = Field(False, description="true or false")
@@ -158,6 +168,7 @@ class DefinitionFile(_Schema):
     objective: _Objective = _Objective()
     seeds: int = Field(1, gt=0, description="a positive integer")
     budget: _Budget = _Budget()
+    decide: _Decide | None = None
     plot: _Plot = _Plot()
 
     @field_validator("base", "objective", "budget", "plot", mode="before")

@@ -22,6 +22,7 @@ does to it, is lease.py's.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -39,6 +40,7 @@ from sweeps.analysis.summary import Summary
 from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POPULATION
 from sweeps.definitions.loader import load_definition
 from sweeps.definitions.plan import StudyPlan, fmt_value, plan_studies
+from sweeps.definitions.rule import Rule
 from sweeps.execution import outage
 from sweeps.execution import storage as stores
 from sweeps.execution.study import (
@@ -62,6 +64,7 @@ READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating t
 @outage.ends_in_one_line  # a database away past `outage_timeout` seconds: one line, exit code 1
 def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | None = None,
               seeds: int | None = None, n_trials: int | None = None, timeout: float | None = None,
+              max_seeds: int | None = None, margin: float | None = None, confirm: int | None = None,
               population: int = DEFAULT_POPULATION,
               storage: str | None = None, tracking_uri: str | None = None,
               experiment: str = store.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
@@ -74,7 +77,8 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
     away (outage.py)."""
     definition = load_definition(name)
     plans = plan_studies(definition, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials,
-                         timeout=timeout)  # every setting checked before anything is loaded or trained
+                         timeout=timeout, max_seeds=max_seeds, margin=margin,
+                         confirm=confirm)  # every setting checked before anything is loaded or trained
     storage = storage or default_storage(tracking_uri)
     with stores.sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
         outage.tolerate_mlflow_store(store.resolve_tracking_uri(tracking_uri), outage_timeout)
@@ -193,6 +197,19 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     return summary
 
 
+def as_trained(study: optuna.Study, plan: StudyPlan) -> StudyPlan:
+    """The plan as the study was run: a sweep decided with --max-seeds/--margin/--confirm (or a fixed
+    --seeds N) is reported as it was run, whatever the definition's defaults say today."""
+    stored = study.user_attrs.get(SETTINGS_ATTR) or {}
+    decide = stored.get("decide")
+    seeds = stored.get("seeds", plan.seeds)
+    if decide is None:
+        return dataclasses.replace(plan, rounds=False, confirm=0, seeds=seeds)
+    rule = Rule(**decide, budget=plan.rule.budget)
+    confirm = int(stored.get("confirm") or 0)
+    return dataclasses.replace(plan, rule=rule, rounds=not confirm, confirm=confirm, seeds=seeds)
+
+
 def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None,
                     tracking_uri: str | None = None,
                     experiment: str = store.DEFAULT_EXPERIMENT) -> list[Summary]:
@@ -203,6 +220,7 @@ def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None
     summaries = []
     for plan in plans:
         study = load_study(plan, storage)
+        plan = as_trained(study, plan)
         parent_id = study.user_attrs.get(PARENT_ATTR)
         try:
             client.get_run(parent_id or "none")

@@ -21,6 +21,7 @@ import itertools
 import json
 import random
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -76,11 +77,22 @@ def open_study(plan: StudyPlan, storage, *, fresh: bool = False) -> tuple[optuna
             pass  # nothing stored yet
     sampler, pruner = make_sampler(plan), make_pruner(d.pruner, d.pruner_options)
     try:
-        return optuna.create_study(storage=storage, study_name=plan.study_name, sampler=sampler,
-                                   pruner=pruner, direction=d.direction), True
+        study, created = optuna.create_study(storage=storage, study_name=plan.study_name, sampler=sampler,
+                                             pruner=pruner, direction=d.direction), True
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(study_name=plan.study_name, storage=storage, sampler=sampler,
-                                 pruner=pruner), False
+        study, created = optuna.load_study(study_name=plan.study_name, storage=storage, sampler=sampler,
+                                           pruner=pruner), False
+    name_objective(study, d.metric)
+    return study, created
+
+
+def name_objective(study: optuna.Study, metric: str) -> None:
+    """The objective's name in the study (optuna-dashboard and Optuna's plots say `val_acc`, not
+    "Objective 0"); older studies get it when they resume."""
+    if study.metric_names != [metric]:
+        with warnings.catch_warnings():  # set_metric_names is marked experimental since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric])
 
 
 def check_settings(study: optuna.Study, plan: StudyPlan, storage_label: str) -> bool:
@@ -124,6 +136,8 @@ def enqueue_grid(study: optuna.Study, plan: StudyPlan) -> int:
         return 0
     grid = plan.grid()
     points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    if plan.rounds:  # a decided sweep's round 1: seed 0 of every point (rounds.py queues the rest)
+        points = [point for point in points if point["seed"] == 0]
     total = plan.total_trials()
     if total is not None and total < len(points):
         random.Random(0).shuffle(points)

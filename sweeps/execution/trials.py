@@ -41,6 +41,7 @@ from fmnist_tracking.names import (
 from sweeps import trial_record as record
 from sweeps.defaults import DEFAULT_POPULATION
 from sweeps.definitions.plan import StudyPlan, describe_params
+from sweeps.execution import rounds
 from sweeps.execution.background import Background
 from sweeps.execution.lease import TrialLease
 from sweeps.execution.study import (
@@ -116,6 +117,9 @@ def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
             trained = fresh = True
             continue
         background.drain()  # nothing more to take: this worker's trials are told before it looks
+        if plan.decides and rounds.advance(study, plan, worker, say=tqdm.write):
+            fresh = True  # it queued the next round: this worker goes on, and may close the sweep
+            continue
         if study_done(study, plan):
             return fresh or not (trained or waited)  # it told the last trial, or found it done (a re-run)
         fresh = False
@@ -221,7 +225,7 @@ def suggest_config(trial: optuna.Trial, plan: StudyPlan) -> RunConfig:
         overrides.update(param.overrides(value))
     if plan.seed_axis:
         overrides["seed"] = trial.suggest_categorical("seed", plan.grid()["seed"])
-    elif plan.seeds > 1:
+    elif plan.seeds > 1 or plan.confirm:  # a repeat's seed is in its user attrs; a sampled trial's is 0
         overrides["seed"] = TrialRecord.of(trial).seed or 0
     return plan.base.replace(overrides, source=f"trial {trial.number}")
 
@@ -279,9 +283,10 @@ def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
 
 
 def run_name(plan: StudyPlan, held: TrialLease) -> str:
-    """What varies, e.g. `hidden_size=1024`, with `, seed=1` when the sweep has several seeds."""
+    """What varies and the seed, e.g. `hidden_size=1024, seed=0`: always the seed, since a sweep may add
+    seeds in later rounds, and a configuration's runs are told apart by it."""
     label = describe_params({k: v for k, v in held.trial.params.items() if k != "seed"}) or plan.study_name
-    return f"{label}, seed={held.config.seed}" if plan.seeds > 1 else label
+    return f"{label}, seed={held.config.seed}"
 
 
 def best_value(study: optuna.Study) -> float | None:

@@ -343,7 +343,7 @@ def _verdict(label: str, run_id: str, accuracy: float, verdict: str, p_adjusted:
             "test_acc": accuracy - 0.005}
 
 
-def test_best_says_when_its_pick_is_a_statistical_tie_within_its_sweep(mlflow_store, small_real_splits,
+def test_best_says_how_its_pick_stands_in_its_sweep_and_which_to_use(mlflow_store, small_real_splits,
                                                                        tmp_path):
     client, experiment_id = store.setup(mlflow_store)
     parent = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="hidden_size-manual",
@@ -370,9 +370,20 @@ def test_best_says_when_its_pick_is_a_statistical_tie_within_its_sweep(mlflow_st
     client.log_text(parent.run_id, json.dumps(verdicts), "sweep/verdicts.json")
     result = invoke("best", "--sweep", "hidden_size", "--out", tmp_path / "best.pt")
     assert result.exit_code == 0, result.output
-    assert (f"{best_label} (val {best_val:.4f}) is tied with {other_label} (p=0.80): within noise"
-            in result.stdout), result.stdout
+    # an old report's "within noise" is read as what it is: not shown different, not a tie
+    assert f"{best_label} (val {best_val:.4f}) is the sweep's best by mean, but not shown better" \
+        in result.stdout, result.stdout
+    assert f"not shown different from {best_label} (one seed each, so not a tie): {other_label} (p=0.80)" \
+        in result.stdout
     assert f"the cheapest of them is {other_label} (1.5 s/epoch" in result.stdout
+    assert "statistical tie" not in result.stdout
+
+    verdicts[1].update(verdict="tied", margin=0.01, method="comparisons with the best", p_adjusted=None)
+    verdicts[0].update(margin=0.01)
+    client.log_text(parent.run_id, json.dumps(verdicts), "sweep/verdicts.json")
+    result = invoke("best", "--sweep", "hidden_size", "--out", tmp_path / "best.pt")
+    assert (f"tied with {best_label} within ±1 pp: {other_label}; use the cheapest of those tied with the "
+            f"best: {other_label} (1.5 s/epoch") in result.stdout, result.stdout
 
 
 def test_best_reports_the_sweeps_own_ranking_where_it_differs_from_the_pick(mlflow_store):
@@ -382,25 +393,25 @@ def test_best_reports_the_sweeps_own_ranking_where_it_differs_from_the_pick(mlfl
     made = _fake_sweep(client, experiment_id, "hidden_size",
                        [(512, 0.9031, "FINISHED"), (1024, 0.9018, "FINISHED"), (128, 0.8921, "FINISHED")])
     picked = client.get_run(made["hidden_size=512"])
-    # With seeds, the sweep ranks configurations by their mean: 1024 first, 512 (one lucky seed) within noise.
+    # With seeds, the sweep ranks configurations by their mean: 1024 first, 512 (one lucky seed) tied.
     verdicts = [_verdict("hidden_size=1024", made["hidden_size=1024"], 0.9015, "best", None, 1.9),
-                _verdict("hidden_size=512", made["hidden_size=512"], 0.9001, "within noise", 0.31, 1.0),
+                _verdict("hidden_size=512", made["hidden_size=512"], 0.9001, "tied", None, 1.0),
                 _verdict("hidden_size=128", made["hidden_size=128"], 0.8921, "worse", 0.0001, 0.4)]
     client.log_text(made["parent"], json.dumps(verdicts), "sweep/verdicts.json")
     text = "\n".join(tie_report(client, picked))
     assert "puts hidden_size=1024 first (val 0.9015)" in text
-    assert "this run's hidden_size=512 (val 0.9001) is within noise of it (p=0.31" in text
-    assert "the cheapest of them is hidden_size=512 (1 s/epoch" in text
+    assert "this run's hidden_size=512 (val 0.9001) is tied with it within ±" in text
+    assert "use the cheapest of those tied with the best: hidden_size=512 (1 s/epoch" in text
     for verdict, parameters in zip(verdicts, (814_090, 407_050, 101_770), strict=True):
         verdict.update(cost=parameters, cost_name="parameters")  # the cost the sweep's conclusion used
     client.log_text(made["parent"], json.dumps(verdicts), "sweep/verdicts.json")
     text = "\n".join(tie_report(client, picked))
-    assert "the cheapest of them is hidden_size=512 (407,050 parameters" in text
+    assert "the cheapest of those tied with the best: hidden_size=512 (407,050 parameters" in text
 
     client.log_text(made["parent"], json.dumps(verdicts[:1] + verdicts[2:]), "sweep/verdicts.json")
     alone = tie_report(client, client.get_run(made["hidden_size=1024"]))
-    assert alone == ["hidden_size=1024 (val 0.9018) is the sweep's best and nothing else is within noise "
-                     "of it; the closest, hidden_size=128 (p<0.001), is worse (exact McNemar test; "
+    assert alone == ["hidden_size=1024 (val 0.9018) is the sweep's best and every other configuration is "
+                     "worse; the closest, hidden_size=128 (p<0.001), is worse (exact McNemar test; "
                      "p Holm-adjusted)"]
     lone_run = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="outside")
     lone_run.end()

@@ -13,17 +13,17 @@ import pytest
 
 from sweeps.analysis import evidence
 from sweeps.analysis.evidence import (
-    BOOTSTRAP,
+    DECIDED,
     MCNEMAR,
     WELCH,
     ConfigResult,
-    bootstrap_accuracies,
     compare_to_best,
-    conclusion,
     holm,
     mcnemar_exact,
     wilson_interval,
 )
+from sweeps.analysis.wording import _p as printed_p
+from sweeps.analysis.wording import conclusion
 
 pytestmark = pytest.mark.unit
 
@@ -111,8 +111,8 @@ def test_one_seed_sweep_uses_mcnemar_and_holm():
     assert by_label["hidden_size=2048"].discordant == (134, 139)
     assert by_label["hidden_size=2048"].difference_images == pytest.approx(-5)
     assert {label: v.verdict for label, v in by_label.items()} == {
-        "hidden_size=1024": "best", "hidden_size=512": "within noise", "hidden_size=2048": "within noise",
-        "hidden_size=256": "worse"}
+        "hidden_size=1024": "best", "hidden_size=512": "not shown different",
+        "hidden_size=2048": "not shown different", "hidden_size=256": "worse"}
     tested = [v for v in verdicts[1:]]
     assert all(v.method == MCNEMAR and "training noise" in v.note for v in tested)
     assert [v.p_adjusted for v in tested] == pytest.approx(holm([v.p_value for v in tested]))
@@ -122,14 +122,17 @@ def test_one_seed_conclusion_names_best_ties_cheapest_and_caveat():
     text = conclusion(compare_to_best(one_seed_sweep()), "Which hidden size?")
     assert text.startswith("Which hidden size? hidden_size=1024 has the best validation accuracy, 0.9000 "
                            "(95% Wilson 0.894-0.906).")
-    within = text[text.index("Within noise of it:"):text.index("Worse:")]
-    assert "hidden_size=512" in within and "hidden_size=2048" in within and "hidden_size=256" not in within
-    assert "134 images only it got right vs 139 only the best" in within
+    unshown = text[text.index("Not shown different from it:"):text.index("Worse:")]
+    assert "hidden_size=512" in unshown and "hidden_size=2048" in unshown and "hidden_size=256" not in unshown
+    assert "134 images only it got right vs 139 only the best" in unshown
     assert ("Worse: hidden_size=256 (-0.0300, 100 images only it got right vs 400 only the best, p<0.001"
             in text)
-    assert "Cheapest within noise: hidden_size=512 at 1.4 s/epoch, usually the one to use." in text
-    assert "Test accuracy of the pick: 0.8940; of the best: 0.8952 (reported, not used to choose)." in text
-    assert "One seed per configuration" in text and "--seeds 3" in text
+    # "within noise" is absence of evidence, not a tie: nothing is recommended for it
+    assert "within noise" not in text and "usually the one to use" not in text
+    assert ("Cheapest of those not shown different: hidden_size=512 at 1.4 s/epoch; not a tie (one seed "
+            "cannot show one)") in text
+    assert "Test accuracy of the best: 0.8952 (reported, not used to choose)." in text
+    assert "One seed per configuration" in text and "--max-seeds" in text
 
 
 def seeded(label: str, base: np.ndarray, shifts: list[int], cost: float, seed: int) -> ConfigResult:
@@ -139,21 +142,24 @@ def seeded(label: str, base: np.ndarray, shifts: list[int], cost: float, seed: i
     return ConfigResult(label, vectors, cost=cost)
 
 
-def test_seeds_clear_difference_is_worse_and_identical_is_within_noise():
+def test_seeds_clear_difference_is_worse_and_identical_is_tied():
     base = base_vector(5000, 0.9)
     best = seeded("best", base, [0, 2, -2], cost=2.0, seed=10)
     configs = [best, seeded("clearly worse", base, [-100, -104, -96], cost=1.0, seed=20),
                ConfigResult("same vectors", best.correct, cost=1.5)]
     verdicts = {v.label: v for v in compare_to_best(configs)}
     assert verdicts["best"].verdict == "best" and verdicts["best"].interval_kind == "t over seeds"
-    assert verdicts["clearly worse"].verdict == "worse" and verdicts["clearly worse"].method == BOOTSTRAP
+    assert verdicts["clearly worse"].verdict == "worse" and verdicts["clearly worse"].method == DECIDED
     assert verdicts["clearly worse"].difference_images == pytest.approx(-100, abs=1e-6)
-    assert verdicts["same vectors"].verdict == "within noise" and verdicts["same vectors"].p_value == 1.0
+    low, high = verdicts["clearly worse"].difference_interval
+    assert low < -0.02 < high < 0  # -100 of 5000 images: -2 pp, its interval below 0
+    same = verdicts["same vectors"]
+    assert same.verdict == "tied" and same.p_value is None and same.margin == evidence.Rule().margin
 
 
-def test_seed_scatter_widens_the_bootstrap():
-    """The same 60-image gap is 'worse' when the seeds agree and 'within noise' when seeds scatter by
-    +-150 images: the bootstrap sees training noise, not only which images were drawn."""
+def test_seed_scatter_widens_the_interval_so_the_same_gap_is_undecided():
+    """The same 60-image gap is 'worse' when the seeds agree and 'undecided' when seeds scatter by
+    +-150 images: the seed variance is part of the interval, not only which images were drawn."""
     base = base_vector(5000, 0.9)
     steady = compare_to_best([seeded("a", base, [0, 1, -1], 1.0, 30),
                               seeded("b", base, [-60, -59, -61], 1.0, 40)])
@@ -161,27 +167,28 @@ def test_seed_scatter_widens_the_bootstrap():
                                  seeded("b", base, [-60, 90, -210], 1.0, 40)])
     assert steady[1].difference == pytest.approx(scattered[1].difference)
     assert steady[1].verdict == "worse"
-    assert scattered[1].verdict == "within noise" and scattered[1].p_value > 0.2
+    assert scattered[1].verdict == "undecided"
+    assert np.ptp(scattered[1].difference_interval) > 3 * np.ptp(steady[1].difference_interval)
 
 
-def test_bootstrap_is_deterministic_under_the_same_seed():
-    base = base_vector(2000, 0.9)
-    groups = [np.stack(seeded("x", base, shifts, 1.0, seed).correct)
-              for shifts, seed in (([0, 5], 50), ([-9, 4], 60))]
-    first = bootstrap_accuracies(groups, resamples=500, seed=7)
-    assert first.shape == (2, 500)
-    assert np.array_equal(first, bootstrap_accuracies(groups, resamples=500, seed=7))
-    assert not np.array_equal(first, bootstrap_accuracies(groups, resamples=500, seed=8))
-
-
-def test_seeded_conclusion_names_the_bootstrap_and_not_the_one_seed_caveat():
+def test_seeded_conclusion_states_margin_error_rate_and_the_cheapest_tied():
     base = base_vector(5000, 0.9)
     verdicts = compare_to_best([seeded("a", base, [0, 2, -2], 2.0, 10),
-                                seeded("b", base, [-1, 1, 0], 1.0, 20)])
+                                seeded("b", base, [-1, 1, -3], 1.0, 20)])
     text = conclusion(verdicts, "Which is best")
     assert text.startswith("Which is best. a has the best validation accuracy")
-    assert "95% t-interval over 3 seeds" in text and "paired bootstrap" in text
-    assert "Cheapest within noise: b at 1 s/epoch" in text and "One seed per configuration" not in text
+    assert "95% t-interval over 3 seeds" in text and "Hsu" in text
+    assert "Tied with it within ±0.5 pp: b" in text
+    assert "Use b: the cheapest of those tied with the best (1 s/epoch)." in text
+    assert "each at most 0.05 of the time" in text and "One seed per configuration" not in text
+
+
+def test_exact_ties_of_the_best_mean_are_said_not_broken_silently():
+    base = base_vector(5000, 0.9)
+    first, second = seeded("a", base, [0, 2, -2], 1.0, 10), seeded("b", base, [2, 0, -2], 1.0, 20)
+    assert first.accuracy == second.accuracy
+    text = conclusion(compare_to_best([first, second]), "Which?")
+    assert "a and b share the best validation accuracy" in text and "grid order only" in text
 
 
 def test_runs_without_vectors_fall_back_to_welch_or_say_why_not_tested():
@@ -191,7 +198,7 @@ def test_runs_without_vectors_fall_back_to_welch_or_say_why_not_tested():
                ConfigResult("old single", cost=0.2, accuracies=[0.89])]
     verdicts = {v.label: v for v in compare_to_best(configs)}
     assert verdicts["old worse"].method == WELCH and verdicts["old worse"].verdict == "worse"
-    assert verdicts["old tie"].verdict == "within noise"
+    assert verdicts["old tie"].verdict == "not shown different"
     single = verdicts["old single"]
     assert single.verdict == "not tested" and single.p_value is None and "one seed" in single.note
     assert single.interval_kind == "none" and math.isnan(single.interval[0])
@@ -256,7 +263,7 @@ def test_printed_p_values_never_round_up_to_the_threshold(p, shown):
     """An adjusted p of 0.04996 printed as "p=0.05" beside "worse"."""
     from fmnist_tracking import verdicts
 
-    assert evidence._p(p) == shown and verdicts._p(p) == shown
+    assert printed_p(p) == shown and verdicts._p(p) == shown
 
 
 def test_the_ranked_table_never_rounds_a_p_up_to_the_threshold_either():

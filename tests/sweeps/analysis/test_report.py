@@ -27,25 +27,25 @@ def test_conclusion_names_best_ties_worse_and_the_cheapest_tie():
     study, plan = width_study()
     summary = report.summarise(study, plan)
     assert [row.label for row in summary.rows] == [f"hidden_size={w}" for w in (2048, 1024, 512, 256)]
-    assert [row.vs_best for row in summary.rows] == ["best", "within noise", "worse", "worse"]
+    assert [row.vs_best for row in summary.rows] == ["best", "not shown different", "worse", "worse"]
     assert summary.rows[1].verdict.discordant == (0, 4) and summary.rows[1].verdict.method == evidence.MCNEMAR
     assert summary.best_trial.params == {"hidden_size": 2048}
     text = summary.conclusion
     assert text.startswith("Which hidden size works best? hidden_size=2048 has the best validation accuracy")
-    assert "Within noise of it: hidden_size=1024 (-0.0020, 0 images only it got right vs 4 only the " \
-        "best" in text
+    assert "Not shown different from it: hidden_size=1024 (-0.0020, 0 images only it got right vs 4 only " \
+        "the best" in text
     assert "Worse: hidden_size=512" in text and "hidden_size=256" in text.split("Worse:")[1]
     assert summary.cost_name == "parameters" and summary_types.parameter_count(1024) == 814_090
-    assert "Cheapest within noise: hidden_size=1024 at 814,090 parameters" in text
+    assert "Cheapest of those not shown different: hidden_size=1024 at 814,090 parameters; not a tie" in text
     assert "seed-to-seed training noise" in text  # one seed: McNemar's blind spot is named
     answer = report_text.answer(summary)
     assert answer.index("| rank |") < answer.index("**Conclusion.**")
     assert " ".join(answer.split("**Conclusion.**")[1].split()) == text
-    assert "val_acc [95% Wilson over images]" in answer and "| within noise |" in answer
+    assert "val_acc [95% Wilson over images]" in answer and "| not shown different |" in answer
 
 
 @pytest.mark.unit
-def test_seeds_give_t_intervals_a_bootstrap_and_failures_are_named():
+def test_seeds_give_t_intervals_decided_verdicts_and_failures_are_named():
     plan = plan_of({"description": "Which learning rate?", "base": {"epochs": 3}, "seeds": 2,
                     "space": {"lr": [0.01, 0.03, 1.0]}, "plot": {"x": "lr", "log_x": True}}, "learning_rate")
     study = optuna.create_study(direction="maximize")
@@ -58,7 +58,8 @@ def test_seeds_give_t_intervals_a_bootstrap_and_failures_are_named():
     summary = report.summarise(study, plan)
     assert [(row.label, row.vs_best) for row in summary.rows] == [("lr=0.03", "best"), ("lr=0.01", "worse")]
     best, worse = (row.verdict for row in summary.rows)
-    assert best.interval_kind == "t over seeds" and worse.method == evidence.BOOTSTRAP
+    assert best.interval_kind == "t over seeds" and worse.method == evidence.DECIDED
+    assert worse.margin == plan.rule.margin and worse.difference_interval[1] < 0
     assert best.interval == pytest.approx(evidence.t_interval([t.value for t in summary.rows[0].trials]))
     assert "Failed, so not ranked: lr=1 (2 trials: training diverged: non-finite loss at epoch 1" in \
         summary.conclusion
@@ -149,7 +150,7 @@ def test_build_report_logs_verdicts_note_and_figures_to_the_parent(mlflow_store,
     records = json.loads((folder / "verdicts.json").read_text())
     assert [set(record) for record in records] == [VERDICT_KEYS] * 4
     assert [(r["label"], r["verdict"]) for r in records][:2] == [("hidden_size=2048", "best"),
-                                                                 ("hidden_size=1024", "within noise")]
+                                                                 ("hidden_size=1024", "not shown different")]
     assert records[1]["diff_images"] == pytest.approx(-4) and records[1]["method"] == evidence.MCNEMAR
     assert records[0]["run_ids"] == ["run-3"] and records[0]["seeds"] == [0]
     markdown = (folder / "summary.md").read_text()

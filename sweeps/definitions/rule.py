@@ -1,0 +1,51 @@
+"""How a sweep decides: the tie margin, the error rate, the most seeds per configuration, a time budget.
+
+Plain data, read from a definition's `decide:` block (or --margin / --max-seeds) into the plan; the
+statistics that apply it are sweeps/analysis/decide.py's, which explains each number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MARGIN = 0.005  # accuracy; see Rule.margin
+DEFAULT_ALPHA = 0.05
+DEFAULT_MAX_SEEDS = 5
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a sweep decides (the definition's `decide:` block, or --margin/--max-seeds)."""
+
+    # The tie margin delta, in accuracy: two configurations closer than this are "the same" for choosing.
+    # 0.5 percentage point: below what a different split or epoch budget moves on this task, and within
+    # reach of the noise here. Measured on the hidden_size grid (10,000 validation images, 4 seeds of
+    # 512 and 1024): two seeds of one width disagree on 3-4% of the images, and the interval of
+    # 512 - 1024 at alpha / 4 looks / 3 comparisons is +-0.23 pp, so a tie within 0.5 pp can be shown
+    # within 5 seeds, and a gap of 2 delta = 1 pp is far outside the noise.
+    margin: float = DEFAULT_MARGIN
+    alpha: float = DEFAULT_ALPHA  # error rate of each kind (false worse, false tie), whole procedure
+    max_seeds: int = DEFAULT_MAX_SEEDS  # per configuration
+    budget: float | None = None  # seconds of training rounds; no new round once spent (None: no limit)
+
+    def __post_init__(self):
+        if not 0 < self.margin < 1:
+            raise ValueError(f"margin must be between 0 and 1 (accuracy), got {self.margin}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be between 0 and 0.5, got {self.alpha}")
+        if self.max_seeds < 2:
+            raise ValueError(f"max_seeds must be at least 2 (one seed measures no seed noise), got "
+                             f"{self.max_seeds}")
+
+    @property
+    def looks(self) -> int:
+        """Looks that can decide: after rounds 2..max_seeds."""
+        return self.max_seeds - 1
+
+    @property
+    def alpha_per_look(self) -> float:
+        return self.alpha / self.looks
+
+    def as_dict(self) -> dict:
+        return {"margin": self.margin, "alpha": self.alpha, "max_seeds": self.max_seeds,
+                "budget": self.budget}
