@@ -17,9 +17,11 @@ from sweeps.analysis import report
 from sweeps.defaults import DEFAULT_HEARTBEAT
 from sweeps.definitions.loader import load_definition
 from sweeps.definitions.plan import plan_studies
+from sweeps.execution import rounds
 from sweeps.execution import storage as stores
 from sweeps.execution.study import (
     PARENT_ATTR,
+    as_trained,
     default_storage,
     load_study,
     no_study,
@@ -45,6 +47,7 @@ def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | No
         worker = Worker.open(storage, heartbeat, exclusive=exclusive)
         for plan in plans:
             study = load_study(plan, worker.storage, without_password(storage))
+            plan = as_trained(study, plan)
             parent_id = study.user_attrs.get(PARENT_ATTR)
             before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
             recover(study, worker, client, experiment_id, parent_id, startup=True)
@@ -62,11 +65,12 @@ def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | No
             if parent is None or parent.info.status != "RUNNING":
                 continue
             logger = run_log.RunLogger(client, parent_id, experiment_id)
-            if not waiting and study_done(study, plan):
+            if not waiting and study_done(study, plan) and not rounds.pending(study, plan):
                 report.build_report(study, plan, client, parent_id)
                 logger.end("FINISHED")
                 click.echo(f"  complete: report rebuilt, parent run {parent_id} FINISHED")
             else:
-                logger.end("KILLED", f"sweep stopped with {len(waiting)} trials queued; re-run it to resume")
+                left = f"{len(waiting)} trials queued" if waiting else "its next round not yet queued"
+                logger.end("KILLED", f"sweep stopped with {left}; re-run it to resume")
                 click.echo(f"  parent run {parent_id} closed KILLED; re-run the sweep to train the queued "
                            "trials")

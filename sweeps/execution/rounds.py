@@ -77,6 +77,22 @@ def advance(study: optuna.Study, plan: StudyPlan, worker: Worker, say: Callable[
         return _queue(study, entries, number, plan)
 
 
+def pending(study: optuna.Study, plan: StudyPlan) -> bool:
+    """Whether a decided sweep with nothing queued or running still has a round to queue (its worker
+    stopped between a round's end and the next round's record, or before queueing all of it)."""
+    if not plan.decides:
+        return False
+    record = analysis_rounds.recorded(study)
+    trials = study.get_trials(deepcopy=False)
+    if record and any(analysis_rounds.entry_key(entry) not in {_queued_key(t) for t in trials}
+                      for entry in record[-1]["trials"]):
+        return True
+    if plan.confirm and not study.user_attrs.get(analysis_rounds.CONFIRMED_ATTR):
+        return True
+    state = analysis_rounds.state(study, plan, trials)
+    return state is not None and bool(state.decision.additions)
+
+
 def _choose_confirmed(study: optuna.Study, plan: StudyPlan, trials: list) -> bool:
     """A sampler sweep with --confirm K: once its budget is sampled, the K best configurations (by their
     first trial's objective; trial number breaks ties) are recorded once as the confirmation's round 1."""

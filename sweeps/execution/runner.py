@@ -22,7 +22,6 @@ does to it, is lease.py's.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
@@ -40,12 +39,12 @@ from sweeps.analysis.summary import Summary
 from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POPULATION
 from sweeps.definitions.loader import load_definition
 from sweeps.definitions.plan import StudyPlan, fmt_value, plan_studies
-from sweeps.definitions.rule import Rule
 from sweeps.execution import outage
 from sweeps.execution import storage as stores
 from sweeps.execution.study import (
     PARENT_ATTR,
     SETTINGS_ATTR,
+    as_trained,
     check_settings,
     default_storage,
     enqueue_grid,
@@ -195,19 +194,6 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     summary = report.build_report(study, plan, client, parent_id, splits=splits)
     parent.end("FINISHED")
     return summary
-
-
-def as_trained(study: optuna.Study, plan: StudyPlan) -> StudyPlan:
-    """The plan as the study was run: a sweep decided with --max-seeds/--margin/--confirm (or a fixed
-    --seeds N) is reported as it was run, whatever the definition's defaults say today."""
-    stored = study.user_attrs.get(SETTINGS_ATTR) or {}
-    decide = stored.get("decide")
-    seeds = stored.get("seeds", plan.seeds)
-    if decide is None:
-        return dataclasses.replace(plan, rounds=False, confirm=0, seeds=seeds)
-    rule = Rule(**decide, budget=plan.rule.budget)
-    confirm = int(stored.get("confirm") or 0)
-    return dataclasses.replace(plan, rule=rule, rounds=not confirm, confirm=confirm, seeds=seeds)
 
 
 def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None,

@@ -17,6 +17,7 @@ refused rather than mixing trials trained differently in one study (--fresh repl
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -30,6 +31,7 @@ from optuna.trial import TrialState
 from fmnist_core.config import ConfigError
 from fmnist_tracking import store
 from sweeps.definitions.plan import StudyPlan
+from sweeps.definitions.rule import Rule
 from sweeps.definitions.schema import make_pruner
 
 STORAGE_FILE = "optuna.db"
@@ -107,6 +109,19 @@ def check_settings(study: optuna.Study, plan: StudyPlan, storage_label: str) -> 
                          f"({_difference(stored, wanted)}); re-run with the old settings to resume it, or "
                          "add --fresh to start it again")
     return True
+
+
+def as_trained(study: optuna.Study, plan: StudyPlan) -> StudyPlan:
+    """The plan as the study was run: a sweep decided with --max-seeds/--margin/--confirm (or a fixed
+    --seeds N) is reported as it was run, whatever the definition's defaults say today."""
+    stored = study.user_attrs.get(SETTINGS_ATTR) or {}
+    decide = stored.get("decide")
+    seeds = stored.get("seeds", plan.seeds)
+    if decide is None:
+        return dataclasses.replace(plan, rounds=False, confirm=0, seeds=seeds)
+    rule = Rule(**decide, budget=plan.rule.budget)
+    confirm = int(stored.get("confirm") or 0)
+    return dataclasses.replace(plan, rule=rule, rounds=not confirm, confirm=confirm, seeds=seeds)
 
 
 def mark_ready(study: optuna.Study, plan: StudyPlan) -> None:

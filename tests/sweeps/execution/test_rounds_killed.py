@@ -71,3 +71,25 @@ def test_a_worker_killed_at_a_rounds_end_resumes_to_the_same_trials_and_record(t
     trained, record = outcome(folder)
     assert (trained, record) == uninterrupted
     assert len(record) >= 1  # the kill happened at a round's end that queued a further round
+
+
+def test_repair_of_a_worker_killed_before_the_next_round_leaves_the_sweep_to_resume(tmp_path,
+                                                                                   uninterrupted):
+    """`--repair` after a worker died between a round's end and the next round's record: nothing is queued
+    or running, but the sweep is not done, so the parent run is closed KILLED ("re-run it to resume"), not
+    FINISHED with a report of a sweep that stopped half-way; re-running then finishes it as usual."""
+    from mlflow import MlflowClient
+
+    folder = prepared(tmp_path / "repaired")
+    assert sweep(folder, kill_at="before_record").returncode == -signal.SIGKILL
+    repair = subprocess.run([sys.executable, str(ROOT / "cli.py"), "sweep", str(folder / "killed.yaml"),
+                             "--repair", "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert "complete: report rebuilt" not in repair.stdout
+    study = optuna.load_study(study_name="killed-torch", storage=f"sqlite:///{folder / 'optuna.db'}")
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "KILLED"
+    assert sweep(folder).returncode == 0
+    assert outcome(folder) == uninterrupted
