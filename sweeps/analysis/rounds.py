@@ -78,7 +78,7 @@ def state(study: optuna.Study, plan: StudyPlan,
     chosen = [key for key, _ in confirmed(study)] if plan.confirm else None
     if plan.confirm and not chosen:
         return None
-    round_of = {entry_key(entry): item["round"] for item in record for entry in item["trials"]}
+    round_of = rounds_of_trials(record)
     complete: dict[tuple, list[FrozenTrial]] = {}
     for trial in trials:
         if trial.state == TrialState.COMPLETE and TrialRecord.of(trial).val_correct is not None:
@@ -89,26 +89,34 @@ def state(study: optuna.Study, plan: StudyPlan,
     keys = sorted(complete, key=chosen.index if chosen else _grid_order(plan))
     members = [sorted(complete[key], key=seed_of) for key in keys]
     groups = [np.stack([TrialRecord.of(t).val_correct for t in group]) for group in members]
-    seed_rounds = [[1 if seed_of(t) == 0 else round_of.get((key, seed_of(t)), 1) for t in group]
-                   for key, group in zip(keys, members, strict=True)]
+    seed_rounds = [[round_of(t) for t in group] for group in members]
     rounds_done = 1 + len(record)
     decision = decide.replay(seed_rounds, groups, plan.rule, sequential=plan.decides,
-                             budget_spent=budget_spent(trials, record, plan), last_round=rounds_done)
+                             budget_spent=budget_spent(trials, round_of, plan), last_round=rounds_done)
     return RoundsState(keys, members, decision, rounds_done, record, plan.max_seeds)
 
 
-def budget_spent(trials: list[FrozenTrial], record: list[dict], plan: StudyPlan) -> bool:
+def rounds_of_trials(record: list[dict]):
+    """trial -> the round that trained it: 1 for seed 0 (every configuration's first), else the record's."""
+    recorded_in = {entry_key(entry): item["round"] for item in record for entry in item["trials"]}
+
+    def round_of(trial: FrozenTrial) -> int:
+        seed = seed_of(trial)
+        return 1 if seed == 0 else recorded_in.get((config_key(trial), seed), 1)
+
+    return round_of
+
+
+def budget_spent(trials: list[FrozenTrial], round_of, plan: StudyPlan) -> bool:
     """Whether the rounds so far took longer than the rule's budget: each round's span (its first start to
     its last finish) added up, so the pauses of a sweep stopped and resumed later do not count."""
     if plan.rule.budget is None:
         return False
-    round_of = {entry_key(entry): item["round"] for item in record for entry in item["trials"]}
     spans: dict[int, list] = {}
     for trial in trials:
         if trial.datetime_start is None or trial.datetime_complete is None:
             continue
-        r = 1 if seed_of(trial) == 0 else round_of.get((config_key(trial), seed_of(trial)), 1)
-        spans.setdefault(r, []).append((trial.datetime_start, trial.datetime_complete))
+        spans.setdefault(round_of(trial), []).append((trial.datetime_start, trial.datetime_complete))
     seconds = sum((max(end for _, end in span) - min(start for start, _ in span)).total_seconds()
                   for span in spans.values())
     return seconds >= plan.rule.budget

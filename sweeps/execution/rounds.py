@@ -52,12 +52,9 @@ def advance(study: optuna.Study, plan: StudyPlan, worker: Worker, say: Callable[
         trials = study.get_trials(deepcopy=False)
         if plan.confirm and not _choose_confirmed(study, plan, trials):
             return 0  # still sampling (another worker's trials), or nothing finished to confirm
-        existing = {_queued_key(t) for t in trials}  # any state: a failed seed is not trained again
-        if record:
-            missing = [entry for entry in record[-1]["trials"]
-                       if analysis_rounds.entry_key(entry) not in existing]
-            if missing:
-                return _queue(study, missing, record[-1]["round"], plan)
+        missing = _unqueued(record, trials)
+        if missing:
+            return _queue(study, missing, record[-1]["round"], plan)
         state = analysis_rounds.state(study, plan, trials)
         if state is None:
             return 0
@@ -84,13 +81,21 @@ def pending(study: optuna.Study, plan: StudyPlan) -> bool:
         return False
     record = analysis_rounds.recorded(study)
     trials = study.get_trials(deepcopy=False)
-    if record and any(analysis_rounds.entry_key(entry) not in {_queued_key(t) for t in trials}
-                      for entry in record[-1]["trials"]):
+    if _unqueued(record, trials):
         return True
     if plan.confirm and not study.user_attrs.get(analysis_rounds.CONFIRMED_ATTR):
         return True
     state = analysis_rounds.state(study, plan, trials)
     return state is not None and bool(state.decision.additions)
+
+
+def _unqueued(record: list[dict], trials: list) -> list:
+    """The latest recorded round's entries with no trial yet (any state: a failed seed is not trained
+    again): what a worker stopped between recording a round and queueing all of it left."""
+    if not record:
+        return []
+    existing = {_queued_key(t) for t in trials}
+    return [entry for entry in record[-1]["trials"] if analysis_rounds.entry_key(entry) not in existing]
 
 
 def _choose_confirmed(study: optuna.Study, plan: StudyPlan, trials: list) -> bool:
