@@ -159,9 +159,10 @@ def history(epochs: int = 3, *, val: float = 0.88, gap: float = 0.02, clip: floa
 
 
 def add(study, plan, params: dict, *, correct=None, seed: int = 0, state=None,
-        attrs: dict | None = None, accuracy: float | None = None) -> None:
+        attrs: dict | None = None, accuracy: float | None = None, seed_param: bool = False) -> None:
     """A finished trial (COMPLETE unless `state`) with the runner's user attrs; `correct` None: an old trial
-    without vectors (its value is `accuracy`)."""
+    without vectors (its value is `accuracy`). The seed is in the record, as the runner keeps it;
+    `seed_param`: also an Optuna param, as grid studies before 7 December 2026 kept it."""
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState, create_trial
 
@@ -169,7 +170,7 @@ def add(study, plan, params: dict, *, correct=None, seed: int = 0, state=None,
 
     state = TrialState.COMPLETE if state is None else state
     grid = plan.grid()
-    params = dict(params, **({"seed": seed} if "seed" in grid else {}))
+    params = dict(params, **({"seed": seed} if seed_param and "seed" in grid else {}))
     distributions = {name: CategoricalDistribution(grid[name]) for name in params}
     user_attrs = {"seed": seed, "epoch_seconds": 1.0, "population": 1, "epochs": 3,
                   "mlflow_run_id": f"run-{len(study.trials)}"}

@@ -32,12 +32,13 @@ from fmnist_core.config import ConfigError, RunConfig, first_line
 from fmnist_tracking import run_log
 from fmnist_tracking.names import NOTE_TAG, SWEEP_ARTIFACT_DIR
 from fmnist_tracking.verdicts import log_verdicts
+from sweeps import trial_record as record
 from sweeps.analysis import evidence, rounds, why_figures, wording
 from sweeps.analysis import figures as sweep_figures
-from sweeps.analysis.summary import ConfigRow, Summary, config_key, config_of, label_of, parameter_count
+from sweeps.analysis.summary import ConfigRow, Summary, label_of, parameter_count
 from sweeps.analysis.text import answer, run_note, summary_csv, verdict_records
 from sweeps.definitions.plan import StudyPlan, describe_params
-from sweeps.trial_record import TrialRecord
+from sweeps.trial_record import TrialRecord, config_key
 
 
 def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
@@ -47,7 +48,7 @@ def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
     for trial in trials:
         if trial.state == TrialState.COMPLETE:
             groups.setdefault(config_key(trial), []).append(trial)
-    configs = {key: config_of(plan, dict(key)) for key in groups}
+    configs = {key: record.trained_config(plan, members[0]) for key, members in groups.items()}
     seconds = {key: float(np.mean([TrialRecord.of(t).epoch_seconds for t in members]))
                for key, members in groups.items()}
     costs, cost_name = _costs(configs, seconds)

@@ -19,13 +19,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps import trial_record as record
 from sweeps.analysis import decide
-from sweeps.analysis.summary import config_key, label_of
+from sweeps.analysis.summary import label_of
 from sweeps.definitions.plan import StudyPlan
-from sweeps.trial_record import TrialRecord
-
-ROUNDS_ATTR = "rounds"  # study user attr: [{"round": r, "trials": [[[[name, value], ...], seed], ...]}, ...]
-CONFIRMED_ATTR = "confirmed"  # --confirm K: [[[[name, value], ...], first trial number], ...], best first
+from sweeps.trial_record import TrialRecord, config_key, seed_of
 
 
 @dataclass(frozen=True)
@@ -47,26 +45,15 @@ class RoundsState:
         return [label_of(dict(key)) for key in self.keys]
 
 
-def seed_of(trial: FrozenTrial) -> int:
-    seed = trial.params.get("seed")
-    return int(TrialRecord.of(trial).seed or 0) if seed is None else int(seed)
-
-
-def recorded(study: optuna.Study) -> list[dict]:
-    """The rounds recorded after round 1, oldest first."""
-    return list(study.user_attrs.get(ROUNDS_ATTR) or [])
-
-
 def entry_key(entry) -> tuple[tuple, int]:
     """A record's [[name, value], ...], seed as (configuration key, seed)."""
     pairs, seed = entry
-    return tuple((name, value) for name, value in pairs), int(seed)
+    return record.key_of(pairs), int(seed)
 
 
 def confirmed(study: optuna.Study) -> list[tuple[tuple, int]]:
     """--confirm K: the configurations chosen for confirmation, best first, with their first trial."""
-    chosen = study.user_attrs.get(CONFIRMED_ATTR) or []
-    return [(entry_key([pairs, 0])[0], number) for pairs, number in chosen]
+    return [(record.key_of(pairs), number) for pairs, number in record.confirmed(study)]
 
 
 def state(study: optuna.Study, plan: StudyPlan,
@@ -74,11 +61,11 @@ def state(study: optuna.Study, plan: StudyPlan,
     """The replayed decisions over the study's COMPLETE trials with per-image vectors (of the confirmed
     configurations, with --confirm); None when none."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    record = recorded(study)
+    recorded = record.rounds(study)
     chosen = [key for key, _ in confirmed(study)] if plan.confirm else None
     if plan.confirm and not chosen:
         return None
-    round_of = rounds_of_trials(record)
+    round_of = rounds_of_trials(recorded)
     complete: dict[tuple, list[FrozenTrial]] = {}
     for trial in trials:
         if trial.state == TrialState.COMPLETE and TrialRecord.of(trial).val_correct is not None:
@@ -90,36 +77,22 @@ def state(study: optuna.Study, plan: StudyPlan,
     members = [sorted(complete[key], key=seed_of) for key in keys]
     groups = [np.stack([TrialRecord.of(t).val_correct for t in group]) for group in members]
     seed_rounds = [[round_of(t) for t in group] for group in members]
-    rounds_done = 1 + len(record)
-    decision = decide.replay(seed_rounds, groups, plan.rule, sequential=plan.decides,
-                             budget_spent=budget_spent(trials, round_of, plan), last_round=rounds_done)
-    return RoundsState(keys, members, decision, rounds_done, record, plan.max_seeds)
+    rounds_done = 1 + len(recorded)
+    # No clock here: the verdicts depend on the trials alone, so any machine, quiet or busy, decides alike
+    decision = decide.replay(seed_rounds, groups, plan.rule, sequential=plan.decides, budget_spent=False,
+                             last_round=rounds_done)
+    return RoundsState(keys, members, decision, rounds_done, recorded, plan.max_seeds)
 
 
-def rounds_of_trials(record: list[dict]):
+def rounds_of_trials(recorded: list[dict]):
     """trial -> the round that trained it: 1 for seed 0 (every configuration's first), else the record's."""
-    recorded_in = {entry_key(entry): item["round"] for item in record for entry in item["trials"]}
+    recorded_in = {entry_key(entry): item["round"] for item in recorded for entry in item["trials"]}
 
     def round_of(trial: FrozenTrial) -> int:
         seed = seed_of(trial)
         return 1 if seed == 0 else recorded_in.get((config_key(trial), seed), 1)
 
     return round_of
-
-
-def budget_spent(trials: list[FrozenTrial], round_of, plan: StudyPlan) -> bool:
-    """Whether the rounds so far took longer than the rule's budget: each round's span (its first start to
-    its last finish) added up, so the pauses of a sweep stopped and resumed later do not count."""
-    if plan.rule.budget is None:
-        return False
-    spans: dict[int, list] = {}
-    for trial in trials:
-        if trial.datetime_start is None or trial.datetime_complete is None:
-            continue
-        spans.setdefault(round_of(trial), []).append((trial.datetime_start, trial.datetime_complete))
-    seconds = sum((max(end for _, end in span) - min(start for start, _ in span)).total_seconds()
-                  for span in spans.values())
-    return seconds >= plan.rule.budget
 
 
 def history(rounds: RoundsState) -> list[str]:

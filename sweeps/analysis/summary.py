@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 from optuna.trial import FrozenTrial
 
-from fmnist_core.config import ConfigError, RunConfig
+from fmnist_core.config import RunConfig
 from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
+from sweeps import trial_record as record
 from sweeps.analysis import evidence
-from sweeps.definitions.plan import StudyPlan, describe_params
+from sweeps.definitions.plan import describe_params
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Summary:
         """FAIL trials grouped by configuration label."""
         groups: dict[str, list[FrozenTrial]] = {}
         for trial in self.failed:
-            groups.setdefault(label_of(dict(config_key(trial))), []).append(trial)
+            groups.setdefault(label_of(record.params_of(trial)), []).append(trial)
         return groups
 
 
@@ -67,21 +68,6 @@ def parameter_count(hidden_size: int) -> int:
     return INPUT_SIZE * hidden_size + hidden_size + NUM_CLASSES * hidden_size + NUM_CLASSES
 
 
-def config_key(trial: FrozenTrial) -> tuple:
-    return tuple((k, v) for k, v in trial.params.items() if k != "seed")
-
-
 def label_of(params: dict) -> str:
     return describe_params(params) or "base"
 
-
-def config_of(plan: StudyPlan, params: dict) -> RunConfig:
-    """The RunConfig a trial with `params` trained (bundle labels expanded), as trials.suggest_config."""
-    overrides = {}
-    for param in plan.definition.space:
-        if param.name in params:
-            overrides.update(param.overrides(params[param.name]))
-    try:
-        return plan.base.replace(overrides, source="stored trial")
-    except ConfigError:  # a space edited since (settings mismatch is refused on resume): best effort
-        return plan.base

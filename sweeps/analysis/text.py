@@ -17,7 +17,7 @@ import numpy as np
 
 from fmnist_tracking.names import SWEEP_ARTIFACT_DIR
 from sweeps.analysis.wording import p_shown
-from sweeps.trial_record import TrialRecord
+from sweeps.trial_record import TrialRecord, seed_of
 
 if TYPE_CHECKING:
     from sweeps.analysis.summary import ConfigRow, Summary
@@ -118,7 +118,7 @@ def verdict_records(summary: Summary) -> list[dict]:
         records.append({
             "label": row.label, "params": row.params, "trials": [t.number for t in row.trials],
             "run_ids": [TrialRecord.of(t).run_id for t in row.trials],
-            "seeds": [_seed(t) for t in row.trials],
+            "seeds": [seed_of(t) for t in row.trials],
             "accuracy": verdict.accuracy, "interval": [_null(v) for v in verdict.interval],
             "interval_kind": verdict.interval_kind, "diff_images": _rounded(verdict.difference_images),
             "p_value": verdict.p_value, "p_adjusted": verdict.p_adjusted, "verdict": verdict.verdict,
@@ -129,12 +129,6 @@ def verdict_records(summary: Summary) -> list[dict]:
             "cost": _null(verdict.cost), "cost_name": summary.cost_name,  # as the conclusion prices
             "test_acc": verdict.test_acc})
     return records
-
-
-def _seed(trial) -> int | None:
-    """The seed a trial trained with: recorded, or (grid sweeps with seeds) its param."""
-    seed = TrialRecord.of(trial).seed
-    return trial.params.get("seed") if seed is None else seed
 
 
 def _accuracy(row: ConfigRow, mixed: bool) -> str:

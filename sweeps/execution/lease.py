@@ -111,7 +111,7 @@ class TrialLease:
             popped = worker.pop_queued(study, accept)
             if popped is not None:
                 trial, queued = popped
-                retry_of = queued.system_attrs.get("failed_trial")
+                retry_of = record.retry_of(queued)
             elif not sample:
                 return None
             else:
@@ -203,7 +203,8 @@ class TrialLease:
             record.failed(trial, str(result.error))
             self.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),
                         run_tags={STOP_REASON_TAG: "diverged"})
-            tqdm.write(f"trial {trial.number} ({describe_params(trial.params)}) failed: {result.error}")
+            label = describe_params(record.params_of(trial))
+            tqdm.write(f"trial {trial.number} ({label}) failed: {result.error}")
             return
         if pruned_epoch is not None:
             self.settle(TrialState.PRUNED, run_status="KILLED",

@@ -13,6 +13,7 @@ import click
 from optuna.trial import TrialState
 
 from fmnist_tracking import run_log, store
+from sweeps import trial_record as record
 from sweeps.analysis import report
 from sweeps.defaults import DEFAULT_HEARTBEAT
 from sweeps.definitions.loader import load_definition
@@ -20,7 +21,6 @@ from sweeps.definitions.plan import plan_studies
 from sweeps.execution import rounds
 from sweeps.execution import storage as stores
 from sweeps.execution.study import (
-    PARENT_ATTR,
     as_trained,
     default_storage,
     load_study,
@@ -48,7 +48,7 @@ def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | No
         for plan in plans:
             study = load_study(plan, worker.storage, without_password(storage))
             plan = as_trained(study, plan)
-            parent_id = study.user_attrs.get(PARENT_ATTR)
+            parent_id = record.parent_run_id(study)
             before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
             recover(study, worker, client, experiment_id, parent_id, startup=True)
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -31,11 +31,10 @@ from optuna.trial import TrialState
 
 from sweeps import trial_record as record
 from sweeps.analysis import rounds as analysis_rounds
-from sweeps.analysis.summary import config_key
 from sweeps.definitions.plan import StudyPlan
 from sweeps.execution.study import trials_claimed
 from sweeps.execution.workers import Worker
-from sweeps.trial_record import TrialRecord
+from sweeps.trial_record import TrialRecord, config_key, seed_of
 
 # Test hooks, called with the study: "before_record" (the round is finished, nothing recorded yet),
 # "recorded" (the next round is recorded, nothing queued), "queued_one" (after the first trial is queued).
@@ -48,13 +47,13 @@ def advance(study: optuna.Study, plan: StudyPlan, worker: Worker, say: Callable[
     with worker.claiming(study):
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
             return 0
-        record = analysis_rounds.recorded(study)
+        recorded = record.rounds(study)
         trials = study.get_trials(deepcopy=False)
         if plan.confirm and not _choose_confirmed(study, plan, trials):
             return 0  # still sampling (another worker's trials), or nothing finished to confirm
-        missing = _unqueued(record, trials)
+        missing = _unqueued(recorded, trials)
         if missing:
-            return _queue(study, missing, record[-1]["round"], plan)
+            return _queue(study, missing, recorded[-1]["round"], plan)
         state = analysis_rounds.state(study, plan, trials)
         if state is None:
             return 0
@@ -66,9 +65,9 @@ def advance(study: optuna.Study, plan: StudyPlan, worker: Worker, say: Callable[
         number = state.rounds_done + 1
         entries = []
         for c in additions:
-            seeds = [analysis_rounds.seed_of(t) for t in trials if config_key(t) == state.keys[c]]
-            entries.append([[list(pair) for pair in state.keys[c]], max(seeds, default=-1) + 1])
-        study.set_user_attr(analysis_rounds.ROUNDS_ATTR, record + [{"round": number, "trials": entries}])
+            seeds = [seed_of(t) for t in trials if config_key(t) == state.keys[c]]
+            entries.append([record.stored_key(state.keys[c]), max(seeds, default=-1) + 1])
+        record.record_rounds(study, recorded + [{"round": number, "trials": entries}])
         _hook("recorded", study)
         say(analysis_rounds.round_line(state, state.rounds_done, len(entries)))
         return _queue(study, entries, number, plan)
@@ -79,29 +78,28 @@ def pending(study: optuna.Study, plan: StudyPlan) -> bool:
     stopped between a round's end and the next round's record, or before queueing all of it)."""
     if not plan.decides:
         return False
-    record = analysis_rounds.recorded(study)
     trials = study.get_trials(deepcopy=False)
-    if _unqueued(record, trials):
+    if _unqueued(record.rounds(study), trials):
         return True
-    if plan.confirm and not study.user_attrs.get(analysis_rounds.CONFIRMED_ATTR):
+    if plan.confirm and not record.confirmed(study):
         return True
     state = analysis_rounds.state(study, plan, trials)
     return state is not None and bool(state.decision.additions)
 
 
-def _unqueued(record: list[dict], trials: list) -> list:
+def _unqueued(recorded: list[dict], trials: list) -> list:
     """The latest recorded round's entries with no trial yet (any state: a failed seed is not trained
     again): what a worker stopped between recording a round and queueing all of it left."""
-    if not record:
+    if not recorded:
         return []
-    existing = {_queued_key(t) for t in trials}
-    return [entry for entry in record[-1]["trials"] if analysis_rounds.entry_key(entry) not in existing]
+    existing = {(config_key(t), seed_of(t)) for t in trials}
+    return [entry for entry in recorded[-1]["trials"] if analysis_rounds.entry_key(entry) not in existing]
 
 
 def _choose_confirmed(study: optuna.Study, plan: StudyPlan, trials: list) -> bool:
     """A sampler sweep with --confirm K: once its budget is sampled, the K best configurations (by their
     first trial's objective; trial number breaks ties) are recorded once as the confirmation's round 1."""
-    if study.user_attrs.get(analysis_rounds.CONFIRMED_ATTR):
+    if record.confirmed(study):
         return True
     if trials_claimed(study) < (plan.total_trials() or 0):
         return False
@@ -110,8 +108,7 @@ def _choose_confirmed(study: optuna.Study, plan: StudyPlan, trials: list) -> boo
     if not sampled:
         return False
     top = sorted(sampled, key=lambda t: (sign * t.value, t.number))[:plan.confirm]
-    study.set_user_attr(analysis_rounds.CONFIRMED_ATTR, [[[list(p) for p in config_key(t)], t.number]
-                                                         for t in top])
+    record.record_confirmed(study, [[record.stored_key(config_key(t)), t.number] for t in top])
     return True
 
 
@@ -122,18 +119,11 @@ def _queue(study: optuna.Study, entries: list, number: int, plan: StudyPlan) -> 
         if plan.confirm:  # a repeat of the sampled trial: its params fixed, its seed in its user attrs
             study.enqueue_trial(dict(key), user_attrs={**record.repeat(seed, of=first[key]),
                                                        **record.in_round(number)})
-        else:
-            study.enqueue_trial({**dict(key), "seed": seed}, user_attrs=record.in_round(number))
+        else:  # the seed is the trial's record, not a param (the study searches the swept params only)
+            study.enqueue_trial(dict(key), user_attrs={**record.seeded_as(seed), **record.in_round(number)})
         if index == 0:
             _hook("queued_one", study)
     return len(entries)
-
-
-def _queued_key(trial) -> tuple:
-    """(configuration, seed) of a trial from its fixed params (a queued trial has no params yet)."""
-    fixed = trial.system_attrs.get("fixed_params") or trial.params
-    seed = fixed.get("seed", TrialRecord.of(trial).seed)  # a grid's seed param, or a repeat's attr
-    return tuple((k, v) for k, v in fixed.items() if k != "seed"), int(seed or 0)
 
 
 KILL_ENV = "FMNIST_ROUNDS_KILL_AT"

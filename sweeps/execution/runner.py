@@ -34,6 +34,7 @@ from fmnist_core.config import ConfigError
 from fmnist_core.trainer import splits_for
 from fmnist_tracking import run_log, signals, store
 from fmnist_tracking.names import DATASET_DIGEST_TAG, NOTE_TAG, PARENT, STUDY_TAG, SWEEP_ROLE_TAG, SWEEP_TAG
+from sweeps import trial_record as record
 from sweeps.analysis import report, text
 from sweeps.analysis.summary import Summary
 from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POPULATION
@@ -42,8 +43,6 @@ from sweeps.definitions.plan import StudyPlan, fmt_value, plan_studies
 from sweeps.execution import outage
 from sweeps.execution import storage as stores
 from sweeps.execution.study import (
-    PARENT_ATTR,
-    SETTINGS_ATTR,
     as_trained,
     check_settings,
     default_storage,
@@ -113,7 +112,7 @@ def join_study(plan: StudyPlan, worker: Worker, storage: str, client, experiment
     then stores the settings; other workers wait for those, then check them against their own."""
     study, created = open_study(plan, worker.storage, fresh=fresh)
     owner = owner or created
-    if not owner and study.user_attrs.get(SETTINGS_ATTR) is None:
+    if not owner and record.settings(study) is None:
         if not wait_until_ready(study, READY_TIMEOUT):
             click.echo(f"note: study {plan.study_name} was not finished by the worker creating it within "
                        f"{READY_TIMEOUT} s; finishing it here", err=True)
@@ -130,7 +129,7 @@ def join_study(plan: StudyPlan, worker: Worker, storage: str, client, experiment
 def open_parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id: str,
                     digest: str | None = None) -> run_log.RunLogger:
     """The study's parent run when it exists in this experiment, else a new one (RUNNING)."""
-    run_id = study.user_attrs.get(PARENT_ATTR)
+    run_id = record.parent_run_id(study)
     if run_id:
         try:
             run = client.get_run(run_id)
@@ -146,7 +145,7 @@ def open_parent_run(study: optuna.Study, plan: StudyPlan, client, experiment_id:
         tags[DATASET_DIGEST_TAG] = digest
     parent = run_log.RunLogger.start(client, experiment_id, plan.base, run_name=plan.study_name, tags=tags,
                                      params=sweep_params(plan))
-    study.set_user_attr(PARENT_ATTR, parent.run_id)
+    record.set_parent_run_id(study, parent.run_id)
     return parent
 
 
@@ -207,7 +206,7 @@ def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None
     for plan in plans:
         study = load_study(plan, storage)
         plan = as_trained(study, plan)
-        parent_id = study.user_attrs.get(PARENT_ATTR)
+        parent_id = record.parent_run_id(study)
         try:
             client.get_run(parent_id or "none")
         except MlflowException:

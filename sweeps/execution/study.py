@@ -30,14 +30,13 @@ from optuna.trial import TrialState
 
 from fmnist_core.config import ConfigError
 from fmnist_tracking import store
+from sweeps import trial_record as record
 from sweeps.definitions.plan import StudyPlan
 from sweeps.definitions.rule import Rule
 from sweeps.definitions.schema import make_pruner
 
 STORAGE_FILE = "optuna.db"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-SETTINGS_ATTR = "settings"  # study user attr: what the study's trials were trained with
-PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's parent run in MLflow
 
 
 class StudyError(ConfigError):
@@ -101,7 +100,7 @@ def check_settings(study: optuna.Study, plan: StudyPlan, storage_label: str) -> 
     """True when the study's stored settings are the plan's, False when none are stored yet;
     a study trained with other settings is refused rather than mixed."""
     wanted = json.loads(json.dumps(plan.settings()))  # as the storage will give it back
-    stored = study.user_attrs.get(SETTINGS_ATTR)
+    stored = record.settings(study)
     if stored is None:
         return False
     if stored != wanted:
@@ -114,27 +113,26 @@ def check_settings(study: optuna.Study, plan: StudyPlan, storage_label: str) -> 
 def as_trained(study: optuna.Study, plan: StudyPlan) -> StudyPlan:
     """The plan as the study was run: a sweep decided with --max-seeds/--margin/--confirm (or a fixed
     --seeds N) is reported as it was run, whatever the definition's defaults say today."""
-    stored = study.user_attrs.get(SETTINGS_ATTR) or {}
+    stored = record.settings(study) or {}
     decide = stored.get("decide")
     seeds = stored.get("seeds", plan.seeds)
     if decide is None:
         return dataclasses.replace(plan, rounds=False, confirm=0, seeds=seeds)
-    rule = Rule(**decide, budget=plan.rule.budget)
+    rule = Rule(**{k: v for k, v in decide.items() if k != "budget"})  # studies of 4 Dec 2026 stored one
     confirm = int(stored.get("confirm") or 0)
     return dataclasses.replace(plan, rule=rule, rounds=not confirm, confirm=confirm, seeds=seeds)
 
 
 def mark_ready(study: optuna.Study, plan: StudyPlan) -> None:
     """Store the settings: the last step of creating a study, which other workers wait for."""
-    if study.user_attrs.get(SETTINGS_ATTR) is None:
-        study.set_user_attr("sweep", plan.definition.name)
-        study.set_user_attr(SETTINGS_ATTR, json.loads(json.dumps(plan.settings())))
+    if record.settings(study) is None:
+        record.store_settings(study, plan.definition.name, json.loads(json.dumps(plan.settings())))
 
 
 def wait_until_ready(study: optuna.Study, timeout: float) -> bool:
     """Wait for the worker creating the study to finish (its settings appear); False on timeout."""
     deadline = time.monotonic() + timeout
-    while study.user_attrs.get(SETTINGS_ATTR) is None:
+    while record.settings(study) is None:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.5)
@@ -152,30 +150,36 @@ def enqueue_grid(study: optuna.Study, plan: StudyPlan) -> int:
     grid = plan.grid()
     points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     if plan.rounds:  # a decided sweep's round 1: seed 0 of every point (rounds.py queues the rest)
-        points = [point for point in points if point["seed"] == 0]
+        points = [point for point in points if point[record.SEED_PARAM] == 0]
     total = plan.total_trials()
     if total is not None and total < len(points):
         random.Random(0).shuffle(points)
         points = points[:total]
-    trials = study.get_trials(deepcopy=False)
-    taken = {_point_key(t.system_attrs.get("fixed_params", t.params)) for t in trials}
-    missing = [point for point in points if _point_key(point) not in taken]
-    for point in missing:
-        study.enqueue_trial(point)
+    def key(params: dict, seed: int) -> tuple:
+        return _point_key({**params, record.SEED_PARAM: seed} if plan.seed_axis else params)
+
+    taken = {key(record.params_of(t), record.seed_of(t)) for t in study.get_trials(deepcopy=False)}
+    missing = []
+    for point in points:
+        params = {name: value for name, value in point.items() if name != record.SEED_PARAM}
+        if key(params, point.get(record.SEED_PARAM, 0)) not in taken:
+            missing.append((params, point.get(record.SEED_PARAM)))
+    for params, seed in missing:  # a seed axis' seed goes in the trial's record, not its params
+        study.enqueue_trial(params, user_attrs=None if seed is None else record.seeded_as(seed))
     return len(missing)
 
 
 def trials_done(study: optuna.Study) -> int:
     """Finished trials that count against the budget; a failed trial that was re-queued does not."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = record.retried(trials)
     return sum(t.state in FINISHED_STATES and t.number not in retried for t in trials)
 
 
 def trials_claimed(study: optuna.Study) -> int:
     """Trials that count against the budget once finished: all but the failed ones that were re-queued."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = record.retried(trials)
     return sum(t.number not in retried for t in trials)
 
 

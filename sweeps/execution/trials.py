@@ -150,7 +150,7 @@ def outcome_line(study: optuna.Study, held: TrialLease, plan: StudyPlan, worker:
     """One line per trial where there is no progress bar (several workers, logs)."""
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == held.number)
     value = "" if frozen.value is None else f": {plan.definition.metric} {frozen.value:.4f}"
-    label = describe_params(frozen.params)
+    label = describe_params(record.params_of(frozen))
     return f"trial {frozen.number} {frozen.state.name} ({label}){value} [{worker.name}]"
 
 
@@ -183,7 +183,7 @@ def claim_population(study: optuna.Study, plan: StudyPlan, limit: int, total: in
         trial = held.trial
         if plan.seeds > 1 and not plan.seed_axis and TrialRecord.of(trial).seed is None:
             for seed in range(1, plan.seeds):  # the repeats of a newly sampled configuration
-                study.enqueue_trial(trial.params, user_attrs=record.repeat(seed, of=trial.number))
+                study.enqueue_trial(record.params_of(trial), user_attrs=record.repeat(seed, of=trial.number))
         record.seeded(trial, held.config.seed)
         if shared and len(leases) > 1 and shape(held.config) != shape(leases[0].config):
             break  # a newly sampled trial of another shape: trained after the first group
@@ -198,13 +198,9 @@ def shape(config: RunConfig) -> tuple:
 def joins_population(plan: StudyPlan, first: RunConfig) -> Callable[[FrozenTrial], bool]:
     """Whether a queued trial can join `first`'s population (same shape, from its fixed params)."""
     def fits(queued: FrozenTrial) -> bool:
-        params = queued.system_attrs.get("fixed_params", queued.params)
-        overrides = {}
-        for param in plan.definition.space:
-            if param.name in params:
-                overrides.update(param.overrides(params[param.name]))
         try:
-            return shape(plan.base.replace(overrides, source="queued trial")) == shape(first)
+            queued_config = record.config_of(plan, record.params_of(queued), source="queued trial")
+            return shape(queued_config) == shape(first)
         except ConfigError:
             return False
 
@@ -212,22 +208,26 @@ def joins_population(plan: StudyPlan, first: RunConfig) -> Callable[[FrozenTrial
 
 
 def suggest_config(trial: optuna.Trial, plan: StudyPlan) -> RunConfig:
-    """The trial's RunConfig: each axis of the space suggested, then applied to the base."""
-    overrides = {}
+    """The trial's RunConfig: each axis of the space suggested, then applied to the base. The seed is
+    not suggested (not a searched parameter): a queued trial's is in its record, a sampled trial's is 0;
+    with one seed and no rounds, the base's."""
+    params = {}
     for param in plan.definition.space:
         if param.choices:
-            value = trial.suggest_categorical(param.name, list(param.choices))
+            params[param.name] = trial.suggest_categorical(param.name, list(param.choices))
         elif param.integer:
-            value = trial.suggest_int(param.name, int(param.low), int(param.high), log=param.log,
-                                      step=int(param.step or 1))
+            params[param.name] = trial.suggest_int(param.name, int(param.low), int(param.high), log=param.log,
+                                                   step=int(param.step or 1))
         else:
-            value = trial.suggest_float(param.name, param.low, param.high, log=param.log, step=param.step)
-        overrides.update(param.overrides(value))
-    if plan.seed_axis:
-        overrides["seed"] = trial.suggest_categorical("seed", plan.grid()["seed"])
-    elif plan.seeds > 1 or plan.confirm:  # a repeat's seed is in its user attrs; a sampled trial's is 0
-        overrides["seed"] = TrialRecord.of(trial).seed or 0
-    return plan.base.replace(overrides, source=f"trial {trial.number}")
+            params[param.name] = trial.suggest_float(param.name, param.low, param.high, log=param.log,
+                                                     step=param.step)
+    config = record.config_of(plan, params, source=f"trial {trial.number}")
+    if plan.seed_axis or plan.seeds > 1 or plan.confirm:
+        seed = TrialRecord.of(trial).seed
+        if seed is None and plan.seed_axis:  # a grid point queued before 7 Dec 2026: its seed a fixed param
+            seed = trial.suggest_categorical(record.SEED_PARAM, plan.grid()[record.SEED_PARAM])
+        config = config.replace({"seed": seed or 0}, source=f"trial {trial.number}")
+    return config
 
 
 def by_shape(leases: list[TrialLease]) -> Iterator[list[TrialLease]]:
@@ -273,7 +273,7 @@ def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], 
 def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
     tags = {SWEEP_TAG: plan.definition.name, STUDY_TAG: plan.study_name, SWEEP_ROLE_TAG: TRIAL,
             TRIAL_TAG: str(held.number), SEED_TAG: str(held.config.seed)}
-    tags.update({f"sampled.{k}": str(v) for k, v in held.trial.params.items()})
+    tags.update({f"sampled.{k}": str(v) for k, v in record.params_of(held.trial).items()})
     repeat_of = TrialRecord.of(held.trial).repeat_of
     if repeat_of is not None:
         tags["repeat_of"] = str(repeat_of)
@@ -285,7 +285,7 @@ def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
 def run_name(plan: StudyPlan, held: TrialLease) -> str:
     """What varies and the seed, e.g. `hidden_size=1024, seed=0`: always the seed, since a sweep may add
     seeds in later rounds, and a configuration's runs are told apart by it."""
-    label = describe_params({k: v for k, v in held.trial.params.items() if k != "seed"}) or plan.study_name
+    label = describe_params(record.params_of(held.trial)) or plan.study_name
     return f"{label}, seed={held.config.seed}"
 
 

@@ -35,6 +35,7 @@ from fmnist_core.config import first_line
 from fmnist_tracking.names import PARENT_RUN_TAG, STOP_REASON_TAG, TRIAL_TAG
 from fmnist_tracking.run_log import RunLogger
 from fmnist_tracking.signals import signals_deferred
+from sweeps import trial_record as record
 from sweeps.defaults import DEFAULT_OUTAGE_TIMEOUT
 from sweeps.execution import storage as stores
 from sweeps.execution.outage import OutageTooLong
@@ -245,7 +246,7 @@ class RequeueStale:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._retry(study, trial)
-        retries = len(trial.system_attrs.get("retry_history", [])) + 1
+        retries = record.retries(trial) + 1
         outcome = "re-queued" if retries <= MAX_STALE_RETRIES else f"not retried again ({retries} tries)"
         tqdm.write(f"trial {trial.number} of worker {TrialRecord.of(trial).owner} lost its heartbeat "
                    f"(worker killed or cut off): failed and {outcome}")

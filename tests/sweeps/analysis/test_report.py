@@ -20,6 +20,7 @@ from support import VERDICT_KEYS, WIDTHS, add, losing, plan_of, right_on, width_
 from sweeps.analysis import evidence, report, why_figures
 from sweeps.analysis import summary as summary_types
 from sweeps.analysis import text as report_text
+from sweeps.trial_record import seed_of
 
 
 @pytest.mark.unit
@@ -125,7 +126,7 @@ def test_a_minimised_objective_picks_the_lowest_seed_as_best_trial():
     for seed, (loss, accuracy) in enumerate(((0.40, 0.88), (0.30, 0.87))):  # the trial's value is its loss
         add(study, plan, {"lr": 0.1}, accuracy=loss, seed=seed, attrs={"best_val_acc": accuracy})
     summary = report.summarise(study, plan)
-    assert summary.best_trial.value == 0.30 and summary.best_trial.params["seed"] == 1
+    assert summary.best_trial.value == 0.30 and seed_of(summary.best_trial) == 1
     assert summary.rows[0].verdict.accuracy == pytest.approx(0.875)  # ranked on validation accuracy still
 
 

@@ -9,9 +9,11 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from support import add, clipping_study, losing, plan_of, right_on, width_study
 
+from fmnist_core.config import ConfigError
 from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
 from sweeps.analysis import report
-from sweeps.analysis.summary import Summary, config_key, config_of, label_of, parameter_count
+from sweeps.analysis.summary import Summary, label_of, parameter_count
+from sweeps.trial_record import config_key, config_of, seed_of, trained_config
 
 pytestmark = pytest.mark.unit
 
@@ -66,11 +68,28 @@ def test_config_of_expands_bundle_labels_into_their_overrides():
     assert (value.clip_mode, value.clip_value) == ("value", 0.1)
 
 
-def test_config_of_falls_back_to_the_base_for_a_value_the_config_refuses():
+def test_config_of_refuses_what_the_config_refuses_and_a_stored_trial_falls_back_to_the_base():
     plan = plan_of({"description": "widths", "space": {"hidden_size": [64, 128]}}, "widths")
     assert config_of(plan, {"hidden_size": 128}).hidden_size == 128
-    assert config_of(plan, {"hidden_size": -5}) == plan.base  # a space edited since: best effort, no crash
     assert config_of(plan, {"not_in_the_space": 1}) == plan.base  # names the space lacks are ignored
+    with pytest.raises(ConfigError):  # a sampled combination the config refuses fails that trial
+        config_of(plan, {"hidden_size": -5})
+    stored = trial({"hidden_size": -5}, seed=2)
+    assert trained_config(plan, stored) == plan.base  # a space edited since: best effort, no crash
+    assert trained_config(plan, trial({"hidden_size": 128}, seed=2)).seed == 2
+
+
+def test_the_seed_has_one_precedence_the_record_then_an_old_param_then_zero():
+    assert seed_of(trial({"hidden_size": 64}, seed=3)) == 3  # the record (every trial since 7 Dec 2026)
+    assert seed_of(trial({"hidden_size": 64, "seed": 2})) == 2  # an old grid study's searched seed
+    assert seed_of(trial({"hidden_size": 64, "seed": 2}, seed=2)) == 2
+    assert seed_of(trial({"hidden_size": 64})) == 0  # a sampled trial's first seed
+    queued = optuna.create_study()
+    queued.enqueue_trial({"hidden_size": 64, "seed": 4})  # an old study's queued grid point
+    queued.enqueue_trial({"hidden_size": 64}, user_attrs={"seed": 1})
+    first, second = queued.get_trials(deepcopy=False)
+    assert (seed_of(first), config_key(first)) == (4, (("hidden_size", 64),))
+    assert (seed_of(second), config_key(second)) == (1, (("hidden_size", 64),))
 
 
 def test_config_rows_carry_their_trials_verdict_and_parameter_count():

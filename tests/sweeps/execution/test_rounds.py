@@ -8,8 +8,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweeps import trial_record as record
 from sweeps.analysis import rounds as analysis_rounds
 from sweeps.execution import rounds, runner
+from sweeps.trial_record import seed_of
 
 EXPERIMENT = "rounds-test"
 
@@ -40,7 +42,7 @@ def study_of(stores, name="decided-manual") -> optuna.Study:
 
 def trained(study) -> list[tuple]:
     """(hidden_size, seed) of every COMPLETE trial, sorted."""
-    return sorted((t.params["hidden_size"], t.params["seed"]) for t in study.get_trials()
+    return sorted((t.params["hidden_size"], seed_of(t)) for t in study.get_trials()
                   if t.state == TrialState.COMPLETE)
 
 
@@ -48,16 +50,16 @@ def test_a_decided_sweep_adds_seeds_only_where_undecided_and_records_each_round(
                                                                                  tiny_splits, capsys):
     [summary] = runner.run_sweep(write(tmp_path, DECIDED), splits=tiny_splits, progress=False, **stores)
     study = study_of(stores)
-    record = analysis_rounds.recorded(study)
+    recorded = record.rounds(study)
     done = trained(study)
     # round 1: seed 0 of every width; every later round is recorded before its trials are queued
     assert {(h, 0) for h in (8, 12, 16)} <= set(done)
-    assert [item["round"] for item in record] == list(range(2, 2 + len(record)))
+    assert [item["round"] for item in recorded] == list(range(2, 2 + len(recorded)))
     queued = sorted((dict(analysis_rounds.entry_key(e)[0])["hidden_size"], analysis_rounds.entry_key(e)[1])
-                    for item in record for e in item["trials"])
+                    for item in recorded for e in item["trials"])
     assert sorted(done) == sorted({(h, 0) for h in (8, 12, 16)} | set(queued))  # exactly once each
-    assert len(record) >= 1  # with one seed each nothing is decided: round 2 is always needed
-    assert len(record[0]["trials"]) == 3  # ... and gives every configuration its second seed
+    assert len(recorded) >= 1  # with one seed each nothing is decided: round 2 is always needed
+    assert len(recorded[0]["trials"]) == 3  # ... and gives every configuration its second seed
     assert max(seed for _, seed in done) <= 2  # max_seeds 3
     state = analysis_rounds.state(study, runner.plan_studies(runner.load_definition(
         write(tmp_path, DECIDED)))[0])
@@ -102,7 +104,7 @@ def test_an_interrupted_round_resumes_to_the_same_decisions(tmp_path, stores, ti
     runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
     resumed = study_of(stores)
     assert trained(resumed) == trained(reference)
-    assert analysis_rounds.recorded(resumed) == analysis_rounds.recorded(reference)
+    assert record.rounds(resumed) == record.rounds(reference)
     assert not resumed.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
 
 
@@ -110,7 +112,7 @@ def test_seeds_force_a_fixed_design_and_max_seeds_is_refused_with_them(tmp_path,
     path = write(tmp_path, DECIDED)
     [summary] = runner.run_sweep(path, splits=tiny_splits, progress=False, seeds=2, **stores)
     assert trained(study_of(stores)) == [(h, s) for h in (8, 12, 16) for s in (0, 1)]
-    assert not analysis_rounds.recorded(study_of(stores)) and not summary.rounds
+    assert not record.rounds(study_of(stores)) and not summary.rounds
     assert {row.vs_best for row in summary.rows} <= {"best", "worse", "tied", "undecided"}
     with pytest.raises(runner.ConfigError, match="--seeds and --max-seeds"):
         runner.run_sweep(path, splits=tiny_splits, progress=False, seeds=2, max_seeds=3, **stores)
@@ -194,11 +196,10 @@ def test_two_workers_finding_a_round_finished_queue_the_next_once(make_postgres_
     go.set()
     first.join(30)
     second.join(30)
-    waiting = [(t.system_attrs["fixed_params"]["hidden_size"], t.system_attrs["fixed_params"]["seed"])
-               for t in study.get_trials(states=(TrialState.WAITING,))]
+    waiting = [(record.params_of(t)["hidden_size"], seed_of(t)) for t in study.get_trials(states=(TrialState.WAITING,))]
     if locked:
         assert sorted(queued) == [0, 2] and sorted(waiting) == [(8, 1), (16, 1)]
-        assert len(analysis_rounds.recorded(study)) == 1
+        assert len(record.rounds(study)) == 1
     else:
         assert queued == [2, 2] and sorted(waiting) == [(8, 1), (8, 1), (16, 1), (16, 1)]
 

@@ -14,8 +14,9 @@ import pytest
 from optuna.trial import TrialState
 from support import ROOT
 
-from sweeps.analysis import rounds as analysis_rounds
+from sweeps import trial_record as record
 from sweeps.execution.rounds import KILL_ENV
+from sweeps.trial_record import seed_of
 
 pytestmark = pytest.mark.e2e
 
@@ -41,9 +42,9 @@ def sweep(folder, kill_at: str | None = None) -> subprocess.CompletedProcess:
 def outcome(folder) -> tuple[list, list]:
     study = optuna.load_study(study_name="killed-torch", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
-    trained = sorted((t.params["hidden_size"], t.params["seed"]) for t in study.get_trials()
+    trained = sorted((t.params["hidden_size"], seed_of(t)) for t in study.get_trials()
                      if t.state == TrialState.COMPLETE)
-    return trained, analysis_rounds.recorded(study)
+    return trained, record.rounds(study)
 
 
 def prepared(folder):

@@ -19,6 +19,7 @@ from sweeps.definitions.loader import DefinitionError
 from sweeps.execution import runner
 from sweeps.execution import trials as trial_loop
 from sweeps.execution.study import StudyError
+from sweeps.trial_record import seed_of
 
 EXPERIMENT = "sweeps-test"
 
@@ -236,7 +237,7 @@ def test_population_training_matches_one_by_one_and_gives_seed_statistics(tmp_pa
         [summary] = runner.run_sweep(path, splits=tiny_splits, progress=False, population=population,
                                      **stores)
         trials = study_of(stores, "tiny-manual").trials
-        results[population] = {(t.params["lr"], t.params["seed"]): t for t in trials}
+        results[population] = {(t.params["lr"], seed_of(t)): t for t in trials}
     assert count_training == [1, 1, 1, 1, 4]  # one by one, then all four grid points at once
     for key, alone in results[1].items():
         together = results[8][key]

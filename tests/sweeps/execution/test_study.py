@@ -14,10 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweeps import trial_record as record
 from sweeps.definitions.loader import load_definition
 from sweeps.definitions.plan import plan_studies
 from sweeps.execution.study import (
-    SETTINGS_ATTR,
     StudyError,
     check_settings,
     default_storage,
@@ -31,6 +31,7 @@ from sweeps.execution.study import (
     trials_done,
     without_password,
 )
+from sweeps.trial_record import TrialRecord
 
 pytestmark = pytest.mark.integration
 
@@ -67,8 +68,10 @@ def plan(tmp_path, text: str = GRID, name: str = "tiny", **options):
 
 
 def queued_points(study) -> list[tuple]:
+    """The queued points, each with its seed where the point has one (kept in the trial's record)."""
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return [tuple(sorted(t.system_attrs["fixed_params"].items())) for t in waiting]
+    return [tuple(sorted({**record.params_of(t), **({} if TrialRecord.of(t).seed is None else
+                                                   {"seed": record.seed_of(t)})}.items())) for t in waiting]
 
 
 def retry(study, trial) -> None:
@@ -117,7 +120,7 @@ def test_check_settings_refuses_a_study_trained_with_other_settings(tmp_path, st
     study, _ = open_study(grid, rdb)
     assert check_settings(study, grid, url) is False  # nothing stored yet: the creator is still at work
     mark_ready(study, grid)
-    assert study.user_attrs["sweep"] == "tiny" and SETTINGS_ATTR in study.user_attrs
+    assert study.user_attrs["sweep"] == "tiny" and record.settings(study) is not None
     assert check_settings(study, grid, url) is True
     longer = plan(tmp_path, overrides={"epochs": 3})
     with pytest.raises(StudyError) as caught:
@@ -140,6 +143,7 @@ def test_enqueue_grid_queues_each_point_once_and_a_second_call_none(tmp_path, st
                 for h, lr, s in itertools.product((8, 16), (0.05, 0.1), (0, 1))}
     points = queued_points(study)
     assert len(points) == 8 and set(points) == expected
+    assert all("seed" not in t.system_attrs["fixed_params"] for t in study.trials)  # not a searched param
     assert enqueue_grid(study, seeded) == 0 and len(study.trials) == 8
     trial = study.ask()  # a worker takes one and trains it: its point is no longer queued, and not again
     study.tell(trial, 0.9)
