@@ -196,7 +196,8 @@ def test_two_workers_finding_a_round_finished_queue_the_next_once(make_postgres_
     go.set()
     first.join(30)
     second.join(30)
-    waiting = [(record.params_of(t)["hidden_size"], seed_of(t)) for t in study.get_trials(states=(TrialState.WAITING,))]
+    waiting = [(record.params_of(t)["hidden_size"], seed_of(t))
+               for t in study.get_trials(states=(TrialState.WAITING,))]
     if locked:
         assert sorted(queued) == [0, 2] and sorted(waiting) == [(8, 1), (16, 1)]
         assert len(record.rounds(study)) == 1
