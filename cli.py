@@ -376,6 +376,10 @@ storage_option = click.option(
                    "budget, or every grid point.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Ask for no new trials after this many seconds of this invocation (asked ones finish).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Decided sweeps: start no new round after this many seconds of this invocation; the "
+                   "verdicts so far stand (a budget never changes one) and running the sweep again goes "
+                   "on. Default: none (the definition's `decide: budget` if it has one).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="A fixed design: train every configuration with seeds 0..K-1 (--seeds 1: the quick "
                    "one-seed answer). Default: the definition's `decide:` rounds, else its `seeds`.")
@@ -423,8 +427,8 @@ storage_option = click.option(
 @store_options
 @data_dir_option
 def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None, timeout: float | None,
-          seeds: int | None, max_seeds: int | None, confirm: int | None, margin: float | None,
-          overrides: dict[str, str],
+          time_budget: float | None, seeds: int | None, max_seeds: int | None, confirm: int | None,
+          margin: float | None, overrides: dict[str, str],
           population: int, fresh: bool, workers: int,
           create: bool, repair: bool, heartbeat: int, outage_timeout: float, progress: bool | None,
           storage: str | None, tracking_uri: str | None, experiment: str, data_dir: Path | None) -> None:
@@ -456,7 +460,7 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
         overrides = dict(overrides, epochs=epochs)
     settings = dict(impl=impl, overrides=overrides, seeds=seeds, max_seeds=max_seeds, margin=margin,
                     confirm=confirm,
-                    n_trials=n_trials, timeout=timeout,
+                    n_trials=n_trials, timeout=timeout, time_budget=time_budget,
                     population=population, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
                     heartbeat=heartbeat, outage_timeout=outage_timeout)
     try:
@@ -472,7 +476,8 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
         code = 130 if isinstance(error, KeyboardInterrupt) else 143
     if code in (130, 143):
         click.echo(f"{'Interrupted' if code == 130 else 'Terminated'}: the running trials are re-queued and "
-                   "their MLflow runs KILLED; re-run the same command to resume.", err=True)
+                   "their MLflow runs KILLED; the answer so far (after the last round) is on the parent "
+                   "run; re-run the same command to resume.", err=True)
     elif code:
         click.echo(f"Error: a worker ended with exit code {code}; re-run the same command to resume.",
                    err=True)
@@ -480,7 +485,7 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
 
 
 def worker_command(name: str, *, impl, overrides, seeds, max_seeds, margin, confirm, n_trials, timeout,
-                   population,
+                   time_budget, population,
                    storage, tracking_uri, experiment, heartbeat, outage_timeout, data_dir) -> list[str]:
     """`cli.py sweep` for one of --workers N: the same sweep options, one line per trial instead of a bar.
     Stores given through the environment ($OPTUNA_STORAGE, $MLFLOW_TRACKING_URI) are inherited from it."""
@@ -490,8 +495,8 @@ def worker_command(name: str, *, impl, overrides, seeds, max_seeds, margin, conf
     argv += [f"--set={key}={value}" for key, value in overrides.items()]
     for flag, value in (("--impl", impl), ("--seeds", seeds), ("--max-seeds", max_seeds),
                         ("--margin", margin), ("--confirm", confirm), ("--n-trials", n_trials),
-                        ("--timeout", timeout), ("--storage", storage), ("--tracking-uri", tracking_uri),
-                        ("--data-dir", data_dir)):
+                        ("--timeout", timeout), ("--time-budget", time_budget), ("--storage", storage),
+                        ("--tracking-uri", tracking_uri), ("--data-dir", data_dir)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

@@ -37,19 +37,36 @@ def sweep_parent(client: MlflowClient, run: Run) -> Run | None:
     return parent if is_sweep_parent(parent.data.tags) else None
 
 
-def log_verdicts(client: MlflowClient, parent_run_id: str, records: list[dict]) -> None:
-    """Write the sweep's verdicts, best first, to its parent run (replacing the last report's)."""
-    client.log_text(parent_run_id, json.dumps(records, indent=1) + "\n", VERDICTS_ARTIFACT)
+def log_verdicts(client: MlflowClient, parent_run_id: str, records: list[dict],
+                 recommended: dict | None = None) -> None:
+    """Write the sweep's verdicts, best first, and its recommendation to its parent run (replacing the
+    last report's): {"recommended": {...} | null, "configurations": [...]}."""
+    document = {"recommended": recommended, "configurations": records}
+    client.log_text(parent_run_id, json.dumps(document, indent=1) + "\n", VERDICTS_ARTIFACT)
 
 
-def read_verdicts(client: MlflowClient, parent: Run) -> list[dict] | None:
-    """The parent's verdicts, best first; None when it has none (sweeps reported before they existed)."""
+def read_document(client: MlflowClient, parent: Run) -> dict | None:
+    """The parent's verdicts file as {"recommended", "configurations"}; None when it has none (sweeps
+    reported before it existed). Files written before 7 December 2026 are a bare list: no recommendation."""
     with tempfile.TemporaryDirectory(prefix="fmnist-verdicts-") as scratch:
         try:
             path = client.download_artifacts(parent.info.run_id, VERDICTS_ARTIFACT, scratch)
         except (MlflowException, OSError):
             return None
-        return json.loads(Path(path).read_text())
+        document = json.loads(Path(path).read_text())
+    return {"recommended": None, "configurations": document} if isinstance(document, list) else document
+
+
+def read_verdicts(client: MlflowClient, parent: Run) -> list[dict] | None:
+    """The parent's verdicts, best first; None when it has none (sweeps reported before they existed)."""
+    document = read_document(client, parent)
+    return None if document is None else document["configurations"]
+
+
+def read_recommended(client: MlflowClient, parent: Run) -> dict | None:
+    """The sweep's recommendation (sweeps/analysis/recommend.py's record); None for older reports."""
+    document = read_document(client, parent)
+    return None if document is None else document.get("recommended")
 
 
 # The verdict words of sweeps/analysis/evidence.py (a contract: this package cannot import it). Reports

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections import Counter
 
 import click
 import numpy as np
 import optuna
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
 
@@ -33,16 +34,18 @@ from fmnist_tracking import run_log
 from fmnist_tracking.names import NOTE_TAG, SWEEP_ARTIFACT_DIR
 from fmnist_tracking.verdicts import log_verdicts
 from sweeps import trial_record as record
-from sweeps.analysis import evidence, rounds, why_figures, wording
+from sweeps.analysis import evidence, recommend, rounds, why_figures, wording
 from sweeps.analysis import figures as sweep_figures
 from sweeps.analysis.summary import ConfigRow, Summary, label_of, parameter_count
 from sweeps.analysis.text import answer, run_note, summary_csv, verdict_records
-from sweeps.definitions.plan import StudyPlan, describe_params
+from sweeps.definitions.plan import StudyPlan
 from sweeps.trial_record import TrialRecord, config_key
 
 
-def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
-    """Group COMPLETE trials by configuration, compare every configuration with the best, say it in words."""
+def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Summary:
+    """Group COMPLETE trials by configuration, compare every configuration with the best, recommend one, say
+    it in words. `state`: "final" (the sweep closed), "running" (after a round) or "stopped" (a re-run
+    goes on): how settled the recommendation is (recommend.py)."""
     trials = study.get_trials(deepcopy=False)
     groups: dict[tuple, list[FrozenTrial]] = {}
     for trial in trials:
@@ -71,20 +74,23 @@ def summarise(study: optuna.Study, plan: StudyPlan) -> Summary:
     rows = [ConfigRow(dict(key_of[v.label]), configs[key_of[v.label]], tuple(groups[key_of[v.label]]), v,
                       seconds[key_of[v.label]], bool(results[key_of[v.label]].correct)) for v in verdicts]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    best_trial = None
-    if rows:
-        sign = 1 if plan.definition.direction == "maximize" else -1
-        best_trial = max(rows[0].trials, key=lambda t: sign * t.value)
+    recommendation = recommend.recommend(rows, sweep=plan.definition.name, state=state,
+                                         direction=plan.definition.direction,
+                                         max_seeds=plan.max_seeds if plan.decides else None)
+    chosen = None if recommendation is None else \
+        next(t for row in rows for t in row.trials if t.number == recommendation.trial)
     metric_name = "validation accuracy" if plan.definition.metric == "val_acc" else \
         f"validation accuracy (at the epochs {plan.definition.metric} selected)"
     summary = Summary(plan.study_name, plan.definition.description, plan.definition.metric, rows,
-                      dict(Counter(t.state.name for t in trials)), best_trial, failed, cost_name, "",
+                      dict(Counter(t.state.name for t in trials)), chosen, failed, cost_name, "",
                       rounds=rounds.history(decided) if decided is not None and plan.decides else [],
-                      margin=plan.rule.margin if decided is not None else None)
+                      margin=plan.rule.margin if decided is not None else None,
+                      recommendation=recommendation)
     text = wording.conclusion(verdicts, plan.definition.description, metric_name, cost_name,
                                spent=decided.spent if decided is not None and plan.decides else None,
                                decision=decided.decision if decided is not None else None)
-    return dataclasses.replace(summary, conclusion=" ".join([text, *_failures(summary),
+    said = [recommendation.sentence()] if recommendation is not None else []
+    return dataclasses.replace(summary, conclusion=" ".join([text, *said, *_failures(summary),
                                                              *_missing_vectors(rows)]))
 
 
@@ -134,35 +140,44 @@ def _missing_vectors(rows: list[ConfigRow]) -> list[str]:
 
 
 def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str,
-                 splits: fdata.Splits | None = None) -> Summary:
-    """Summarise the study; log figures, tables, verdicts, the run note and best-trial tags to the parent.
-    With `splits` (the sweep closing), the best trial's run also gets its own figures, which a sweep makes
-    for no other trial (lease.TrialLease.close): `cli.py figures RUN_ID` makes them for any run."""
-    summary = summarise(study, plan)
-    figures = sweep_figures.figures(plan, summary) + why_figures.figures(plan, summary) + \
-        sweep_figures.optuna_figures(study, plan)
-    for name, figure in figures:
+                 splits: fdata.Splits | None = None, *, state: str = "final",
+                 figures: bool = True) -> Summary:
+    """Summarise the study; log figures, tables, verdicts with the recommendation, the run note and the
+    recommendation's tags and metrics to the parent, each child run's `verdict`/`recommended` tags, and
+    the recommendation to the study (its optuna-dashboard note). With `splits` (the sweep closing), the
+    recommended trial's run also gets its own figures, which a sweep makes for no other trial
+    (lease.TrialLease.close): `cli.py figures RUN_ID` makes them for any run. `state` and `figures=False`:
+    the answer so far, after a round or when the sweep stops (no figures: they cost more than the rest)."""
+    summary = summarise(study, plan, state)
+    drawn = sweep_figures.figures(plan, summary) + why_figures.figures(plan, summary) + \
+        sweep_figures.optuna_figures(study, plan) if figures else []
+    for name, figure in drawn:
         # ours are laid out (constrained) when drawn; "tight" (Optuna's) draws the whole figure once more
         tight = None if figure.get_layout_engine() is not None else {"bbox_inches": "tight"}
         client.log_figure(run_id, figure, f"{SWEEP_ARTIFACT_DIR}/{name}.png", save_kwargs=tight)
         sweep_figures.close(figure)
     client.log_text(run_id, summary_csv(summary), f"{SWEEP_ARTIFACT_DIR}/summary.csv")
     client.log_text(run_id, answer(summary, limit=None) + "\n", f"{SWEEP_ARTIFACT_DIR}/summary.md")
-    log_verdicts(client, run_id, verdict_records(summary))
-    for state, count in summary.counts.items():
-        client.log_metric(run_id, f"trials_{state.lower()}", count)
+    chosen = summary.recommendation
+    log_verdicts(client, run_id, verdict_records(summary), chosen.as_record() if chosen else None)
+    finished = sum(summary.counts.values())
+    metrics = {f"trials_{name.lower()}": count for name, count in summary.counts.items()}
     tags = {NOTE_TAG: run_note(summary)}
-    if summary.best_trial is not None:
-        best = summary.best_trial
-        client.log_metric(run_id, f"best_{plan.definition.metric}", best.value)
-        tags.update({"best_trial": best.number, "best_run_id": TrialRecord.of(best).run_id,
-                     "best_checkpoint": TrialRecord.of(best).checkpoint,
-                     "best_params": describe_params(best.params)})
-    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # race-safe
-    best_run_id = TrialRecord.of(summary.best_trial).run_id if summary.best_trial else None
-    if splits is not None and best_run_id:
+    if chosen is not None:
+        metrics.update(chosen.parent_metrics())
+        tags.update(chosen.parent_tags(summary.rows))
+        record.recommend(study, chosen.as_record(), note=answer(summary, limit=None))
+    client.log_batch(run_id, metrics=[Metric(key, float(value), int(time.time() * 1000), finished)
+                                      for key, value in metrics.items()],
+                     tags=[RunTag(key, str(value)) for key, value in tags.items()])  # race-safe
+    for child, child_tags in recommend.child_tags(summary.rows, chosen).items():
         try:
-            run_log.log_figures(client, best_run_id, splits)
+            client.log_batch(child, tags=[RunTag(key, value) for key, value in child_tags.items()])
+        except MlflowException:  # a run of another store (a study resumed elsewhere): its tags stay
+            pass
+    if splits is not None and chosen is not None and chosen.run_id:
+        try:
+            run_log.log_figures(client, chosen.run_id, splits)
         except (ConfigError, MlflowException) as error:  # e.g. a study resumed against another store
-            click.echo(f"note: the best run's figures were not made: {first_line(error)}", err=True)
+            click.echo(f"note: the recommended run's figures were not made: {first_line(error)}", err=True)
     return summary

@@ -85,11 +85,12 @@ def ranked_table(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
     if limit is not None and len(summary.rows) > limit:
         more = len(summary.rows) - limit
         lines.append(f"\n... and {more} more in the parent run's {SWEEP_ARTIFACT_DIR}/summary.md")
-    if summary.best_trial is not None:
-        best = summary.best_trial
-        lines.append(f"\nBest trial {best.number} (the best configuration's best seed): {summary.metric} "
-                     f"{best.value:.4f}, test_acc {TrialRecord.of(best).metric('test_acc', math.nan):.4f}, "
-                     f"run {TrialRecord.of(best).run_id}")
+    if summary.recommended_trial is not None:
+        chosen = summary.recommended_trial
+        lines.append(f"\nCheckpoint of the recommended {summary.recommendation.label}: its best seed, "
+                     f"{seed_of(chosen)} (trial {chosen.number}): {summary.metric} {chosen.value:.4f}, "
+                     f"test_acc {TrialRecord.of(chosen).metric('test_acc', math.nan):.4f}, "
+                     f"run {TrialRecord.of(chosen).run_id}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,9 @@ A definition is data (see `hidden_size.yaml` for a commented example):
     decide       {margin, alpha, max_seeds, budget}: a grid sweep decides by itself in rounds (see
                  sweeps/analysis/decide.py): round 1 trains one seed of every configuration, each
                  later round one more seed of those still undecided (and of the leader), until every
-                 one is worse or tied with the best, or max_seeds rounds, or budget seconds
+                 one is worse or tied with the best, or max_seeds rounds. `budget` (seconds, optional):
+                 the default --time-budget, a stop (no new round once spent; a re-run goes on), never
+                 a verdict: the verdicts depend on the trials alone, not on the machine's speed
     plot         {x: a space name, log_x: bool}: the parameter the sweep's figures put on the x axis
 
 definition_schema.py holds that schema as pydantic models (unknown keys and wrong types are
@@ -91,6 +93,7 @@ class SweepDefinition:
     plot_x: str | None = None
     plot_log_x: bool = False
     decide: Rule | None = None  # the `decide:` block: seeds are added in rounds (grid sweeps)
+    time_budget: float | None = None  # `decide: budget`: seconds of rounds before a stop (--time-budget)
 
     @property
     def fields(self) -> set[str]:
@@ -149,7 +152,7 @@ def parse_definition(raw: Any, *, name: str, path: Path) -> SweepDefinition:
                                  "bounds it)")
         if "seed" in {p.name for p in space}:
             raise fail("decide", "space already varies seed; a decided sweep adds seeds itself")
-        decide = Rule(**schema.decide.model_dump(exclude_none=True))
+        decide = Rule(**schema.decide.model_dump(exclude_none=True, exclude={"budget"}))
     swept = [p.name for p in space if p.name != "seed"]
     plot_x = schema.plot.x if "x" in schema.plot.model_fields_set else swept[0] if len(swept) == 1 else None
     if plot_x is not None and plot_x not in {p.name for p in space}:
@@ -161,6 +164,7 @@ def parse_definition(raw: Any, *, name: str, path: Path) -> SweepDefinition:
         metric=objective.metric, direction=objective.direction or METRICS[objective.metric],
         seeds=schema.seeds, n_trials=budget.n_trials, timeout=budget.timeout, plot_x=plot_x,
         plot_log_x=schema.plot.log_x, decide=decide,
+        time_budget=schema.decide.budget if schema.decide is not None else None,
     )
     check_space(definition, base_config)
     return definition

@@ -27,7 +27,8 @@ class StudyPlan:
     seeds: int = 1
     n_trials: int | None = None  # total trials the study should hold; None: the grid, or unbounded
     timeout: float | None = None  # seconds for this invocation
-    rule: Rule = Rule()  # margin and alpha of the verdicts; with `rounds`, also max_seeds and budget
+    time_budget: float | None = None  # seconds of this invocation after which no new round starts
+    rule: Rule = Rule()  # margin and alpha of the verdicts; with `rounds`, also max_seeds
     rounds: bool = False  # seeds added in rounds where undecided (sweeps/analysis/decide.py)
     confirm: int = 0  # tpe/random: the top K sampled configurations then go through the same rounds
 
@@ -69,8 +70,8 @@ class StudyPlan:
         settings = {"base": self.base.as_dict(), "space": [repr(p) for p in d.space], "seeds": self.seeds,
                     "sampler": [d.sampler, d.sampler_options], "pruner": [d.pruner, d.pruner_options],
                     "objective": [d.metric, d.direction]}
-        if self.decides:  # which seeds are queued depends on these (the time budget may change on resume)
-            settings["decide"] = {k: v for k, v in self.rule.as_dict().items() if k != "budget"}
+        if self.decides:  # which seeds are queued depends on these
+            settings["decide"] = self.rule.as_dict()
         if self.confirm:
             settings["confirm"] = self.confirm
         return settings
@@ -80,7 +81,7 @@ def plan_studies(definition: SweepDefinition, *, impl: str | None = None,
                  overrides: dict[str, Any] | None = None, seeds: int | None = None,
                  n_trials: int | None = None, timeout: float | None = None,
                  max_seeds: int | None = None, margin: float | None = None,
-                 confirm: int | None = None) -> list[StudyPlan]:
+                 confirm: int | None = None, time_budget: float | None = None) -> list[StudyPlan]:
     """One plan per implementation variant (`impl="both"`: manual and torch).
 
     Rounds (seeds added where undecided) when the definition has a `decide:` block or `max_seeds` is
@@ -143,6 +144,7 @@ def plan_studies(definition: SweepDefinition, *, impl: str | None = None,
         plans.append(StudyPlan(definition, base, name, seeds=1 if rounds else seeds or definition.seeds,
                                n_trials=n_trials or definition.n_trials,
                                timeout=timeout if timeout is not None else definition.timeout,
+                               time_budget=time_budget if time_budget is not None else definition.time_budget,
                                rule=rule, rounds=rounds, confirm=confirm or 0))
     return plans
 

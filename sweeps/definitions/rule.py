@@ -1,4 +1,7 @@
-"""How a sweep decides: the tie margin, the error rate, the most seeds per configuration, a time budget.
+"""How a sweep decides: the tie margin, the error rate, the most seeds per configuration.
+
+No clock: a time budget (--time-budget, `decide: budget`) only stops a sweep between rounds; it never
+changes a verdict, so the same trials give the same answer on any machine, quiet or busy.
 
 Plain data, read from a definition's `decide:` block (or --margin / --max-seeds) into the plan; the
 statistics that apply it are sweeps/analysis/decide.py's, which explains each number.
@@ -26,7 +29,6 @@ class Rule:
     margin: float = DEFAULT_MARGIN
     alpha: float = DEFAULT_ALPHA  # error rate of each kind (false worse, false tie), whole procedure
     max_seeds: int = DEFAULT_MAX_SEEDS  # per configuration
-    budget: float | None = None  # seconds of training rounds; no new round once spent (None: no limit)
 
     def __post_init__(self):
         if not 0 < self.margin < 1:
@@ -47,5 +49,4 @@ class Rule:
         return self.alpha / self.looks
 
     def as_dict(self) -> dict:
-        return {"margin": self.margin, "alpha": self.alpha, "max_seeds": self.max_seeds,
-                "budget": self.budget}
+        return {"margin": self.margin, "alpha": self.alpha, "max_seeds": self.max_seeds}

@@ -111,7 +111,8 @@ class _Decide(_Schema):
                                  "percentage point)")
     alpha: float | None = Field(None, gt=0, lt=0.5, description="an error rate between 0 and 0.5")
     max_seeds: int | None = Field(None, ge=2, description="an integer >= 2")
-    budget: float | None = Field(None, gt=0, description="a positive number of seconds")
+    budget: float | None = Field(None, gt=0, description="a positive number of seconds (the default "
+                                 "--time-budget: a stop between rounds, never a verdict)")
 
 
 class _Plot(_Schema):

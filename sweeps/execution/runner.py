@@ -28,6 +28,7 @@ import click
 import optuna
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
+from tqdm import tqdm
 
 from fmnist_core import data as fdata
 from fmnist_core.config import ConfigError
@@ -53,7 +54,7 @@ from sweeps.execution.study import (
     wait_until_ready,
     without_password,
 )
-from sweeps.execution.trials import Tracker, run_trials
+from sweeps.execution.trials import TimeBudgetSpent, Tracker, run_trials
 from sweeps.execution.workers import Worker, recover
 
 READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating the study
@@ -63,7 +64,7 @@ READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating t
 def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | None = None,
               seeds: int | None = None, n_trials: int | None = None, timeout: float | None = None,
               max_seeds: int | None = None, margin: float | None = None, confirm: int | None = None,
-              population: int = DEFAULT_POPULATION,
+              time_budget: float | None = None, population: int = DEFAULT_POPULATION,
               storage: str | None = None, tracking_uri: str | None = None,
               experiment: str = store.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
               splits: fdata.Splits | None = None, progress: bool = True, create: bool = False,
@@ -74,9 +75,10 @@ def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | No
     `outage_timeout`: seconds each store (Optuna's, MLflow's on a database) is waited for when it goes
     away (outage.py)."""
     definition = load_definition(name)
+    # every setting is checked before anything is loaded or trained
     plans = plan_studies(definition, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials,
-                         timeout=timeout, max_seeds=max_seeds, margin=margin,
-                         confirm=confirm)  # every setting checked before anything is loaded or trained
+                         timeout=timeout, max_seeds=max_seeds, margin=margin, confirm=confirm,
+                         time_budget=time_budget)
     storage = storage or default_storage(tracking_uri)
     with stores.sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
         outage.tolerate_mlflow_store(store.resolve_tracking_uri(tracking_uri), outage_timeout)
@@ -179,13 +181,26 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
                f"  Optuna study in {without_password(storage)}; MLflow parent run {parent_id}; "
                f"worker {worker.name}")
     recover(study, worker, client, tracker.experiment_id, parent_id, startup=True)
+
+    def answer_so_far() -> None:  # after each round: every place a user looks holds the answer so far
+        summary = report.build_report(study, plan, client, parent_id, state="running", figures=False)
+        if summary.recommendation is not None:
+            tqdm.write(f"  So far: {summary.recommendation.sentence()}")
+
     try:
         with run_log.system_metrics(client, parent_id):
             closes = run_trials(study, plan, splits, tracker, worker, population=population,
-                                progress=progress)
+                                progress=progress, on_round=answer_so_far if plan.decides else None)
+    except TimeBudgetSpent as spent:
+        summary = report.build_report(study, plan, client, parent_id, state="stopped", figures=False)
+        resume = f"python cli.py sweep {plan.definition.name}"
+        parent.end("KILLED", f"stopped by {spent}; run `{resume}` again to continue the rounds")
+        click.echo(f"Stopped: {spent}. The verdicts so far stand (a time budget never changes one); run "
+                   f"`{resume}` (same --storage and --tracking-uri) to continue the rounds.")
+        return summary
     except BaseException as error:
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # no other worker at work
-            parent.__exit__(type(error), error, error.__traceback__)
+            _stopped(parent, plan, error)
         raise
     if not closes:
         click.echo(f"Worker {worker.name} done; the sweep is closed by the worker that finished it.")
@@ -193,6 +208,17 @@ def work(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tr
     summary = report.build_report(study, plan, client, parent_id, splits=splits)
     parent.end("FINISHED")
     return summary
+
+
+def _stopped(parent: run_log.RunLogger, plan: StudyPlan, error: BaseException) -> None:
+    """Ctrl-C, SIGTERM or an error with no other worker at work: the parent is closed and tagged stopped,
+    with the command that resumes (cli.py says it too); the answer so far is the last round's report."""
+    resume = f"python cli.py sweep {plan.definition.name}"
+    try:
+        parent.set_tags({"decision": "stopped", "next_command": resume})
+    except Exception:  # noqa: BLE001 - the store itself may be what failed; closing it is what matters
+        pass
+    parent.__exit__(type(error), error, error.__traceback__)
 
 
 def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None,

@@ -65,11 +65,19 @@ class Tracker:
         return self.splits.digest
 
 
+class TimeBudgetSpent(Exception):
+    """A decided sweep's --time-budget ran out between rounds: no new round was started (a re-run goes on
+    from the study's record; the verdicts so far stand, as the budget never changes one)."""
+
+
 def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker,
-               worker: Worker, *, population: int = DEFAULT_POPULATION, progress: bool = True) -> bool:
+               worker: Worker, *, population: int = DEFAULT_POPULATION, progress: bool = True,
+               on_round: Callable[[], None] | None = None) -> bool:
     """Take, train and tell trials until none is queued or running anywhere, the budget is used up or
     this invocation's timeout passes. Returns True when this worker closes the sweep: it told the
     last trial, found the study already finished, or timed out with no other worker at work.
+    `on_round`: called after this worker queued a decided sweep's next round (the answer so far).
+    Raises TimeBudgetSpent where plan.time_budget stops it between rounds.
 
     Interrupted (Ctrl-C, SIGTERM, an error): the trials in training are re-queued at once, the trials
     already trained get their pending MLflow work finished (a second Ctrl-C re-queues them too)."""
@@ -80,7 +88,10 @@ def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
     with bar, worker.heartbeats():
         try:
             closes = trial_loop(study, plan, splits, tracker, worker, background, population,
-                                shown=lambda held: show_progress(bar, study, plan, held, worker, progress))
+                                shown=lambda held: show_progress(bar, study, plan, held, worker, progress),
+                                on_round=on_round or (lambda: None))
+        except TimeBudgetSpent:
+            raise  # between rounds: nothing held, nothing to re-queue
         except BaseException as error:
             stop_cleanly(worker, background, error)
             raise
@@ -101,9 +112,10 @@ def stop_cleanly(worker: Worker, background: Background, error: BaseException) -
 
 
 def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker, worker: Worker,
-               background: Background, population: int, shown) -> bool:
+               background: Background, population: int, shown, on_round: Callable[[], None]) -> bool:
     """run_trials' loop: recover, claim a population, train it, queue its MLflow work; repeat."""
-    deadline = time.monotonic() + plan.timeout if plan.timeout else None
+    started = time.monotonic()
+    deadline = started + plan.timeout if plan.timeout else None
     total = plan.total_trials()
     trained = waited = fresh = False  # fresh: trained since this worker last found nothing to take
     poll = min(5.0, worker.heartbeat or 1.0)  # seconds between looks at the queue while others train
@@ -117,7 +129,12 @@ def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
             trained = fresh = True
             continue
         background.drain()  # nothing more to take: this worker's trials are told before it looks
+        if plan.decides and plan.time_budget is not None and \
+                time.monotonic() - started >= plan.time_budget and rounds.pending(study, plan):
+            raise TimeBudgetSpent(f"--time-budget {plan.time_budget:g} s spent after "
+                                  f"{time.monotonic() - started:.0f} s")
         if plan.decides and rounds.advance(study, plan, worker, say=tqdm.write):
+            on_round()
             fresh = True  # it queued the next round: this worker goes on, and may close the sweep
             continue
         if study_done(study, plan):

@@ -70,4 +70,4 @@ def test_sweep_report_and_best_on_real_data(tmp_path, mlflow_store):
     result = invoke("best", "--sweep", "tiny_cli", "--out", str(out), "--tracking-uri", mlflow_store,
                     "--experiment", "cli-sweep")
     assert result.exit_code == 0, result.output
-    assert parent.data.tags["best_run_id"] in result.output and out.is_file()
+    assert parent.data.tags["recommended_run_id"] in result.output and out.is_file()

@@ -30,8 +30,13 @@ def test_conclusion_names_best_ties_worse_and_the_cheapest_tie():
     assert [row.label for row in summary.rows] == [f"hidden_size={w}" for w in (2048, 1024, 512, 256)]
     assert [row.vs_best for row in summary.rows] == ["best", "not shown different", "worse", "worse"]
     assert summary.rows[1].verdict.discordant == (0, 4) and summary.rows[1].verdict.method == evidence.MCNEMAR
-    assert summary.best_trial.params == {"hidden_size": 2048}
+    assert summary.recommended_trial.params == {"hidden_size": 2048}
+    chosen = summary.recommendation  # one seed: the highest, and said to be undecided
+    assert (chosen.label, chosen.decision, chosen.seeds) == ("hidden_size=2048", "undecided", 1)
+    assert chosen.next_command == "python cli.py sweep hidden_size --fresh --max-seeds 5"
     text = summary.conclusion
+    assert "Recommended: hidden_size=2048 (the highest validation accuracy; one seed measures no seed " \
+        "noise, so nothing is decided; undecided;" in text
     assert text.startswith("Which hidden size works best? hidden_size=2048 has the best validation accuracy")
     assert "Not shown different from it: hidden_size=1024 (-0.0020, 0 images only it got right vs 4 only " \
         "the best" in text
@@ -115,7 +120,7 @@ def test_summarise_ranks_complete_trials_only_and_counts_every_state():
     assert summary.counts == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1}
     assert [t.params for t in summary.failed] == [{"hidden_size": 2048}]
     assert "Failed, so not ranked: hidden_size=2048 (1 trial: out of memory)." in summary.conclusion
-    assert summary.best_trial.params == {"hidden_size": 1024}
+    assert summary.recommended_trial.params == {"hidden_size": 1024}
 
 
 @pytest.mark.unit
@@ -126,7 +131,8 @@ def test_a_minimised_objective_picks_the_lowest_seed_as_best_trial():
     for seed, (loss, accuracy) in enumerate(((0.40, 0.88), (0.30, 0.87))):  # the trial's value is its loss
         add(study, plan, {"lr": 0.1}, accuracy=loss, seed=seed, attrs={"best_val_acc": accuracy})
     summary = report.summarise(study, plan)
-    assert summary.best_trial.value == 0.30 and seed_of(summary.best_trial) == 1
+    assert summary.recommended_trial.value == 0.30 and seed_of(summary.recommended_trial) == 1
+    assert (summary.recommendation.seed, summary.recommendation.val_acc) == (1, pytest.approx(0.875))
     assert summary.rows[0].verdict.accuracy == pytest.approx(0.875)  # ranked on validation accuracy still
 
 
@@ -142,13 +148,19 @@ def test_build_report_logs_verdicts_note_and_figures_to_the_parent(mlflow_store,
     run = client.get_run(parent)
     note = run.data.tags[report.NOTE_TAG]
     assert note.startswith("**Conclusion.** Which hidden size works best?") and "| hidden_size=2048 |" in note
-    assert run.data.tags["best_run_id"] == summary.best_trial.user_attrs["mlflow_run_id"]
+    assert run.data.tags["recommended_run_id"] == summary.recommended_trial.user_attrs["mlflow_run_id"]
+    assert (run.data.tags["recommended"], run.data.tags["decision"]) == ("hidden_size=2048", "undecided")
+    assert run.data.tags["seeds"] == ", ".join(f"hidden_size={w}: 1" for w in (2048, 1024, 512, 256))
+    assert run.data.metrics["recommended_val_acc"] == pytest.approx(summary.rows[0].verdict.accuracy)
+    assert "best_val_acc" not in run.data.metrics  # one seed's value is not the sweep's answer
     artifacts = {a.path for a in client.list_artifacts(parent, "sweep")}
     assert {"sweep/accuracy_vs_hidden_size.png", "sweep/why_train_val_gap_vs_hidden_size.png",
             "sweep/verdicts.json", "sweep/summary.md", "sweep/summary.csv"} <= artifacts
     assert "sweep/optuna_optimization_history.png" not in artifacts  # a grid's trial order says nothing
     folder = Path(client.download_artifacts(parent, "sweep", str(tmp_path)))
-    records = json.loads((folder / "verdicts.json").read_text())
+    document = json.loads((folder / "verdicts.json").read_text())
+    records = document["configurations"]
+    assert document["recommended"] == summary.recommendation.as_record()
     assert [set(record) for record in records] == [VERDICT_KEYS] * 4
     assert [(r["label"], r["verdict"]) for r in records][:2] == [("hidden_size=2048", "best"),
                                                                  ("hidden_size=1024", "not shown different")]

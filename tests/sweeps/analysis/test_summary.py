@@ -49,7 +49,7 @@ def test_label_of_names_the_params_or_base_when_there_are_none():
 def test_failed_by_label_groups_fail_trials_by_configuration():
     failed = [trial({"lr": 1.0, "seed": 0}, TrialState.FAIL), trial({"lr": 0.3, "seed": 0}, TrialState.FAIL),
               trial({"lr": 1.0, "seed": 1}, TrialState.FAIL), trial({"seed": 2}, TrialState.FAIL)]
-    summary = Summary("s", "q", "val_acc", rows=[], counts={"FAIL": 4}, best_trial=None, failed=failed,
+    summary = Summary("s", "q", "val_acc", rows=[], counts={"FAIL": 4}, recommended_trial=None, failed=failed,
                       cost_name="s/epoch", conclusion="")
     groups = summary.failed_by_label()
     assert list(groups) == ["lr=1", "lr=0.3", "base"]  # in the order first failed

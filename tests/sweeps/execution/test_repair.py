@@ -127,16 +127,16 @@ def test_repair_closes_the_idle_parent_of_a_complete_sweep_finished_with_its_rep
     path = definition(tmp_path)
     runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
     client, parent, _ = runs(stores)
-    best_run_id = parent.data.tags["best_run_id"]
+    best_run_id = parent.data.tags["recommended_run_id"]
     # a worker killed after telling the last trial and before closing the parent leaves it RUNNING
     client.update_run(parent.info.run_id, status="RUNNING")
-    client.delete_tag(parent.info.run_id, "best_run_id")
+    client.delete_tag(parent.info.run_id, "recommended_run_id")
 
     out = repair(dict(stores, path=path), capsys)
     assert "tiny-manual: 0 stale trial(s) failed and re-queued; 0 running, 0 queued, 2 finished" in out
     assert f"complete: report rebuilt, parent run {parent.info.run_id} FINISHED" in out
     _, parent, _ = runs(stores)
-    assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] == best_run_id
+    assert parent.info.status == "FINISHED" and parent.data.tags["recommended_run_id"] == best_run_id
     assert [t.state for t in trials(stores)] == [TrialState.COMPLETE] * 2
 
     out = repair(dict(stores, path=path), capsys)  # a closed parent is left as it is

@@ -219,3 +219,88 @@ def test_report_rebuilds_a_sweep_as_it_was_decided_not_as_the_file_says_today(tm
     assert rebuilt.rounds == ran.rounds and rebuilt.rounds
     assert [row.vs_best for row in rebuilt.rows] == [row.vs_best for row in ran.rows]
     assert rebuilt.conclusion == ran.conclusion
+
+
+def test_a_time_budget_stops_between_rounds_and_a_rerun_reaches_the_uninterrupted_verdicts(
+        tmp_path, stores, tiny_splits, capsys):
+    """--time-budget never changes a verdict: spent after round 1, the sweep stops (no new round, parent
+    KILLED, decision `stopped`, the command that goes on); running it again ends with the trials, rounds,
+    verdicts and recommendation of a sweep that was never stopped."""
+    from mlflow import MlflowClient
+
+    path = write(tmp_path, DECIDED)
+    reference_stores = dict(stores, storage=f"sqlite:///{tmp_path / 'reference.db'}", experiment="reference")
+    [reference] = runner.run_sweep(path, splits=tiny_splits, progress=False, **reference_stores)
+    [stopped] = runner.run_sweep(path, splits=tiny_splits, progress=False, time_budget=1e-6, **stores)
+    out = capsys.readouterr().out
+    assert "Stopped: --time-budget 1e-06 s spent" in out and "run `python cli.py sweep decided`" in out
+    study = study_of(stores)
+    assert trained(study) == [(8, 0), (12, 0), (16, 0)] and not record.rounds(study)  # round 1 only
+    assert stopped.recommendation.decision == "stopped"
+    assert stopped.recommendation.next_command == "python cli.py sweep decided"
+    client = MlflowClient(stores["tracking_uri"])
+    parent = client.get_run(record.parent_run_id(study))
+    assert parent.info.status == "KILLED" and parent.data.tags["decision"] == "stopped"
+
+    [resumed] = runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
+    study = study_of(stores)
+    assert trained(study) == trained(study_of(reference_stores))
+    assert record.rounds(study) == record.rounds(study_of(reference_stores))
+    assert [(r.label, r.vs_best) for r in resumed.rows] == [(r.label, r.vs_best) for r in reference.rows]
+    assert resumed.recommendation.label == reference.recommendation.label
+    assert resumed.recommendation.decision == reference.recommendation.decision != "stopped"
+    parent = client.get_run(record.parent_run_id(study))
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["recommended"] == resumed.recommendation.label
+
+
+def test_every_round_leaves_the_answer_so_far_where_users_look(tmp_path, stores, tiny_splits, capsys):
+    """After each round the parent run holds the answer so far (decision `running`, its note, tags and
+    verdicts.json), the terminal prints it, and every place agrees with the final recommendation once
+    the sweep closes: parent tags, verdicts.json, the child runs' tags, the study's attr and its
+    optuna-dashboard note; the study searched no `seed` param."""
+    import json
+
+    import optuna_dashboard
+    from mlflow import MlflowClient
+
+    from fmnist_tracking import verdicts
+
+    path = write(tmp_path, DECIDED)
+    seen = []
+    real = runner.report.build_report
+
+    def spy(*args, **kwargs):
+        summary = real(*args, **kwargs)
+        seen.append((kwargs.get("state", "final"), summary.recommendation.decision))
+        return summary
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(runner.report, "build_report", spy)
+    try:
+        [summary] = runner.run_sweep(path, splits=tiny_splits, progress=False, **stores)
+    finally:
+        monkeypatch.undo()
+    study = study_of(stores)
+    rounds_run = 1 + len(record.rounds(study))
+    assert seen[:-1] == [("running", "running")] * (rounds_run - 1) and seen[-1][0] == "final"
+    assert capsys.readouterr().out.count("So far: Recommended: ") == rounds_run - 1
+    chosen = summary.recommendation
+    assert chosen.decision in ("decided", "undecided")
+    client = MlflowClient(stores["tracking_uri"])
+    parent = client.get_run(record.parent_run_id(study))
+    assert (parent.data.tags["recommended"], parent.data.tags["decision"]) == (chosen.label, chosen.decision)
+    assert parent.data.tags["recommended_run_id"] == chosen.run_id
+    assert parent.data.metrics["recommended_val_acc"] == pytest.approx(chosen.val_acc)
+    assert parent.data.tags["seeds"] == ", ".join(f"{row.label}: {len(row.trials)}" for row in summary.rows)
+    assert verdicts.read_recommended(client, parent) == json.loads(json.dumps(chosen.as_record()))
+    assert record.recommended(study)["label"] == chosen.label
+    assert chosen.label in optuna_dashboard.get_note(study)
+    children = {run.info.run_id: run for run in client.search_runs([parent.info.experiment_id])
+                if run.info.run_id != parent.info.run_id}
+    for row in summary.rows:
+        for trial in row.trials:
+            tags = children[trial.user_attrs["mlflow_run_id"]].data.tags
+            assert tags["verdict"] == row.vs_best
+            assert tags["recommended"] == ("yes" if row.label == chosen.label else "no")
+    assert all("seed" not in t.distributions for t in study.trials)  # the seed is not searched

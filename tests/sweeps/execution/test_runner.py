@@ -96,9 +96,10 @@ def test_grid_sweep_gives_a_parent_and_a_finished_child_per_point(tmp_path, stor
     assert "sweep/optuna_optimization_history.png" not in artifacts
     # ... and names the best trial, which is what `best --sweep` finds
     best = store.find_best_run(client, [parent.info.experiment_id], sweep="tiny")
-    assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert parent.data.tags["best_checkpoint"] == f"runs:/{best.info.run_id}/{names.CHECKPOINT_ARTIFACT}"
-    assert summary.best_trial.user_attrs["mlflow_run_id"] == best.info.run_id
+    assert parent.data.tags["recommended_run_id"] == best.info.run_id  # one seed: the highest
+    assert parent.data.tags["recommended_checkpoint"] == \
+        f"runs:/{best.info.run_id}/{names.CHECKPOINT_ARTIFACT}"
+    assert summary.recommended_trial.user_attrs["mlflow_run_id"] == best.info.run_id
     assert len(summary.rows) == 2 and summary.rows[0].vs_best == "best"
     # every child has its result; the three figures are made for the best run only (on demand for others)
     figures = {"plots/learning_curves.png", "plots/confusion_matrix_test.png", "plots/misclassified_test.png"}

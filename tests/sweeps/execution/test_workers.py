@@ -146,7 +146,7 @@ def test_compose_topology_workers_finish_an_8_point_grid_exactly_once(tmp_path, 
     assert len(finished) == 8
     assert len({t.user_attrs["worker"] for t in finished}) >= 2  # the queue was shared
     client, children, parent = children_and_parent(mlflow_server, "fmnist")
-    assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["recommended_run_id"]
     assert sorted(r.info.status for r in children) == ["FINISHED"] * 8
     assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in finished}
     for run in children:
