@@ -234,16 +234,21 @@ def refuse_unknown_sweep(name: str, left_behind: Callable[[], object]) -> None:
               help="Where to write the best run's checkpoint.")
 @click.option("--register", is_flag=True,
               help="Also register its MLflow model as fmnist-mlp and point the alias champion at it.")
+@click.option("--ensemble", is_flag=True,
+              help="With --sweep: fold the recommended configuration's seeds into one network whose logits "
+                   "are their mean (k seeds of H units: k*H units), logged as a run of its own.")
 @data_dir_option
 @store_options
-def best(sweep: str | None, metric: str, out: Path, register: bool, data_dir: Path | None,
+def best(sweep: str | None, metric: str, out: Path, register: bool, ensemble: bool, data_dir: Path | None,
          tracking_uri: str | None, experiment: str) -> None:
-    """Fetch the best finished run's checkpoint and verify it.
+    """Fetch the model to use and verify its checkpoint.
 
-    The best FINISHED run by validation accuracy; its checkpoint's validation accuracy is recomputed and
-    must match what the run logged before the file is written to --out.
+    With --sweep: the sweep's recommendation (the configuration it decided on, e.g. the cheapest tied with
+    the best), its seed with the best validation accuracy. Otherwise the best FINISHED run by validation
+    accuracy. The checkpoint's validation accuracy is recomputed and must match what the run logged
+    before the file is written to --out.
     """
-    from fmnist_tracking.registry import fetch_best
+    from fmnist_tracking.registry import fetch_best, fetch_ensemble
     from fmnist_tracking.store import selection_metric, setup
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -251,15 +256,24 @@ def best(sweep: str | None, metric: str, out: Path, register: bool, data_dir: Pa
     client, experiment_id = setup(tracking_uri, experiment, create=False)
     if sweep is not None:
         refuse_unknown_sweep_runs(client, experiment_id, sweep)
-    found = fetch_best(client, [experiment_id], out, sweep=sweep, metric=metric, data_dir=data_dir,
-                       register=register)
+    if ensemble:
+        if sweep is None:
+            raise click.BadParameter("folds a sweep's recommended configuration: give --sweep NAME",
+                                     param_hint="--ensemble")
+        found = fetch_ensemble(client, [experiment_id], out, sweep=sweep, data_dir=data_dir,
+                               register=register)
+    else:
+        found = fetch_best(client, [experiment_id], out, sweep=sweep, metric=metric, data_dir=data_dir,
+                           register=register)
     click.echo(found.describe())
 
 
 @cli.command()
 @click.option("--run-id", default=None,
               help="Serve this run's model: its id, or the start of it as `runs` shows it.")
-@click.option("--sweep", default=None, help="Serve the model of this sweep's best FINISHED run (as `best`).")
+@click.option("--sweep", default=None,
+              help="Serve this sweep's recommended model (as `best --sweep`: the configuration it decided "
+                   "on, its best seed).")
 @click.option("--model-uri", default=None,
               help="Serve this MLflow model instead, e.g. models:/fmnist-mlp@champion or runs:/RUN_ID/model "
                    "(RUN_ID as for --run-id).")

@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
 from fmnist_core import data as fdata
 from fmnist_core import serving
 from fmnist_tracking.export import download_checkpoint, ensure_model
 from fmnist_tracking.names import (
+    CHECKPOINT_ARTIFACT,
     DATASET_DIGEST_TAG,
     MODEL_NAME,
+    PARENT_RUN_TAG,
     SWEEP_PARENTS,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -36,7 +38,7 @@ from fmnist_tracking.store import (
     search_runs,
     selection_metric,
 )
-from fmnist_tracking.verdicts import tie_report
+from fmnist_tracking.verdicts import sweep_answer, tie_report
 
 REGISTERED_MODEL = "fmnist-mlp"
 CHAMPION_ALIAS = "champion"
@@ -91,6 +93,10 @@ def runs_table(client: MlflowClient, experiment_ids: list[str], *, sweep: str | 
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
              for row in cells]
+    table = [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
+    answer = sweep_answer(client, experiment_ids, sweep) if ranking is not None and sweep else None
+    if answer is not None:  # the sweep's answer first: configurations over their seeds, then single runs
+        table = [*configurations_table(answer), "", "single runs (each seed apart):", *table]
     notes = []
     if ranking is not None:
         notes.append(f"ranked by the sweep's objective: {ranking.metric} at each run's selected epoch, "
@@ -99,7 +105,25 @@ def runs_table(client: MlflowClient, experiment_ids: list[str], *, sweep: str | 
                   "and conclusion" for parent in parents]
     if more:
         notes.append(f"more runs than shown: --limit {limit * 2}")
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], *notes])
+    return "\n".join([*table, *notes])
+
+
+def configurations_table(answer) -> list[str]:
+    """A sweep's configurations as its report ranked them (mean over seeds, best first), each with its
+    verdict and seeds, the recommended one marked: what `runs --sweep` shows before single runs."""
+    chosen = answer.recommended
+    rows = [["rank", "configuration", "verdict", "seeds", "val_acc (mean)", "test_acc (mean)", "use"]]
+    for rank, entry in enumerate(answer.configurations, 1):
+        test = entry.get("test_acc")
+        rows.append([str(rank), entry["label"], entry["verdict"], str(len(entry.get("run_ids") or [])),
+                     f"{entry['accuracy']:.4f}", "-" if test is None else f"{test:.4f}",
+                     "<- recommended" if entry["label"] == chosen["label"] else ""])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    head = (f"configurations of sweep {answer.parent.data.tags.get(SWEEP_TAG, '?')} (parent run "
+            f"{answer.parent.info.run_id[:8]}, {chosen['decision']}): use {chosen['label']}, {chosen['why']}")
+    return [head, table[0], "  ".join("-" * w for w in widths), *table[1:]]
 
 
 def _columns(runs: list[Run], ranking: Ranking | None) -> dict:
@@ -141,60 +165,170 @@ def _columns(runs: list[Run], ranking: Ranking | None) -> dict:
 @dataclass
 class BestRun:
     run: Run
-    metric: str  # the logged metric it was selected by
+    metric: str  # how it was chosen: the sweep's recommendation, or the logged metric it was selected by
     checkpoint_path: Path
     logged_val_acc: float
     recomputed_val_acc: float
     val_images: int
     registered: str | None = None  # "name version N (alias champion)" after --register
-    sweep_verdict: list[str] = field(default_factory=list)  # the pick against the rest of its sweep
+    sweep_verdict: list[str] = field(default_factory=list)  # how it stands in its sweep, and why it
+    recomputed_test_acc: float | None = None  # an ensemble's, beside its members' (they are reported)
 
     def describe(self) -> str:
         run, tags = self.run, self.run.data.tags
-        lines = [f"Best run {run.info.run_id} ({run.info.run_name}) by {self.metric}, "
+        kind = "Ensemble" if ENSEMBLE_TAG in tags else "Best"
+        lines = [f"{kind} run {run.info.run_id} ({run.info.run_name}) by {self.metric}, "
                  f"status {run.info.status}",
                  f"  checkpoint: {self.checkpoint_path}",
                  f"  val_acc: logged {self.logged_val_acc:.4f}, recomputed {self.recomputed_val_acc:.4f} "
                  f"on {self.val_images} validation images",
                  "  metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.data.metrics.items())),
                  "  params: " + ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))]
-        if SWEEP_TAG in tags:
-            lines.append(f"  sweep: {tags[SWEEP_TAG]} trial {tags.get(TRIAL_TAG, '?')}")
+        if SWEEP_TAG in tags and TRIAL_TAG in tags:
+            lines.append(f"  sweep: {tags[SWEEP_TAG]} trial {tags[TRIAL_TAG]}")
         lines += [f"  sweep verdict: {line}" for line in self.sweep_verdict]
         if self.registered:
             lines.append(f"  registered: {self.registered}")
         return "\n".join(lines)
 
 
+ENSEMBLE_TAG = "ensemble_of"  # an ensemble run (`best --sweep --ensemble`): the run ids of its members
+RECOMMENDATION = "the sweep's recommendation"
+
+
+def chosen_run(client: MlflowClient, experiment_ids: list[str], *, sweep: str | None = None,
+               metric: str = "val_acc") -> tuple[Run, str, list[str]]:
+    """(run, how it was chosen, what its sweep says of it) of what `best` and `serve` give: a sweep's
+    recommended configuration's best seed where its report recorded one; else the best FINISHED run by
+    `metric` (outside a sweep, or a sweep reported before recommendations were recorded: said so)."""
+    answer = sweep_answer(client, experiment_ids, sweep) if sweep else None
+    if answer is not None:
+        return client.get_run(answer.recommended["run_id"]), RECOMMENDATION, answer.lines()
+    run = find_best_run(client, experiment_ids, sweep=sweep, metric=metric)
+    lines = tie_report(client, run)
+    if sweep:
+        lines.insert(0, f"no recommendation recorded for sweep {sweep!r} (reported before they were): the "
+                        f"best single run by {metric}; `python cli.py report {sweep}` records one")
+    return run, selection_metric(metric), lines
+
+
 def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sweep: str | None = None,
                metric: str = "val_acc", data_dir=None, register: bool = False) -> BestRun:
-    """Find the best FINISHED run, download its checkpoint, verify it, move it to `out`."""
-    key = selection_metric(metric)
-    run = find_best_run(client, experiment_ids, sweep=sweep, metric=metric)
+    """Find what `best` gives (chosen_run), download its checkpoint, verify it, move it to `out`."""
+    run, chosen_by, lines = chosen_run(client, experiment_ids, sweep=sweep, metric=metric)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fmnist-best-") as scratch:
         downloaded = download_checkpoint(client, run.info.run_id, scratch)
         model, checkpoint = serving.load_model(downloaded)  # refuses anything but a plain-data checkpoint
-        splits = fdata.load_splits(data_dir, val_size=int(run.data.params["val_size"]))
-        trained_on = run.data.tags.get(DATASET_DIGEST_TAG)
-        if trained_on and trained_on != splits.digest:
-            raise TrackingError(f"run {run.info.run_id} was trained on data with digest {trained_on}, "
-                                f"but the data here has digest {splits.digest}; "
-                                f"point --data-dir at the run's data")
-        x = serving.renormalise(splits.val_x, (splits.mean, splits.std), checkpoint.normalization)
-        recomputed = serving.evaluate(model, x, splits.val_y).accuracy
-        logged = run.data.metrics["best_val_acc"]
-        images = splits.val_x.shape[0]
-        if abs(recomputed - logged) * images > VAL_TOLERANCE_IMAGES + 1e-6:
-            raise TrackingError(f"the checkpoint of run {run.info.run_id} scores val_acc {recomputed:.4f} "
-                                f"on the validation split, but the run logged {logged:.4f}; not using it")
+        splits = _splits_of(run, data_dir)
+        recomputed = _recheck(run, model, checkpoint, splits)
         os.replace(downloaded, out)
-    best = BestRun(run, key, out, logged, recomputed, images, sweep_verdict=tie_report(client, run))
+    best = BestRun(run, chosen_by, out, run.data.metrics["best_val_acc"], recomputed, splits.val_x.shape[0],
+                   sweep_verdict=lines)
     if register:
-        version = register_champion(client, run)
-        best.registered = f"{REGISTERED_MODEL} version {version.version} (alias {CHAMPION_ALIAS})"
+        best.registered = _register(client, run)
     return best
+
+
+def fetch_ensemble(client: MlflowClient, experiment_ids: list[str], out: Path, *, sweep: str,
+                   data_dir=None, register: bool = False) -> BestRun:
+    """The sweep's recommended configuration's seeds folded into one checkpoint (fmnist_core/ensemble.py)
+    at `out`, its validation and test accuracy recomputed, logged as an MLflow run under the sweep's
+    parent (servable: `serve --run-id`, registrable: `--register`); the members are checked as `best`
+    checks one checkpoint."""
+    from fmnist_core import ensemble
+
+    answer = sweep_answer(client, experiment_ids, sweep)
+    if answer is None:
+        raise TrackingError(f"--ensemble folds the seeds of a sweep's recommended configuration, and sweep "
+                            f"{sweep!r} has no recommendation recorded: `python cli.py report {sweep}`")
+    members = [client.get_run(run_id) for run_id in answer.chosen["run_ids"] if run_id]
+    if len(members) < 2:
+        raise TrackingError(f"{answer.recommended['label']} has {len(members)} seed: nothing to fold; a "
+                            f"decided sweep gives it more (`python cli.py sweep {sweep}`)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fmnist-ensemble-") as scratch:
+        checkpoints = []
+        for member in members:
+            path = download_checkpoint(client, member.info.run_id, Path(scratch, member.info.run_id))
+            model, checkpoint = serving.load_model(path)
+            splits = _splits_of(member, data_dir)
+            _recheck(member, model, checkpoint, splits)
+            checkpoints.append(checkpoint)
+        described = [{"run_id": member.info.run_id} for member in members]
+        folded = ensemble.score(ensemble.fold(checkpoints, described), splits)
+        ensemble.save(folded, out)
+        run = _log_ensemble(client, answer, members, folded, out, splits.digest)
+    metrics = folded.metrics
+    best = BestRun(run, f"{RECOMMENDATION}, its {len(members)} seeds folded", out, metrics["best_val_acc"],
+                   metrics["best_val_acc"], splits.val_x.shape[0], recomputed_test_acc=metrics["test_acc"])
+    chosen = answer.recommended
+    single = client.get_run(chosen["run_id"]).data.metrics.get("test_acc")
+    best.sweep_verdict = answer.lines()[:1] + [
+        f"the ensemble of its {len(members)} seeds ({folded.hidden_size} units, logits = the seeds' mean): "
+        f"val {metrics['best_val_acc']:.4f}, test {metrics['test_acc']:.4f}; its best single seed "
+        f"{chosen['seed']}: val {client.get_run(chosen['run_id']).data.metrics['best_val_acc']:.4f}, test "
+        + ("-" if single is None else f"{single:.4f}")]
+    if register:
+        best.registered = _register(client, run)
+    return best
+
+
+def _log_ensemble(client: MlflowClient, answer, members: list[Run], folded, path: Path, digest: str) -> Run:
+    """The ensemble as an MLflow run under the sweep's parent: params, recomputed metrics, checkpoint.pt and
+    its MLflow model; the run of the same members is reused."""
+    from fmnist_core import ensemble
+
+    parent, ids = answer.parent, " ".join(m.info.run_id for m in members)
+    experiment_id = parent.info.experiment_id
+    for run in search_runs(client, [experiment_id], extra_filter=f"tags.{ENSEMBLE_TAG} = '{ids}' "
+                                                                 "and attributes.status = 'FINISHED'"):
+        client.log_artifact(run.info.run_id, str(path))  # the same members: the same fold, refreshed
+        return client.get_run(run.info.run_id)
+    name = f"{answer.recommended['label']}, ensemble of {len(members)} seeds"
+    run = client.create_run(experiment_id, run_name=name, tags={
+        PARENT_RUN_TAG: parent.info.run_id, SWEEP_TAG: parent.data.tags.get(SWEEP_TAG, ""),
+        ENSEMBLE_TAG: ids, DATASET_DIGEST_TAG: digest})
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in folded.config.items()],
+                     metrics=[Metric(k, v, int(time.time() * 1000), 0)
+                              for k, v in ensemble.scalar_metrics(folded).items()])
+    with tempfile.TemporaryDirectory(prefix="fmnist-ensemble-") as scratch:
+        named = Path(scratch, CHECKPOINT_ARTIFACT)
+        named.write_bytes(path.read_bytes())
+        client.log_artifact(run_id, str(named))
+    ensure_model(client, client.get_run(run_id), name=MODEL_NAME)
+    client.set_terminated(run_id, "FINISHED")
+    return client.get_run(run_id)
+
+
+def _splits_of(run: Run, data_dir):
+    """The splits the run trained on (its val_size), refused when the data's digest is not the run's."""
+    splits = fdata.load_splits(data_dir, val_size=int(run.data.params["val_size"]))
+    trained_on = run.data.tags.get(DATASET_DIGEST_TAG)
+    if trained_on and trained_on != splits.digest:
+        raise TrackingError(f"run {run.info.run_id} was trained on data with digest {trained_on}, "
+                            f"but the data here has digest {splits.digest}; "
+                            f"point --data-dir at the run's data")
+    return splits
+
+
+def _recheck(run: Run, model, checkpoint, splits) -> float:
+    """The checkpoint's validation accuracy, recomputed; refused when it is not what the run logged."""
+    x = serving.renormalise(splits.val_x, (splits.mean, splits.std), checkpoint.normalization)
+    recomputed = serving.evaluate(model, x, splits.val_y).accuracy
+    logged = run.data.metrics["best_val_acc"]
+    if abs(recomputed - logged) * splits.val_x.shape[0] > VAL_TOLERANCE_IMAGES + 1e-6:
+        raise TrackingError(f"the checkpoint of run {run.info.run_id} scores val_acc {recomputed:.4f} "
+                            f"on the validation split, but the run logged {logged:.4f}; not using it")
+    return recomputed
+
+
+def _register(client: MlflowClient, run: Run) -> str:
+    version = register_champion(client, run)
+    return f"{REGISTERED_MODEL} version {version.version} (alias {CHAMPION_ALIAS})"
 
 
 def register_champion(client: MlflowClient, run: Run, name: str = REGISTERED_MODEL):

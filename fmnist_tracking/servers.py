@@ -219,13 +219,15 @@ def served_model(client: MlflowClient, experiment_id: str, *, run_id: str | None
                  sweep: str | None = None, model_uri: str | None = None) -> tuple[str, str, list[str]]:
     """(model URI, a line saying what it is, its class names) of what `cli.py serve` serves: `model_uri`
     as given, else the MLflow model of run `run_id` (or the unique run whose id starts with it), else of
-    the best FINISHED run (of `sweep`) by validation accuracy; a run's model is logged from its
-    checkpoint first if it has none. In a runs:/RUN_ID/... URI, RUN_ID may be a prefix too."""
+    what `best` gives (registry.chosen_run: a sweep's recommended configuration's best seed, else the best
+    FINISHED run by validation accuracy); a run's model is logged from its checkpoint first if it has none.
+    In a runs:/RUN_ID/... URI, RUN_ID may be a prefix too."""
     import mlflow
 
     from fmnist_core.data import CLASSES
     from fmnist_tracking.export import ensure_model
-    from fmnist_tracking.store import find_best_run, resolve_run
+    from fmnist_tracking.registry import chosen_run
+    from fmnist_tracking.store import resolve_run
 
     if model_uri is not None and model_uri.startswith("runs:/"):
         run_part, slash, path = model_uri.removeprefix("runs:/").partition("/")
@@ -233,12 +235,14 @@ def served_model(client: MlflowClient, experiment_id: str, *, run_id: str | None
     if model_uri is None:
         if run_id is not None:
             run = resolve_run(client, [experiment_id], run_id)
+            why = []
         else:
-            run = find_best_run(client, [experiment_id], sweep=sweep)
+            run, _, why = chosen_run(client, [experiment_id], sweep=sweep)
         model_uri = f"models:/{ensure_model(client, run, name=MODEL_NAME)}"
         val_acc = run.data.metrics.get("best_val_acc")
         what = (f"run {run.info.run_id} ({run.info.run_name}"
-                + (f", best_val_acc {val_acc:.4f}" if val_acc is not None else "") + ")")
+                + (f", best_val_acc {val_acc:.4f}" if val_acc is not None else "") + ")"
+                + "".join(f"\n  {line}" for line in why[:1]))
     else:
         what = model_uri
     try:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from fmnist_tracking.names import PARENT_RUN_TAG, SWEEP_TAG, VERDICTS_ARTIFACT, is_sweep_parent
+from fmnist_tracking.names import PARENT_RUN_TAG, SWEEP_PARENTS, SWEEP_TAG, VERDICTS_ARTIFACT, is_sweep_parent
 
 
 def sweep_parent(client: MlflowClient, run: Run) -> Run | None:
@@ -67,6 +68,50 @@ def read_recommended(client: MlflowClient, parent: Run) -> dict | None:
     """The sweep's recommendation (sweeps/analysis/recommend.py's record); None for older reports."""
     document = read_document(client, parent)
     return None if document is None else document.get("recommended")
+
+
+@dataclass(frozen=True)
+class SweepAnswer:
+    """What a sweep's latest report recommends: its parent run, the recommendation (recommend.py's record:
+    label, decision, why, next_command, seeds, val_acc, test_acc, trial, run_id, checkpoint, seed) and
+    every configuration's verdict, best first."""
+
+    parent: Run
+    recommended: dict
+    configurations: list[dict]
+
+    @property
+    def chosen(self) -> dict:
+        """The recommended configuration's entry (its run ids, seeds, verdict)."""
+        return next(c for c in self.configurations if c["label"] == self.recommended["label"])
+
+    def lines(self) -> list[str]:
+        """What `best` and `serve` say of it: which configuration, why, how settled, what to run next."""
+        chosen, top = self.recommended, self.configurations[0]
+        name = self.parent.data.tags.get(SWEEP_TAG, "?")
+        test = "" if chosen.get("test_acc") is None else f", test {chosen['test_acc']:.4f}"
+        lines = [f"sweep {name} (parent run {self.parent.info.run_id}, {self.parent.info.run_name}) "
+                 f"recommends {chosen['label']}: {chosen['why']} ({chosen['decision']})",
+                 f"its {chosen['seeds']} seed(s): mean val {chosen['val_acc']:.4f}{test}; this checkpoint is "
+                 f"seed {chosen['seed']}'s, the best of its seeds by validation accuracy"]
+        if top["label"] != chosen["label"]:
+            lines.append(f"the best mean is {top['label']} (val {top['accuracy']:.4f}); {chosen['label']} is "
+                         f"{self.chosen['verdict']} against it")
+        if chosen.get("next_command"):
+            lines.append(f"next: {chosen['next_command']}")
+        return lines
+
+
+def sweep_answer(client: MlflowClient, experiment_ids: list[str], sweep: str) -> SweepAnswer | None:
+    """The newest parent run of `sweep` whose report recorded a recommendation; None when none did (a
+    sweep reported before 7 December 2026: `cli.py report NAME` records one)."""
+    from fmnist_tracking.store import search_runs
+
+    for parent in search_runs(client, experiment_ids, sweep=sweep, extra_filter=SWEEP_PARENTS):
+        document = read_document(client, parent)
+        if document is not None and document.get("recommended"):
+            return SweepAnswer(parent, document["recommended"], document["configurations"])
+    return None
 
 
 # The verdict words of sweeps/analysis/evidence.py (a contract: this package cannot import it). Reports
