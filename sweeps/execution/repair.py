@@ -71,6 +71,8 @@ def repair_sweep(name: str | Path, *, impl: str | None = None, storage: str | No
                 click.echo(f"  complete: report rebuilt, parent run {parent_id} FINISHED")
             else:
                 left = f"{len(waiting)} trials queued" if waiting else "its next round not yet queued"
+                resume = f"python cli.py sweep {plan.definition.name}"
+                logger.set_tags({"decision": "stopped", "next_command": resume})
                 logger.end("KILLED", f"sweep stopped with {left}; re-run it to resume")
                 click.echo(f"  parent run {parent_id} closed KILLED; re-run the sweep to train the queued "
                            "trials")

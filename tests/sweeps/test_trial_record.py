@@ -69,16 +69,22 @@ def test_a_vector_packs_into_one_bit_an_image():
     assert len(text) == 1668 and np.array_equal(record.unpack_correct(text, 10_000), correct)
 
 
-def test_no_other_module_of_sweeps_names_a_trial_attribute():
-    """Trial user attrs are set and read through trial_record only; the study's own attrs (settings, the
-    parent run) are `study.` attributes, which stay where the study is made."""
+def test_no_other_module_names_a_study_or_trial_attribute():
+    """Study and trial attributes (user attrs and Optuna's system attrs) are read and written through
+    trial_record only: no other module of the product touches `user_attrs`, `system_attrs` or their
+    setters, on a study or a trial, nor spells one of Optuna's system attr keys."""
+    attributes = {"user_attrs", "set_user_attr", "system_attrs", "set_system_attr"}
+    keys = {record.FIXED_PARAMS, record.RETRY_HISTORY, record.FAILED_TRIAL, record.PARENT_RUN}
+    paths = [*(ROOT / "sweeps").rglob("*.py"), *(ROOT / "fmnist_tracking").rglob("*.py"),
+             *(ROOT / "bench").rglob("*.py"), ROOT / "cli.py"]
     offenders = []
-    for path in sorted((ROOT / "sweeps").rglob("*.py")):
+    for path in sorted(paths):
         if path.name == "trial_record.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr in ("user_attrs", "set_user_attr"):
-                owner = node.value
-                if not (isinstance(owner, ast.Name) and owner.id == "study"):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            named = isinstance(node, ast.Attribute) and node.attr in attributes
+            spelled = isinstance(node, ast.Constant) and node.value in keys
+            if named or spelled:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+    assert len(paths) > 40  # the walk saw the product, not an empty folder

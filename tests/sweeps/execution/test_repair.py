@@ -103,7 +103,7 @@ def test_repair_recovers_what_a_killed_worker_left_and_the_sweep_then_resumes(tm
     assert [t.system_attrs["fixed_params"] for t in after[2:]] == [t.system_attrs["fixed_params"]
                                                                    for t in after[:2]]
     client, parent, children = runs(stores)
-    assert parent.info.status == "KILLED"
+    assert parent.info.status == "KILLED" and parent.data.tags["decision"] == "stopped"
     for number, run in children.items():
         assert run.info.status == "KILLED"
         assert f"stopped during trial {number}" in run.data.tags[FAILURE_TAG]
