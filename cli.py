@@ -437,6 +437,8 @@ storage_option = click.option(
                    "resumes.")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar, or one line per trial. Default: a bar when stderr is a terminal.")
+@click.option("--request", "request_json", default=None, hidden=True,
+              help="A worker of --workers N: its parent's SweepRequest as JSON (every other option ignored).")
 @storage_option
 @store_options
 @data_dir_option
@@ -445,7 +447,8 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
           margin: float | None, overrides: dict[str, str],
           population: int, fresh: bool, workers: int,
           create: bool, repair: bool, heartbeat: int, outage_timeout: float, progress: bool | None,
-          storage: str | None, tracking_uri: str | None, experiment: str, data_dir: Path | None) -> None:
+          request_json: str | None, storage: str | None, tracking_uri: str | None, experiment: str,
+          data_dir: Path | None) -> None:
     """Run the sweep NAME (a file in sweeps/, or a path to a YAML definition); re-running resumes it.
 
     Every trial is an Optuna trial and a nested MLflow run under one parent run per study, which
@@ -455,6 +458,7 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
     """
     from fmnist_tracking.signals import Terminated
     from fmnist_tracking.store import resolve_tracking_uri
+    from sweeps.definitions.request import SweepRequest
     from sweeps.execution.repair import repair_sweep
     from sweeps.execution.runner import run_sweep
     from sweeps.execution.storage import require_shared_stores
@@ -472,20 +476,24 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
         return
     if epochs is not None:
         overrides = dict(overrides, epochs=epochs)
-    settings = dict(impl=impl, overrides=overrides, seeds=seeds, max_seeds=max_seeds, margin=margin,
-                    confirm=confirm,
-                    n_trials=n_trials, timeout=timeout, time_budget=time_budget,
-                    population=population, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
-                    heartbeat=heartbeat, outage_timeout=outage_timeout)
+    if request_json is not None:  # one of --workers N's processes: its parent's request, whole
+        ask = SweepRequest.from_json(request_json)
+    else:
+        ask = SweepRequest(name, impl=impl, overrides=overrides, seeds=seeds, max_seeds=max_seeds,
+                           margin=margin, confirm=confirm, n_trials=n_trials, timeout=timeout,
+                           time_budget=time_budget,
+                           population=population, heartbeat=heartbeat, outage_timeout=outage_timeout,
+                           progress=sys.stderr.isatty() if progress is None else progress, fresh=fresh,
+                           create=create, storage=storage, tracking_uri=tracking_uri, experiment=experiment,
+                           data_dir=data_dir)
     try:
         if workers == 1:
-            run_sweep(name, fresh=fresh, data_dir=data_dir, create=create,
-                      progress=sys.stderr.isatty() if progress is None else progress, **settings)
+            run_sweep(ask)
             return
         require_shared_stores(storage or default_storage(tracking_uri), resolve_tracking_uri(tracking_uri),
                               workers)
-        run_sweep(name, fresh=fresh, data_dir=data_dir, create=True, **settings)
-        code = run_local_workers(worker_command(name, data_dir=data_dir, **settings), workers)
+        run_sweep(ask.replace(create=True))
+        code = run_local_workers(ask.worker_argv(ROOT / "cli.py"), workers)
     except (KeyboardInterrupt, Terminated) as error:
         code = 130 if isinstance(error, KeyboardInterrupt) else 143
     if code in (130, 143):
@@ -496,24 +504,6 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
         click.echo(f"Error: a worker ended with exit code {code}; re-run the same command to resume.",
                    err=True)
     sys.exit(code)
-
-
-def worker_command(name: str, *, impl, overrides, seeds, max_seeds, margin, confirm, n_trials, timeout,
-                   time_budget, population,
-                   storage, tracking_uri, experiment, heartbeat, outage_timeout, data_dir) -> list[str]:
-    """`cli.py sweep` for one of --workers N: the same sweep options, one line per trial instead of a bar.
-    Stores given through the environment ($OPTUNA_STORAGE, $MLFLOW_TRACKING_URI) are inherited from it."""
-    argv = [sys.executable, str(ROOT / "cli.py"), "sweep", name, "--experiment", experiment,
-            "--population", str(population), "--heartbeat", str(heartbeat),
-            "--outage-timeout", f"{outage_timeout:g}", "--no-progress"]
-    argv += [f"--set={key}={value}" for key, value in overrides.items()]
-    for flag, value in (("--impl", impl), ("--seeds", seeds), ("--max-seeds", max_seeds),
-                        ("--margin", margin), ("--confirm", confirm), ("--n-trials", n_trials),
-                        ("--timeout", timeout), ("--time-budget", time_budget), ("--storage", storage),
-                        ("--tracking-uri", tracking_uri), ("--data-dir", data_dir)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from typing import Any
 
 from fmnist_core.config import ConfigError, RunConfig
 from sweeps.definitions.loader import DefinitionError, SweepDefinition, check_space
+from sweeps.definitions.request import SweepRequest
 from sweeps.definitions.rule import Rule
 
 
@@ -77,17 +78,20 @@ class StudyPlan:
         return settings
 
 
-def plan_studies(definition: SweepDefinition, *, impl: str | None = None,
-                 overrides: dict[str, Any] | None = None, seeds: int | None = None,
-                 n_trials: int | None = None, timeout: float | None = None,
-                 max_seeds: int | None = None, margin: float | None = None,
-                 confirm: int | None = None, time_budget: float | None = None) -> list[StudyPlan]:
-    """One plan per implementation variant (`impl="both"`: manual and torch).
+def plan_studies(definition: SweepDefinition, request: SweepRequest | None = None,
+                 **fields) -> list[StudyPlan]:
+    """One plan per implementation variant (`impl="both"`: manual and torch), from `request` (or a
+    SweepRequest of `fields`: impl, overrides, seeds, max_seeds, margin, confirm, n_trials, timeout,
+    time_budget).
 
     Rounds (seeds added where undecided) when the definition has a `decide:` block or `max_seeds` is
     given, on a grid; `seeds` forces a fixed design (`--seeds 1`: one seed, the quick answer). `confirm`
     (tpe/random): once the budget is sampled, the top K configurations go through the same rounds."""
-    overrides = dict(overrides or {})
+    request = request or SweepRequest(name=definition.name, **fields)
+    impl, seeds, max_seeds, margin, confirm = (request.impl, request.seeds, request.max_seeds, request.margin,
+                                               request.confirm)
+    n_trials, timeout, time_budget = request.n_trials, request.timeout, request.time_budget
+    overrides = dict(request.overrides)
     if seeds is not None and max_seeds is not None:
         raise DefinitionError("--seeds and --max-seeds: give one: --seeds N trains N seeds of everything, "
                               "--max-seeds M adds seeds in rounds where the answer is undecided, up to M")

@@ -38,9 +38,9 @@ from fmnist_tracking.names import DATASET_DIGEST_TAG, NOTE_TAG, PARENT, STUDY_TA
 from sweeps import trial_record as record
 from sweeps.analysis import report, text
 from sweeps.analysis.summary import Summary
-from sweeps.defaults import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_TIMEOUT, DEFAULT_POPULATION
 from sweeps.definitions.loader import load_definition
 from sweeps.definitions.plan import StudyPlan, fmt_value, plan_studies
+from sweeps.definitions.request import SweepRequest
 from sweeps.execution import outage
 from sweeps.execution import storage as stores
 from sweeps.execution.study import (
@@ -61,46 +61,39 @@ READY_TIMEOUT = 120  # seconds a worker waits for another one that is creating t
 
 
 @outage.ends_in_one_line  # a database away past `outage_timeout` seconds: one line, exit code 1
-def run_sweep(name: str | Path, *, impl: str | None = None, overrides: dict | None = None,
-              seeds: int | None = None, n_trials: int | None = None, timeout: float | None = None,
-              max_seeds: int | None = None, margin: float | None = None, confirm: int | None = None,
-              time_budget: float | None = None, population: int = DEFAULT_POPULATION,
-              storage: str | None = None, tracking_uri: str | None = None,
-              experiment: str = store.DEFAULT_EXPERIMENT, fresh: bool = False, data_dir=None,
-              splits: fdata.Splits | None = None, progress: bool = True, create: bool = False,
-              heartbeat: int = DEFAULT_HEARTBEAT,
-              outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT) -> list[report.Summary]:
-    """Run (or resume, or join) the sweep `name`; returns the ranked summary of each study this worker
-    closed. `create`: only create the studies (parent runs, queued grid points) and return.
-    `outage_timeout`: seconds each store (Optuna's, MLflow's on a database) is waited for when it goes
-    away (outage.py)."""
-    definition = load_definition(name)
+def run_sweep(request: SweepRequest | str | Path, *, splits: fdata.Splits | None = None,
+              **fields) -> list[report.Summary]:
+    """Run (or resume, or join) the sweep asked for; returns the ranked summary of each study this worker
+    closed. `request`: the CLI's SweepRequest, or a sweep's name (or path) with `fields` (SweepRequest's
+    fields) for a library caller. `request.create`: only create the studies (parent runs, queued grid
+    points) and return. `splits`: the data, already loaded (tests); else loaded once here."""
+    request = request if isinstance(request, SweepRequest) else SweepRequest(name=request, **fields)
     # every setting is checked before anything is loaded or trained
-    plans = plan_studies(definition, impl=impl, overrides=overrides, seeds=seeds, n_trials=n_trials,
-                         timeout=timeout, max_seeds=max_seeds, margin=margin, confirm=confirm,
-                         time_budget=time_budget)
-    storage = storage or default_storage(tracking_uri)
-    with stores.sqlite_guard(storage, store.resolve_tracking_uri(tracking_uri)) as exclusive:
-        outage.tolerate_mlflow_store(store.resolve_tracking_uri(tracking_uri), outage_timeout)
-        client, experiment_id = store.setup(tracking_uri, experiment)
-        worker = Worker.open(storage, heartbeat, exclusive=exclusive, outage_timeout=outage_timeout)
-        if splits is None and not create:
-            splits = splits_for(plans[0].base, data_dir)  # the sweep's one load: its device, its split
+    plans = plan_studies(load_definition(request.name), request)
+    storage = request.storage or default_storage(request.tracking_uri)
+    tracking_uri = store.resolve_tracking_uri(request.tracking_uri)
+    with stores.sqlite_guard(storage, tracking_uri) as exclusive:
+        outage.tolerate_mlflow_store(tracking_uri, request.outage_timeout)
+        client, experiment_id = store.setup(request.tracking_uri, request.experiment)
+        worker = Worker.open(storage, request.heartbeat, exclusive=exclusive,
+                             outage_timeout=request.outage_timeout)
+        if splits is None and not request.create:
+            splits = splits_for(plans[0].base, request.data_dir)  # the one load: its device, its split
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it instead
         summaries = []
         for plan in plans:
             with signals.handle_sigterm():
                 study, parent_id, queued = join_study(plan, worker, storage, client, experiment_id,
-                                                      fresh=fresh, owner=create or exclusive)
-                if create:
+                                                      fresh=request.fresh, owner=request.create or exclusive)
+                if request.create:
                     held = len(study.get_trials(deepcopy=False))
                     click.echo(f"Study {plan.study_name} ready in {without_password(storage)}: {queued} "
                                f"trials queued, {held} in all; MLflow parent run {parent_id}. Start workers "
                                "with the same NAME, --storage and --tracking-uri.")
                     continue
                 tracker = Tracker(client, experiment_id, parent_id, splits)
-                summary = work(study, plan, splits, tracker, worker, storage, population=population,
-                               progress=progress)
+                summary = work(study, plan, splits, tracker, worker, storage, population=request.population,
+                               progress=request.progress)
             if summary is not None:
                 click.echo(text.answer(summary))
                 summaries.append(summary)
