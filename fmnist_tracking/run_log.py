@@ -112,12 +112,14 @@ class RunLogger:
                                                     for k, v in metrics.items() if k != "epoch"])
 
     def log_result(self, result: TrainResult, splits: fdata.Splits, checkpoint_path: Path, *,
-                   figures: bool = True) -> None:
+                   figures: bool = True, model: bool = True) -> None:
         """Final metrics, figures, per-class accuracy, per-image validation correctness, the checkpoint
         (one upload of one folder: a round trip per run, not per file, to a tracking server) and the
         MLflow model. `figures=False` (a sweep's trials) leaves the three figures to `log_figures`, which
         makes them later from what is logged here: rendering them costs about 1 s of CPU a run, more
-        than the rest of this put together."""
+        than the rest of this put together. `model=False` (a sweep's trials) leaves the MLflow model to
+        where a run is served or registered (`export.ensure_model` logs it from checkpoint.pt then):
+        torch.export of every trial's network served nobody."""
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, result.best_epoch)
@@ -140,8 +142,9 @@ class RunLogger:
                 numpy.save(folder / VAL_CORRECT_ARTIFACT, result.val_correct.numpy())
             shutil.copyfile(checkpoint_path, folder / CHECKPOINT_ARTIFACT)
             self.client.log_artifacts(self.run_id, scratch)
-        export.log_mlflow_model(self.client, self.experiment_id, self.run_id, checkpoint,
-                                pixels[:MODEL_EXAMPLES].numpy(), name=MODEL_NAME)
+        if model:
+            export.log_mlflow_model(self.client, self.experiment_id, self.run_id, checkpoint,
+                                    pixels[:MODEL_EXAMPLES].numpy(), name=MODEL_NAME)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Close the run as FINISHED, FAILED or KILLED; a second call does nothing."""

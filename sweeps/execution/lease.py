@@ -22,7 +22,7 @@ one wins, the other finds the lease settled and leaves it.
     TRACKED   track(): its child run created             RUNNING, held      RUNNING, params logged
     TRAINED   trained(): training done; close(), on the  RUNNING, held      RUNNING, being filled
               background thread, records it, logs the                       (background.py)
-              checkpoint and model, then settle()
+              checkpoint and tables, then settle()
     TOLD      settle(): told COMPLETE, PRUNED or FAIL    finished           FINISHED / KILLED /
               (diverged, refused config), run closed                        FAILED, to match
     LOST      settle() found the trial already failed    FAIL (by another)  KILLED (heartbeat lost)
@@ -213,7 +213,9 @@ class TrialLease:
             return
         with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
             path = save_result(result, splits, Path(scratch, CHECKPOINT_ARTIFACT))
-            self.run.log_result(result, splits, path, figures=False)  # the best run's: report.build_report
+            # figures: the recommended run's, when the sweep closes (report.build_report); the MLflow model:
+            # where a run is served or registered (export.ensure_model)
+            self.run.log_result(result, splits, path, figures=False, model=False)
         record.completed(trial, result.final_metrics(), self.run.run_id)
         self.settle(TrialState.COMPLETE, result.best_value)
 

@@ -65,8 +65,12 @@ def test_every_consumer_gives_the_sweeps_recommendation(decided):
     assert f"hidden_size={checkpoint['config']['hidden_size']}" == chosen["label"]
     assert checkpoint["config"]["seed"] == chosen["seed"]
 
+    # a trial saves no MLflow model (torch.export of every trial served nobody): serving logs it, once
+    assert not client.get_run(chosen["run_id"]).outputs.model_outputs
     uri, what, _ = served_model(client, decided["experiment_id"], sweep="answer")
     assert chosen["run_id"] in what and uri.startswith("models:/")
+    [logged] = client.get_run(chosen["run_id"]).outputs.model_outputs
+    assert uri == f"models:/{logged.model_id}"
 
     result = invoke("runs", "--sweep", "answer", *stores)
     assert result.exit_code == 0, result.output
