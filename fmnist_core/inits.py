@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-INPUT_SIZE = 784  # 28 x 28 pixels
-NUM_CLASSES = 10
+from fmnist_core.data import INPUT_SIZE, NUM_CLASSES  # the network's ends (re-exported: mlp_*.py)
+
 # Keeps the dropout stream apart from the weight stream of the same seed.
 DROPOUT_SEED_OFFSET = 1_000_003
 

@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from optuna.trial import TrialState
 
-from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
+from fmnist_core.cost import training_flops
 from fmnist_tracking import plots
 from sweeps.analysis import evidence
 from sweeps.definitions.plan import fmt_value
@@ -37,12 +37,10 @@ from sweeps.trial_record import TrialRecord
 if TYPE_CHECKING:
     import optuna
 
-    from fmnist_core.config import RunConfig
     from sweeps.analysis.summary import ConfigRow, Summary
     from sweeps.definitions.plan import StudyPlan
 
 LEGEND_MAX = 12  # more configurations than this get a colorbar instead of a legend
-TRAIN_SET_IMAGES = 60_000  # Fashion-MNIST's training file; val_size of them are held out for validation
 INTERVAL_CAPTIONS = {"t over seeds": "95% t-interval over seeds",
                      "Wilson": "95% Wilson interval over the validation images (one seed: training noise "
                                "not in it)",
@@ -266,18 +264,6 @@ def seconds_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str)
                     "seconds are not shown: they are the wall time of the population a trial trained in "
                     f"(population sizes here: {', '.join(map(str, populations))}), shared by all its members")
     return figure
-
-
-def training_flops(config: RunConfig) -> int:
-    """Floating-point operations of one training epoch of `config`'s MLP, 2 per multiply-add:
-    forward  z1 = x . W1 (784 H) and z2 = h1 . W2 (H 10);
-    backward dW2 = h1^T . dz2 (H 10), dh1 = dz2 . W2^T (H 10), dW1 = x^T . dz1 (784 H), and no
-    gradient to the pixels (the usual "backward = 2 x forward" would count one) -- per image, times the
-    training images of an epoch. Biases, activations, the loss and the update are O(H): left out."""
-    hidden = config.hidden_size
-    per_image = 2 * (INPUT_SIZE * hidden + hidden * NUM_CLASSES) + 2 * (2 * hidden * NUM_CLASSES +
-                                                                        INPUT_SIZE * hidden)
-    return per_image * (TRAIN_SET_IMAGES - config.val_size)
 
 
 def caption(figure: Figure, text: str, fontsize: float = 9) -> None:

@@ -30,13 +30,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_core import data as fdata
 from fmnist_core.config import ConfigError, RunConfig, first_line
+from fmnist_core.cost import parameter_count
 from fmnist_tracking import run_log
 from fmnist_tracking.names import NOTE_TAG, SWEEP_ARTIFACT_DIR
 from fmnist_tracking.verdicts import log_verdicts
 from sweeps import trial_record as record
 from sweeps.analysis import evidence, recommend, rounds, why_figures, wording
 from sweeps.analysis import figures as sweep_figures
-from sweeps.analysis.summary import ConfigRow, Summary, label_of, parameter_count
+from sweeps.analysis.summary import ConfigRow, Summary, label_of
 from sweeps.analysis.text import answer, run_note, summary_csv, verdict_records
 from sweeps.definitions.plan import StudyPlan
 from sweeps.trial_record import TrialRecord, config_key

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from optuna.trial import FrozenTrial
 
 from fmnist_core.config import RunConfig
-from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
+from fmnist_core.cost import parameter_count
 from sweeps import trial_record as record
 from sweeps.analysis import evidence
 from sweeps.definitions.plan import describe_params
@@ -115,11 +115,6 @@ class Summary:
         for trial in self.failed:
             groups.setdefault(label_of(record.params_of(trial)), []).append(trial)
         return groups
-
-
-def parameter_count(hidden_size: int) -> int:
-    """Weights and biases of the one-hidden-layer MLP: input -> hidden -> classes."""
-    return INPUT_SIZE * hidden_size + hidden_size + NUM_CLASSES * hidden_size + NUM_CLASSES
 
 
 def label_of(params: dict) -> str:

@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 from support import add, clipping_study, history, losing, plan_of, right_on, width_study
 
 from fmnist_core.config import RunConfig
+from fmnist_core.cost import parameter_count, training_flops
 from sweeps.analysis import evidence, report, why_figures
 from sweeps.analysis import figures as sweep_figures
-from sweeps.analysis.summary import parameter_count
 
 pytestmark = pytest.mark.unit
 
@@ -141,10 +141,10 @@ def test_the_cost_figure_plots_parameters_and_training_flops_not_the_shared_seco
 
 def test_training_flops_follow_the_held_out_images_and_the_width():
     base = RunConfig()
-    assert sweep_figures.training_flops(base.replace({"val_size": 0})) == \
-        sweep_figures.training_flops(base) * 60_000 / 50_000
-    assert sweep_figures.training_flops(base.replace({"hidden_size": 512})) == \
-        2 * sweep_figures.training_flops(base)  # every counted product is linear in the width
+    assert training_flops(base.replace({"val_size": 0})) == \
+        training_flops(base) * 60_000 / 50_000
+    assert training_flops(base.replace({"hidden_size": 512})) == \
+        2 * training_flops(base)  # every counted product is linear in the width
 
 
 def out_of_bounds(figure) -> list[str]:

@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 from support import VERDICT_KEYS, WIDTHS, add, losing, plan_of, right_on, width_study
 
+from fmnist_core.cost import parameter_count
 from sweeps.analysis import evidence, report, why_figures
-from sweeps.analysis import summary as summary_types
 from sweeps.analysis import text as report_text
 from sweeps.trial_record import seed_of
 
@@ -41,7 +41,7 @@ def test_conclusion_names_best_ties_worse_and_the_cheapest_tie():
     assert "Not shown different from it: hidden_size=1024 (-0.0020, 0 images only it got right vs 4 only " \
         "the best" in text
     assert "Worse: hidden_size=512" in text and "hidden_size=256" in text.split("Worse:")[1]
-    assert summary.cost_name == "parameters" and summary_types.parameter_count(1024) == 814_090
+    assert summary.cost_name == "parameters" and parameter_count(1024) == 814_090
     assert "Cheapest of those not shown different: hidden_size=1024 at 814,090 parameters; not a tie" in text
     assert "seed-to-seed training noise" in text  # one seed: McNemar's blind spot is named
     answer = report_text.answer(summary)

@@ -63,7 +63,7 @@ def test_ranked_table_shows_terminal_rows_and_points_to_summary_md_for_the_rest(
     every = report_text.answer(summary, limit=None)
     assert len([line for line in every.splitlines() if "| weight_decay=" in line]) == 40
     assert "more in the parent run" not in every
-    assert "Trials: 40 complete" in shown and "Best trial 0 (the best configuration's best seed)" in shown
+    assert "Trials: 40 complete" in shown and "Checkpoint of the recommended weight_decay=0: its best seed, 0 (trial 0)" in shown
 
 
 def test_ranked_table_lists_parameters_only_where_they_differ():
@@ -131,11 +131,11 @@ def test_verdict_records_keep_the_keys_cli_best_reads_in_strict_json():
     assert json.loads(json.dumps(records, allow_nan=False)) == records
 
 
-def test_verdict_records_take_the_seed_from_the_param_of_a_grid_with_seeds():
+def test_verdict_records_take_the_seed_from_the_param_of_an_old_grid_with_seeds():
     plan = plan_of(dict({"description": "w", "space": {"hidden_size": [64, 128]}}, seeds=2), "w")
     study = optuna.create_study(direction="maximize")
     for seed in (0, 1):
-        add(study, plan, {"hidden_size": 128}, correct=right_on(0.9, seed), seed=seed,
-            attrs={"seed": None})  # no recorded seed: the grid's seed param says it
+        add(study, plan, {"hidden_size": 128}, correct=right_on(0.9, seed), seed=seed, seed_param=True,
+            attrs={"seed": None})  # no recorded seed: the old grid's seed param says it
     [record] = report_text.verdict_records(report.summarise(study, plan))
     assert record["seeds"] == [0, 1] and record["label"] == "hidden_size=128"

@@ -10,9 +10,10 @@ from optuna.trial import TrialState, create_trial
 from support import add, clipping_study, losing, plan_of, right_on, width_study
 
 from fmnist_core.config import ConfigError
+from fmnist_core.cost import parameter_count
 from fmnist_core.data import INPUT_SIZE, NUM_CLASSES
 from sweeps.analysis import report
-from sweeps.analysis.summary import Summary, label_of, parameter_count
+from sweeps.analysis.summary import Summary, label_of
 from sweeps.trial_record import config_key, config_of, seed_of, trained_config
 
 pytestmark = pytest.mark.unit
