@@ -63,7 +63,8 @@ def test_ranked_table_shows_terminal_rows_and_points_to_summary_md_for_the_rest(
     every = report_text.answer(summary, limit=None)
     assert len([line for line in every.splitlines() if "| weight_decay=" in line]) == 40
     assert "more in the parent run" not in every
-    assert "Trials: 40 complete" in shown and "Checkpoint of the recommended weight_decay=0: its best seed, 0 (trial 0)" in shown
+    assert "Trials: 40 complete" in shown
+    assert "Checkpoint of the recommended weight_decay=0: its best seed, 0 (trial 0)" in shown
 
 
 def test_ranked_table_lists_parameters_only_where_they_differ():
