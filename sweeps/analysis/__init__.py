@@ -6,7 +6,8 @@ rounds.py        a decided sweep's rounds replayed from its study: what each rou
 evidence.py      intervals and tests: each configuration against the best (decide.py's, or the one-seed
                  McNemar and old Welch tests), as Verdicts
 wording.py       the conclusion in words, and how a p-value is printed
-summary.py       the data types: ConfigRow (a configuration over its seeds) and Summary (the answer)
+summary.py       the data types: ConfigRow (a configuration over its seeds), Recommendation, Summary
+recommend.py     the one answer: which configuration to use, why, how settled, what to run next
 report.py        study -> Summary, and everything logged to the parent run
 text.py          the answer as text: ranked table, rounds, conclusion, summary.csv, verdicts.json, run note
 figures.py       paired differences with the tie margin, accuracy, curves, cost, Optuna's plots

@@ -46,7 +46,7 @@ INTERVAL_CAPTIONS = {"t over seeds": "95% t-interval over seeds",
                                "not in it)",
                      "none": "no interval (one seed, no per-image results kept)"}
 METHOD_CAPTIONS = {evidence.MCNEMAR: "paired over the validation images, one seed: training noise not in "
-                                     "it"}  # other methods name themselves (evidence.BOOTSTRAP, ...)
+                                     "it"}  # the decided verdicts name themselves
 VERDICT_STYLES = {  # verdict word -> (colour, marker, legend text), in the legend's order
     evidence.BEST: ("black", "*", "best (0 by definition)"),
     evidence.TIED: ("tab:green", "D", "tied: within ±δ of the best"),

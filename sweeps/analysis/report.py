@@ -10,7 +10,7 @@ ranks them and tests each against the best; wording.conclusion puts it into word
 The answer goes to the terminal (`answer`), to the parent run's `sweep/summary.md`, `summary.csv`
 and `verdicts.json` (read by `cli.py best`), and to the parent's run note (the tag
 `mlflow.note.content`, shown on the run's Overview page in the MLflow UI). Figures are in
-sweep_figures.py (accuracy, curves, time, Optuna) and why_figures.py (the diagnostics behind the
+figures.py (accuracy, curves, cost, Optuna) and why_figures.py (the diagnostics behind the
 outcome). Test accuracy is reported beside, never used to choose.
 """
 

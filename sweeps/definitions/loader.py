@@ -22,7 +22,7 @@ A definition is data (see `hidden_size.yaml` for a commented example):
                  a verdict: the verdicts depend on the trials alone, not on the machine's speed
     plot         {x: a space name, log_x: bool}: the parameter the sweep's figures put on the x axis
 
-definition_schema.py holds that schema as pydantic models (unknown keys and wrong types are
+schema.py holds that schema as pydantic models (unknown keys and wrong types are
 refused); here the field names, values and every grid point are tried as RunConfigs, so a typo
 fails before any training, in one line naming the file and the field. `repr(param)` is stored in
 each Optuna study and compared on resume: keep Param's fields as they are.

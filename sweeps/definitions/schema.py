@@ -1,10 +1,10 @@
-"""The schema of a sweep definition file (see definitions.py), as pydantic models.
+"""The schema of a sweep definition file (see loader.py), as pydantic models.
 
 The models mirror the YAML key by key and refuse unknown keys and wrong types (no "3" for 3, no
 1 for true); validators only say what a type cannot (low < high, a sampler's options, a pruner's
 options as optuna checks them). `read_file` turns pydantic's errors into one line naming the file
 and each dotted field; a field's `description` completes the error "must be ..., got <value>".
-What depends on RunConfig (field names, values, grid points) is checked in definitions.py.
+What depends on RunConfig (field names, values, grid points) is checked in loader.py.
 """
 
 from __future__ import annotations

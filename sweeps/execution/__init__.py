@@ -9,4 +9,6 @@ background.py  the one thread that does a sweep's MLflow work while training goe
 storage.py     Optuna's storage: opening it, the SQLite guard, riding through a database outage
 repair.py      `--repair`: stale trials re-queued, runs closed, the report rebuilt
 supervisor.py  `--workers N`: local worker processes, signals passed on
+rounds.py      a decided sweep's next round: recorded once in the study, then queued, under the claim lock
+outage.py      riding through an outage of Optuna's storage or MLflow's database: retries, one line
 """
