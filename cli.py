@@ -1,7 +1,7 @@
 """Command line: a thin click group over fmnist_core and sweeps.
 
-Each command parses and checks its options, builds the RunConfig, and calls one library
-function. Mistakes a user can make (bad option values, missing data, foreign
+Each command parses and checks its options, builds its config (a RunConfig, or for `sweep` a
+SweepRequest) and calls the library: `sweep` one of run, create-then-supervise (--workers) or repair. Mistakes a user can make (bad option values, missing data, foreign
 checkpoints) end with one line on stderr and exit code 2, never a traceback.
 Heavy imports (torch, mlflow, optuna) happen inside commands, so `--help` is instant.
 """
@@ -510,19 +510,18 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
 def sweeps() -> None:
     """List the sweep definitions in sweeps/, one line each."""
     from sweeps.definitions.loader import DefinitionError, list_definitions, load_definition
+    from sweeps.definitions.plan import plan_studies
 
     for name, path in list_definitions().items():
         try:
             definition = load_definition(path)
-        except DefinitionError as error:
+            plan = plan_studies(definition)[0]
+        except (DefinitionError, ConfigError) as error:
             click.echo(f"{name:<14} MALFORMED: {error}")
             continue
-        size = 1
-        for param in definition.space:
-            size *= len(param.choices) if param.choices else 0
-        budget = f"{size}-{size * definition.decide.max_seeds} trials" if definition.decide else \
-            f"{size * definition.seeds} trials" if definition.sampler == "grid" else \
-            f"{definition.n_trials} trials" if definition.n_trials else f"{definition.timeout:g} s"
+        bounds = plan.trial_bounds()
+        budget = f"{definition.timeout:g} s" if bounds is None else f"{bounds[0]} trials" \
+            if bounds[0] == bounds[1] else f"{bounds[0]}-{bounds[1]} trials"
         click.echo(f"{name:<14} {definition.sampler:<6} {budget:<11} {definition.description}")
 
 

@@ -11,6 +11,7 @@ Plain data, no Optuna: the analysis reads plans as well as the execution that ru
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,11 +60,18 @@ class StudyPlan:
         if self.rounds:
             return None
         if self.definition.sampler == "grid":
-            size = 1
-            for values in self.grid().values():
-                size *= len(values)
+            size = math.prod(len(values) for values in self.grid().values())
             return min(size, self.n_trials or size)
         return self.n_trials
+
+    def trial_bounds(self) -> tuple[int, int] | None:
+        """(fewest, most) trials the study can hold: a decided grid trains 1 to max_seeds seeds of each
+        point; None where only a timeout bounds it."""
+        if self.rounds:
+            points = math.prod(len(values) for values in self.definition.grid().values())
+            return points, points * self.rule.max_seeds
+        total = self.total_trials()
+        return None if total is None else (total, total)
 
     def settings(self) -> dict[str, Any]:
         """What makes two trials comparable: stored in the study, compared on resume."""
