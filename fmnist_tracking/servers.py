@@ -122,8 +122,8 @@ def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str, rankin
     MLflow's scatter has a linear axis only, which bunches 128/256/512 against 2048, so that chart
     would mislead; with several swept params, also parallel coordinates of them and the objective; the
     objective per epoch (val_acc against Step), for each configuration the seeds' average as a line and
-    their min-max as a band, its axis fitted to the runs' values after their first epoch (the first is
-    far lower and would flatten the rest). Every other metric (best_epoch, best_value, test_acc,
+    their min-max as a band, its axes fitted to the runs' epochs after their first (the first is far
+    lower and would flatten the rest). Every other metric (best_epoch, best_value, test_acc,
     train_loss, ...) gets a deleted card: MLflow adds a card for each metric that no card names, and
     draws a one-value metric logged at step best_epoch as a line against Step.
 
@@ -180,19 +180,26 @@ def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str, rankin
 
 
 def _fitted_range(client: MlflowClient, trials: list, metric: str) -> dict[str, float]:
-    """The per-epoch chart's y range: {yMin, yMax} around the trials' `metric` after their first epoch
-    (all of it for a one-epoch run), padded (PAD_SHARE, PAD_MIN); {} (plotly's own range) without values."""
-    values = []
+    """The per-epoch chart's range: y around the trials' `metric` after their first epoch (all of it
+    for one-epoch runs), padded (PAD_SHARE, PAD_MIN); x from the second epoch on, padded by PAD_SHARE of
+    the epochs shown (the first epoch's segment would enter from below the axis), when there is one.
+    {} (plotly's own range) without values."""
+    values, steps = [], set()
     for run in trials:
         history = client.get_metric_history(run.info.run_id, metric)
         first = min((point.step for point in history), default=None)
-        later = [point.value for point in history if point.step != first]
-        values += later or [point.value for point in history]
+        later = [point for point in history if point.step != first]
+        values += [point.value for point in later or history]
+        steps |= {point.step for point in later}
     if not values:
         return {}
     low, high = min(values), max(values)
     pad = max(PAD_SHARE * (high - low), PAD_MIN)
-    return {"yMin": round(low - pad, 6), "yMax": round(high + pad, 6)}
+    fitted = {"yMin": round(low - pad, 6), "yMax": round(high + pad, 6)}
+    if steps:  # in epochs; a quarter epoch at least, so that the end points' markers show whole
+        pad = max(PAD_SHARE * (max(steps) - min(steps)), 0.25)
+        fitted |= {"xMin": min(steps) - pad, "xMax": max(steps) + pad}
+    return fitted
 
 
 def _sweep_charts(sweep: str, swept: list[str], objective: str, per_epoch: str, metrics: set[str],

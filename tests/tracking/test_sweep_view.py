@@ -166,14 +166,15 @@ def test_the_sweep_view_fits_the_accuracy_axis_and_drops_the_linear_scatter_of_a
     # MLflow's scatter has a linear axis only: none for hidden_size (the definition's plot.log_x), one for lr.
     assert [card["xaxis"]["key"] for card in live if card["type"] == "SCATTER"] == ["lr"]
     assert [card["selectedParams"] for card in live if card["type"] == "PARALLEL"] == [["hidden_size", "lr"]]
-    # The per-epoch chart's axis holds every run's value after epoch 1, with a margin narrower than their
-    # span, and leaves out epoch 1 (0.30): not a 0-1 axis on which the curves are flat.
+    # The per-epoch chart's axes hold every run's value after epoch 1, with a margin narrower than their
+    # span, and leave out epoch 1 (0.30): not a 0-1 axis on which the curves are flat.
     [line] = [card for card in live if card["type"] == "LINE"]
     later = [val_acc(trial, epoch) for trial in range(2 * len(grid)) for epoch in (2, 3)]
     low, high = line["range"]["yMin"], line["range"]["yMax"]
     assert low < min(later) and max(later) < high
     assert (min(later) - low) < (max(later) - min(later)) and (high - max(later)) < (max(later) - min(later))
     assert low > 0.30
+    assert 1 < line["range"]["xMin"] < 2 and 3 < line["range"]["xMax"] < 4  # epochs 2 and 3 in, 1 out
     assert line["scaleType"] == "linear" and line["displayPoints"] is True
     # Every configuration's trace readable: at most two cards a row, taller than MLflow's 360 px default.
     [section] = state["compareRunSections"]
