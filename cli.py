@@ -162,7 +162,8 @@ def ui(sweep: str | None, host: str, port: int, tracking_uri: str | None, experi
     if sweep is not None:
         client = setup(uri, experiment)[0]
         refuse_unknown_sweep_runs(client, experiment_id, sweep)
-        view, parents = save_sweep_view(client, experiment_id, sweep, sweep_ranking(sweep))
+        view, parents = save_sweep_view(client, experiment_id, sweep, sweep_ranking(sweep),
+                                        sweep_log_axes(sweep))
     click.echo(f"MLflow UI over {uri}: {ui_runs_url(host, port, experiment_id, view)} (Ctrl-C stops it)")
     for parent in parents:
         click.echo(f"  the sweep's conclusion, figures and ranked table: "
@@ -206,6 +207,20 @@ def sweep_ranking(name: str):
         click.echo(f"note: ranking by best_val_acc: {error}", err=True)
         return Ranking()
     return Ranking(definition.metric, definition.direction)
+
+
+def sweep_log_axes(name: str) -> set[str]:
+    """The param sweep NAME's definition plots on a log axis (`plot: {x, log_x: true}`); none if NAME is
+    no definition here or its definition does not load (sweep_ranking says so)."""
+    from sweeps.definitions.loader import DefinitionError, list_definitions, load_definition
+
+    if name not in list_definitions():
+        return set()
+    try:
+        definition = load_definition(name)
+    except DefinitionError:
+        return set()
+    return {definition.plot_x} if definition.plot_log_x and definition.plot_x else set()
 
 
 def refuse_unknown_sweep_runs(client, experiment_id: str, name: str) -> None:

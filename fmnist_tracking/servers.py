@@ -15,6 +15,15 @@ the UI state of `EXPERIMENT_PAGE_UI_STATE_FIELDS` (models/ExperimentPageUIState.
 and personal fields (`runsExpanded runsPinned runsHidden runsVisibilityMap autoRefreshEnabled`): the
 table's columns and group-by, the Chart tab's cards and sections. Which tab opens (Table or Chart) is
 not view state: it is the URL's `compareRunsMode` (TABLE unless it says CHART).
+
+What the Chart tab's cards accept (the card classes in the bundle's main JS, and their configure panes):
+a SCATTER card only `xaxis`, `yaxis` (key and type) and `runsCountToCompare`, drawn on linear plotly
+axes with no scale option; a LINE card `scaleType` and `xAxisScaleType` ("linear" | "log"), `range`
+({xMin, xMax, yMin, yMax}: a fixed axis where set), `displayPoints`; a section `columns` (cards per
+row, default 3) and `cardHeight` (pixels, default 360). The table keeps `columnWidths` (pixels by
+column key). The MLflow Assistant is no view state: MLflow offers it whenever the page's host is
+localhost, 127.0.0.1 or ::1, opens its panel by itself on a browser's first visit, and remembers in that
+browser (its localStorage) whether it was closed; no server setting turns it off.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +58,18 @@ SAVED_VIEW_TAG = "mlflow.sharedViewState."
 # Always shown for a sweep: validation accuracy (what selects) and test accuracy (only reported).
 SWEEP_METRICS = ("best_val_acc", "test_acc")
 SEED_PARAM = "seed"  # RunConfig.seed, logged as a param: the seeds of one configuration share the rest
+# What the sweep's report says of each trial run and its parent (tags it sets): the run's verdict against
+# the best (best / tied / worse / undecided / ...) and whether it is the configuration recommended.
+VERDICT_TAGS = ("verdict", "recommended")
+# The table's columns, in pixels, by kind: wide enough for a group's row in the metric columns, which
+# MLflow writes unrounded ("0.9025000000000001 (average)"; its default of 100 px cuts it to
+# "0.9025000..."), and for the longest verdict, "not shown different".
+COLUMN_WIDTHS = {"params": 110, "metrics": 220, "tags": 160}
+# MLflow sizes only the columns it also orders (columnOrder): the ones it always shows, then the view's.
+LEADING_COLUMNS = ("attributes.`Run Name`", "runDateAndNestInfo", "duration")
+# The per-epoch chart's accuracy axis: the runs' values after their first epoch, padded by this share of
+# their span on each side, and by at least PAD_MIN (metric units: 0.002 = 0.2 pp of accuracy).
+PAD_SHARE, PAD_MIN = 0.1, 0.002
 
 
 def _address(host: str, port: int) -> str:
@@ -86,26 +108,31 @@ def ui_run_url(host: str, port: int, experiment_id: str, run_id: str) -> str:
     return f"{_address(host, port)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
-def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str,
-                    ranking: Ranking | None = None) -> tuple[str, list[str]]:
+def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str, ranking: Ranking | None = None,
+                    log_axes: Collection[str] = ()) -> tuple[str, list[str]]:
     """Save (or refresh) the view of sweep `sweep`'s trial runs, ranked by its objective `ranking`
     (default: best validation accuracy), the seeds of each configuration grouped.
 
     Table: the runs grouped by the params the sweep varies but the seed (a group per configuration:
     its row the average over its seeds, the groups ranked by it, its seeds' runs open beneath it), with
-    those params, the objective and test accuracy as columns (the run names say the seed). Chart tab,
-    one section: per swept param a scatter of the objective at the selected epoch (best_val_acc)
-    against it; with several swept params, also parallel coordinates of them and the objective; the
+    those params, the objective, test accuracy and the report's `verdict` and `recommended` tags as
+    columns wide enough for a group's average (the run names say the seed). Chart tab, one section, at
+    most two cards a row: per swept param a scatter of the objective at the selected epoch
+    (best_val_acc) against it, except for the params in `log_axes` (the sweep definition's `plot.log_x`):
+    MLflow's scatter has a linear axis only, which bunches 128/256/512 against 2048, so that chart
+    would mislead; with several swept params, also parallel coordinates of them and the objective; the
     objective per epoch (val_acc against Step), for each configuration the seeds' average as a line and
-    their min-max as a band. Every other metric (best_epoch, best_value, test_acc, train_loss, ...) gets
-    a deleted card: MLflow adds a card for each metric that no card names, and draws a one-value metric
-    logged at step best_epoch as a line against Step.
+    their min-max as a band, its axes fitted to the runs' epochs after their first (the first is far
+    lower and would flatten the rest). Every other metric (best_epoch, best_value, test_acc,
+    train_loss, ...) gets a deleted card: MLflow adds a card for each metric that no card names, and
+    draws a one-value metric logged at step best_epoch as a line against Step.
 
-    What MLflow's charts cannot do: a group is one point of a scatter or one line of parallel
-    coordinates, its aggregate (the average; min or max are the other choices), with no error bar, so
-    the seeds' spread is in the per-epoch band and the table's rows. Charts are one trace per group or
-    one per run (`useGroupedValuesInCharts`), for all charts at once. A metric first logged after the
-    view was saved gets MLflow's default card until it is saved again (each `cli.py ui --sweep`).
+    What MLflow's charts cannot do: a log axis on a scatter or on parallel coordinates; a group is one
+    point of a scatter or one line of parallel coordinates, its aggregate (the average; min or max are
+    the other choices), with no error bar, so the seeds' spread is in the per-epoch band and the
+    table's rows. Charts are one trace per group or one per run (`useGroupedValuesInCharts`), for all
+    charts at once. A metric first logged after the view was saved gets MLflow's default card, and the
+    fitted axis covers the runs as they were, until it is saved again (each `cli.py ui --sweep`).
 
     Returns (view id, the sweep's parent run ids); TrackingError if the experiment holds no such sweep.
     """
@@ -123,19 +150,25 @@ def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str,
     swept = [key for key in varying if key != SEED_PARAM]
     objective = ranking.logged  # the objective at each run's selected epoch
     columns = [objective, *(key for key in SWEEP_METRICS if key != objective)]
+    # MLflow's own order: metrics, params, tags (each under its header).
+    selected = ([f"metrics.`{key}`" for key in columns] + [f"params.`{key}`" for key in swept]
+                + [f"tags.`{key}`" for key in VERDICT_TAGS])
     state = {
         "searchFilter": f"{sweep_filter(sweep)} and {SWEEP_TRIALS}",
         "orderByKey": f"metrics.`{objective}`", "orderByAsc": ranking.direction == "minimize",
         "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
-        "selectedColumns": [f"params.`{key}`" for key in swept] + [f"metrics.`{key}`" for key in columns],
+        "selectedColumns": selected,
+        "columnOrder": [*LEADING_COLUMNS, *selected],
+        "columnWidths": {column: COLUMN_WIDTHS[column.partition(".")[0]] for column in selected},
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [
             {"mode": "param", "groupByData": key} for key in swept]} if swept else None,
         "groupsExpanded": {},  # a group not named here opens expanded
         "useGroupedValuesInCharts": True,  # a configuration is one trace in the charts, not each seed
         "runsHiddenMode": "SHOW_ALL",  # MLflow charts only the first 10 rows (groups) otherwise
         **_sweep_charts(sweep, swept, objective, ranking.metric,
-                        {key for run in trials for key in run.data.metrics}),
+                        {key for run in trials for key in run.data.metrics},
+                        set(log_axes), _fitted_range(client, trials, ranking.metric)),
     }
     view = "sweep-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", sweep).strip("-") or "sweep")
     now = int(time.time() * 1000)
@@ -146,28 +179,57 @@ def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str,
     return view, parents
 
 
-def _sweep_charts(sweep: str, swept: list[str], objective: str, per_epoch: str,
-                  metrics: set[str]) -> dict[str, object]:
+def _fitted_range(client: MlflowClient, trials: list, metric: str) -> dict[str, float]:
+    """The per-epoch chart's range: y around the trials' `metric` after their first epoch (all of it
+    for one-epoch runs), padded (PAD_SHARE, PAD_MIN); x from the second epoch on, padded by PAD_SHARE of
+    the epochs shown (the first epoch's segment would enter from below the axis), when there is one.
+    {} (plotly's own range) without values."""
+    values, steps = [], set()
+    for run in trials:
+        history = client.get_metric_history(run.info.run_id, metric)
+        first = min((point.step for point in history), default=None)
+        later = [point for point in history if point.step != first]
+        values += [point.value for point in later or history]
+        steps |= {point.step for point in later}
+    if not values:
+        return {}
+    low, high = min(values), max(values)
+    pad = max(PAD_SHARE * (high - low), PAD_MIN)
+    fitted = {"yMin": round(low - pad, 6), "yMax": round(high + pad, 6)}
+    if steps:  # in epochs; a quarter epoch at least, so that the end points' markers show whole
+        pad = max(PAD_SHARE * (max(steps) - min(steps)), 0.25)
+        fitted |= {"xMin": min(steps) - pad, "xMax": max(steps) + pad}
+    return fitted
+
+
+def _sweep_charts(sweep: str, swept: list[str], objective: str, per_epoch: str, metrics: set[str],
+                  log_axes: set[str], y_range: dict[str, float]) -> dict[str, object]:
     """The Chart tab's part of the sweep view: one section, its cards (RunsChartsCardConfig's fields in
     MLflow's runs-charts.types.ts), and a deleted card for each metric that no card shows."""
     section = "sweep"
     card = {"metricSectionId": section, "deleted": False, "isGenerated": False}
+    scattered = [key for key in swept if key not in log_axes]  # a linear axis only: see save_sweep_view
     cards = [{**card, "uuid": f"scatter-{key}", "type": "SCATTER", "runsCountToCompare": 100,
               "xaxis": {"key": key, "type": "PARAM"}, "yaxis": {"key": objective, "type": "METRIC"}}
-             for key in swept]
+             for key in scattered]
     if len(swept) > 1:
         cards.append({**card, "uuid": "parallel", "type": "PARALLEL", "selectedParams": swept,
                       "selectedMetrics": [objective]})
     cards.append({**card, "uuid": f"line-{per_epoch}", "type": "LINE", "metricKey": per_epoch,
                   "xAxisKey": "step", "useGlobalXaxisKey": False, "lineSmoothness": 0,
                   "useGlobalLineSmoothing": False, "scaleType": "linear", "xAxisScaleType": "linear",
-                  "selectedXAxisMetricKey": "", "range": {}})
+                  "selectedXAxisMetricKey": "",
+                  "displayPoints": True,  # an epoch is a point, so that one-epoch runs show too
+                  "range": dict(y_range)})  # a key left out is plotly's own (null would read as set)
+    live = len(cards)
     cards += [{**card, "uuid": f"hidden-{key}", "type": "BAR", "metricKey": key, "deleted": True}
               for key in sorted(metrics - {per_epoch})]
-    answer = (f"{objective} against {', '.join(swept)}; " if swept else "") + f"{per_epoch} per epoch"
+    answer = (f"{objective} against {', '.join(scattered)}; " if scattered else "") + f"{per_epoch} per epoch"
     return {"compareRunCharts": cards,
+            # At most two cards a row, taller than MLflow's 360 px: a legend of every configuration and
+            # an axis a reader can read beside the runs list at 1600 px (three a row cut the legend).
             "compareRunSections": [{"uuid": section, "name": f"sweep {sweep}: {answer}", "display": True,
-                                    "isReordered": False}],
+                                    "isReordered": False, "columns": min(live, 2), "cardHeight": 480}],
             "isAccordionReordered": True}  # keep this one section first; MLflow re-sorts it otherwise
 
 

@@ -27,19 +27,24 @@ PER_EPOCH, ONE_VALUE = ("train_loss", "val_acc", "val_loss"), ("best_val_acc", "
                                                               "test_acc")
 
 
-def _sweep(client, experiment_id: str, name: str, configs: list[dict], seeds=(0, 1)) -> None:
-    """A sweep's parent and one trial run per config and seed, logged as the runner logs them."""
+def _sweep(client, experiment_id: str, name: str, configs: list[dict], seeds=(0, 1),
+           val_acc=lambda trial, epoch: 0.5 + 0.1 * epoch) -> None:
+    """A sweep's parent and one trial run per config and seed, logged as the runner logs them (every
+    per-epoch metric but val_acc at 0.5 + 0.1 * epoch; val_acc(trial, epoch)), with the tags the report
+    sets on each: its verdict and whether it is the recommendation."""
     parent = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name=name,
                                      tags={"sweep": name, "sweep_role": "parent"})
     for trial, (overrides, seed) in enumerate((c, s) for c in configs for s in seeds):
-        cfg = RunConfig(epochs=2, device="cpu", seed=seed, **overrides)
-        tags = {"sweep": name, "sweep_role": "trial", "trial": str(trial)}
+        cfg = RunConfig(epochs=3, device="cpu", seed=seed, **overrides)
+        tags = {"sweep": name, "sweep_role": "trial", "trial": str(trial),
+                "verdict": "best" if trial < len(seeds) else "worse", "recommended": "no"}
         with run_log.RunLogger.start(client, experiment_id, cfg, parent_run_id=parent.run_id,
                                      tags=tags) as child:
-            for epoch in (1, 2):
-                child.log_epoch({"epoch": epoch, **{key: 0.5 + 0.1 * epoch for key in PER_EPOCH}})
+            for epoch in (1, 2, 3):
+                child.log_epoch({"epoch": epoch, **{key: 0.5 + 0.1 * epoch for key in PER_EPOCH},
+                                 "val_acc": val_acc(trial, epoch)})
             for key in ONE_VALUE:
-                client.log_metric(child.run_id, key, 0.9, step=2)
+                client.log_metric(child.run_id, key, 0.9, step=3)
     parent.end()
 
 
@@ -51,6 +56,15 @@ def _saved_state(client, experiment_id: str, view: str) -> dict:
 @functools.cache
 def _bundle() -> str:
     return "\n".join(path.read_text(errors="replace") for path in sorted(BUNDLE.glob("*.js")))
+
+
+def _card_fields(card_type: str) -> set[str]:
+    """The fields MLflow's UI gives a chart card of `card_type` (its card class and their base class)."""
+    base = re.search(r"class p\{constructor\(e,t,n\)\{(.*?)\}", _bundle())
+    typed = re.findall(r"extends p\{constructor\(\.\.\.e\)\{super\(\.\.\.e\),this\.type=c\." + card_type
+                       + r",(.*?)\}\}", _bundle())
+    assert base and len(typed) == 1, f"MLflow's UI bundle {BUNDLE} has no single {card_type} card class"
+    return set(re.findall(r"this\.(\w+)=", base.group(1) + typed[0]))
 
 
 def _bundle_list(*first: str) -> set[str]:
@@ -90,8 +104,13 @@ def test_the_sweep_view_groups_seeds_by_configuration_and_charts_only_the_answer
     # The table: a group per configuration (the seed is not a grouping key), ranked by the objective.
     assert state["groupBy"] == {"aggregateFunction": "average", "groupByKeys": [
         {"mode": "param", "groupByData": "hidden_size"}, {"mode": "param", "groupByData": "lr"}]}
-    assert state["selectedColumns"] == ["params.`hidden_size`", "params.`lr`", "metrics.`best_val_acc`",
-                                        "metrics.`test_acc`"]
+    # Columns: the objective and test accuracy, the swept params, the report's verdict and recommendation;
+    # each with a width, which MLflow applies only to the columns it orders.
+    assert state["selectedColumns"] == ["metrics.`best_val_acc`", "metrics.`test_acc`",
+                                        "params.`hidden_size`", "params.`lr`",
+                                        "tags.`verdict`", "tags.`recommended`"]
+    assert set(state["columnWidths"]) == set(state["selectedColumns"]) <= set(state["columnOrder"])
+    assert state["columnOrder"][-len(state["selectedColumns"]):] == state["selectedColumns"]
     assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`best_val_acc`", False)
     # The charts: the objective against each swept param and all of them, the objective per epoch; every
     # other metric has a card, deleted, so MLflow adds none of its own (a line of best_epoch against Step).
@@ -104,6 +123,9 @@ def test_the_sweep_view_groups_seeds_by_configuration_and_charts_only_the_answer
     assert set(PER_EPOCH + ONE_VALUE) <= named
     [section] = state["compareRunSections"]
     assert {card["metricSectionId"] for card in state["compareRunCharts"]} == {section["uuid"]}
+    # Every field of every card is one MLflow's card class of that type has.
+    for card in state["compareRunCharts"]:
+        assert set(card) <= _card_fields(card["type"]), (card["type"], set(card) - _card_fields(card["type"]))
 
 
 @pytest.mark.integration
@@ -122,5 +144,39 @@ def test_the_sweep_view_follows_the_sweeps_objective_and_groups_nothing_when_onl
 
     seeds = _saved_state(client, experiment_id, save_sweep_view(client, experiment_id, "seeds")[0])
     assert seeds["groupBy"] is None  # one configuration: nothing to group by, the run names say the seed
-    assert seeds["selectedColumns"] == ["metrics.`best_val_acc`", "metrics.`test_acc`"]
+    assert seeds["selectedColumns"] == ["metrics.`best_val_acc`", "metrics.`test_acc`", "tags.`verdict`",
+                                        "tags.`recommended`"]
     assert [card["type"] for card in seeds["compareRunCharts"] if not card["deleted"]] == ["LINE"]
+
+
+@pytest.mark.integration
+def test_the_sweep_view_fits_the_accuracy_axis_and_drops_the_linear_scatter_of_a_log_param(mlflow_store):
+    client, experiment_id = store.setup(mlflow_store)
+    grid = [{"hidden_size": hidden, "lr": 0.1} for hidden in (128, 512, 2048)]
+    grid += [{"hidden_size": 128, "lr": 0.2}]  # lr varies too: a second swept param, on a linear axis
+
+    def val_acc(trial: int, epoch: int) -> float:  # epoch 1 far below; later epochs 0.88-0.90
+        return 0.30 if epoch == 1 else 0.88 + 0.0025 * trial + 0.001 * epoch
+
+    _sweep(client, experiment_id, "widths", grid, val_acc=val_acc)
+    view, _ = save_sweep_view(client, experiment_id, "widths", log_axes={"hidden_size"})
+    state = _saved_state(client, experiment_id, view)
+    live = [card for card in state["compareRunCharts"] if not card["deleted"]]
+
+    # MLflow's scatter has a linear axis only: none for hidden_size (the definition's plot.log_x), one for lr.
+    assert [card["xaxis"]["key"] for card in live if card["type"] == "SCATTER"] == ["lr"]
+    assert [card["selectedParams"] for card in live if card["type"] == "PARALLEL"] == [["hidden_size", "lr"]]
+    # The per-epoch chart's axes hold every run's value after epoch 1, with a margin narrower than their
+    # span, and leave out epoch 1 (0.30): not a 0-1 axis on which the curves are flat.
+    [line] = [card for card in live if card["type"] == "LINE"]
+    later = [val_acc(trial, epoch) for trial in range(2 * len(grid)) for epoch in (2, 3)]
+    low, high = line["range"]["yMin"], line["range"]["yMax"]
+    assert low < min(later) and max(later) < high
+    assert (min(later) - low) < (max(later) - min(later)) and (high - max(later)) < (max(later) - min(later))
+    assert low > 0.30
+    assert 1 < line["range"]["xMin"] < 2 and 3 < line["range"]["xMax"] < 4  # epochs 2 and 3 in, 1 out
+    assert line["scaleType"] == "linear" and line["displayPoints"] is True
+    # Every configuration's trace readable: at most two cards a row, taller than MLflow's 360 px default.
+    [section] = state["compareRunSections"]
+    assert section["columns"] == 2 and section["cardHeight"] > 360
+    assert section["name"] == "sweep widths: best_val_acc against lr; val_acc per epoch"
