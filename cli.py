@@ -1,8 +1,9 @@
 """Command line: a thin click group over fmnist_core and sweeps.
 
 Each command parses and checks its options, builds its config (a RunConfig, or for `sweep` a
-SweepRequest) and calls the library: `sweep` one of run, create-then-supervise (--workers) or repair. Mistakes a user can make (bad option values, missing data, foreign
-checkpoints) end with one line on stderr and exit code 2, never a traceback.
+SweepRequest) and calls the library: `sweep` one of run, create-then-supervise (--workers) or
+repair. Mistakes a user can make (bad option values, missing data, foreign checkpoints) end with
+one line on stderr and exit code 2, never a traceback.
 Heavy imports (torch, mlflow, optuna) happen inside commands, so `--help` is instant.
 """
 
