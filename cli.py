@@ -188,7 +188,7 @@ def runs(sweep: str | None, limit: int, tracking_uri: str | None, experiment: st
     from fmnist_tracking.registry import runs_table
     from fmnist_tracking.store import setup
 
-    client, experiment_id = setup(tracking_uri, experiment, create=False)
+    client, experiment_id = setup(tracking_uri, experiment, create=False, first=first_step(sweep))
     if sweep is not None:
         refuse_unknown_sweep_runs(client, experiment_id, sweep)
     ranking = sweep_ranking(sweep) if sweep is not None else None
@@ -222,6 +222,12 @@ def sweep_log_axes(name: str) -> set[str]:
     except DefinitionError:
         return set()
     return {definition.plot_x} if definition.plot_log_x and definition.plot_x else set()
+
+
+def first_step(sweep: str | None) -> str:
+    """What to do first when the store has no experiment yet: run the sweep asked about, or train."""
+    return f"run the sweep first (python cli.py sweep {sweep})" if sweep else \
+        "train a model first (python cli.py train)"
 
 
 def refuse_unknown_sweep_runs(client, experiment_id: str, name: str) -> None:
@@ -269,7 +275,7 @@ def best(sweep: str | None, metric: str, out: Path, register: bool, ensemble: bo
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     selection_metric(metric)  # a test metric is refused before anything is looked up
-    client, experiment_id = setup(tracking_uri, experiment, create=False)
+    client, experiment_id = setup(tracking_uri, experiment, create=False, first=first_step(sweep))
     if sweep is not None:
         refuse_unknown_sweep_runs(client, experiment_id, sweep)
     if ensemble:
@@ -312,7 +318,7 @@ def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: st
         raise ConfigError("--run-id, --sweep, --model-uri: give one of them, or none for the best run")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
-    client, experiment_id = setup(uri, experiment, create=False)
+    client, experiment_id = setup(uri, experiment, create=False, first=first_step(sweep))
     if sweep is not None:
         refuse_unknown_sweep_runs(client, experiment_id, sweep)
     served, what, classes = served_model(client, experiment_id, run_id=run_id, sweep=sweep,
@@ -369,11 +375,21 @@ def predict(checkpoint: Path, images: tuple[Path, ...]) -> None:
 
     IMAGE: a 28x28 8-bit grayscale PNG, light garment on black, as in Fashion-MNIST.
     """
-    from fmnist_core.serving import load_model, predict_images
+    from fmnist_core.serving import ImageError, load_model, predict_images
 
     _, loaded = load_model(checkpoint)  # before any image: a foreign checkpoint is refused first
-    for path, name, probability in predict_images(loaded, list(images)):
-        click.echo(f"{path}: {name} ({probability:.4f})")
+    results = predict_images(loaded, list(images))
+    failed = [result for result in results if isinstance(result, ImageError)]
+    if len(failed) == len(results) == 1:
+        raise failed[0]  # the one image: its one line, exit code 2
+    for result in results:
+        if isinstance(result, ImageError):
+            click.echo(f"error: {result}", err=True)
+        else:
+            path, name, probability = result
+            click.echo(f"{path}: {name} ({probability:.4f})")
+    if failed:
+        raise click.exceptions.Exit(2)  # the readable images were answered; each bad one said why
 
 
 def parse_set(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:

@@ -141,13 +141,28 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return pixels.float()
 
 
-def predict_images(checkpoint: Checkpoint, paths: list[Path]) -> list[tuple[Path, str, float]]:
-    """(path, class name, probability) of the most likely class of each image."""
-    pixels = torch.stack([read_image(p) for p in paths])
-    probabilities = logits_of(serving_model(checkpoint), pixels)
-    best, index = probabilities.max(-1)
-    return [(p, checkpoint.classes[i], prob) for p, i, prob in zip(paths, index.tolist(), best.tolist(),
-                                                                   strict=True)]
+def predict_images(checkpoint: Checkpoint, paths: list[Path]) -> list[tuple[Path, str, float] | ImageError]:
+    """Per image, in order: (path, class name, probability) of its most likely class, or the ImageError
+    that says why it could not be read; one unreadable image does not cost the others their answer."""
+    read: list[torch.Tensor | ImageError] = []
+    for path in paths:
+        try:
+            read.append(read_image(path))
+        except ImageError as error:
+            read.append(error)
+    good = [pixels for pixels in read if isinstance(pixels, torch.Tensor)]
+    answers = iter([])
+    if good:
+        best, index = logits_of(serving_model(checkpoint), torch.stack(good)).max(-1)
+        answers = iter(zip(index.tolist(), best.tolist(), strict=True))
+    results: list[tuple[Path, str, float] | ImageError] = []
+    for path, pixels in zip(paths, read, strict=True):
+        if isinstance(pixels, ImageError):
+            results.append(pixels)
+        else:
+            i, probability = next(answers)
+            results.append((path, checkpoint.classes[i], probability))
+    return results
 
 
 def renormalise(x: torch.Tensor, source: tuple[float, float], target: dict[str, float]) -> torch.Tensor:

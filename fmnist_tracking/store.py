@@ -54,9 +54,10 @@ def local_artifact_root(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
 
 
-def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, *,
-          create: bool = True) -> tuple[MlflowClient, str]:
-    """(client, experiment id); creates the store and, if `create`, the experiment.
+def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, *, create: bool = True,
+          first: str = "train a model first (python cli.py train)") -> tuple[MlflowClient, str]:
+    """(client, experiment id); creates the store and, if `create`, the experiment; without it, a missing
+    experiment is an error that says what to do `first` (train a model, run a sweep).
 
     Also makes this the process-wide MLflow URI: `mlflow.pytorch.log_model`, model loading
     and registration resolve the store globally.
@@ -81,8 +82,7 @@ def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
     except MlflowException as error:
         raise TrackingError(f"cannot use the MLflow store {uri}: {first_line(error)}") from None
     if found is None:
-        raise TrackingError(f"no experiment {experiment!r} in {uri}; train a model first "
-                            f"(python cli.py train) or choose another --experiment")
+        raise TrackingError(f"no experiment {experiment!r} in {uri}; {first} or choose another --experiment")
     if found.lifecycle_stage != "active":
         raise TrackingError(f"experiment {experiment!r} is deleted; restore it (mlflow experiments restore "
                             f"--experiment-id {found.experiment_id}) or choose another --experiment")

@@ -103,10 +103,10 @@ def summary_csv(summary: Summary) -> str:
     for rank, row in enumerate(summary.rows, 1):
         verdict = row.verdict
         population = max(TrialRecord.of(t).population for t in row.trials)
-        writer.writerow([rank, row.label, len(row.trials), verdict.accuracy, *verdict.interval,
+        writer.writerow([rank, row.label, len(row.trials), *map(_csv, (verdict.accuracy, *verdict.interval)),
                          verdict.interval_kind, verdict.verdict, _blank(_rounded(verdict.difference_images)),
-                         _blank(verdict.p_adjusted), _blank(_test_acc(row)), row.parameters,
-                         row.seconds_per_epoch, population, " ".join(str(t.number) for t in row.trials),
+                         _blank(verdict.p_adjusted), _blank(_csv(_test_acc(row))), row.parameters,
+                         _csv(row.seconds_per_epoch), population, " ".join(str(t.number) for t in row.trials),
                          " ".join(TrialRecord.of(t).run_id or "" for t in row.trials)])
     return out.getvalue()
 
@@ -172,6 +172,12 @@ def _p(value: float | None) -> str:
 
 def _number(value: float, digits: int = 4) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _csv(value: float) -> float:
+    """An accuracy, interval end or seconds for summary.csv: 6 decimals, not the float dust of a mean
+    (0.8977999999999999); NaN stays NaN (blank)."""
+    return value if math.isnan(value) else round(value, 6)
 
 
 def _rounded(images: float | None) -> float | None:

@@ -220,7 +220,8 @@ def rebuild_reports(name, *, impl: str | None = None, storage: str | None = None
     """`python cli.py report NAME`: the parent runs' answer, figures and tables, made again from the study."""
     plans = plan_studies(load_definition(name), impl=impl)
     storage = storage or default_storage(tracking_uri)
-    client, _ = store.setup(tracking_uri, experiment, create=False)
+    client, _ = store.setup(tracking_uri, experiment, create=False,
+                            first=f"run the sweep first (python cli.py sweep {name})")
     summaries = []
     for plan in plans:
         study = load_study(plan, storage)

@@ -166,6 +166,20 @@ def test_predict_names_the_class_the_model_picks_for_each_png(random_checkpoint,
         assert line == f"{path}: {CLASSES[int(probabilities.argmax())]} ({probabilities.max():.4f})"
 
 
+def test_predict_answers_every_readable_image_and_names_each_bad_one(random_checkpoint, tmp_path):
+    """One bad PNG among several does not cost the others their answer: each readable image gets its line,
+    each bad one an error line saying why, and the exit code is 2."""
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("L", (28, 28)).save(good)
+    Image.new("L", (32, 32)).save(bad)
+    result = invoke("predict", random_checkpoint, good, bad, good)
+    assert result.exit_code == 2
+    answered = result.stdout.strip().splitlines()
+    assert len(answered) == 2 and all(line.startswith(f"{good}: ") for line in answered)
+    [error] = result.stderr.strip().splitlines()
+    assert error == f"error: {bad}: is 32x32 pixels, expected 28x28"
+
+
 @pytest.mark.parametrize("make, fragment", [
     (lambda p: Image.new("L", (32, 32)).save(p), "is 32x32 pixels, expected 28x28"),
     (lambda p: Image.new("RGB", (28, 28)).save(p), "mode RGB"),
@@ -183,6 +197,11 @@ def test_user_errors_exit_2_with_one_line(mlflow_store, tmp_path):
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt", "--metric", "test_acc"),
                           "test-set metric")
     assert_one_line_error(invoke("runs", "--experiment", "nope"), "no experiment 'nope'")
+    assert_one_line_error(invoke("runs", "--experiment", "nope"), "train a model first")
+    assert_one_line_error(invoke("runs", "--sweep", "hidden_size", "--experiment", "nope"),
+                          "run the sweep first (python cli.py sweep hidden_size)")
+    assert_one_line_error(invoke("report", "hidden_size", "--experiment", "nope"),
+                          "run the sweep first (python cli.py sweep hidden_size)")
     store.setup(mlflow_store)
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt"), "no FINISHED run")
     assert_one_line_error(invoke("best", "--out", tmp_path / "b.pt", "--sweep", "it's"), "quotes")

@@ -168,3 +168,15 @@ def test_build_report_logs_verdicts_note_and_figures_to_the_parent(mlflow_store,
     assert records[0]["run_ids"] == ["run-3"] and records[0]["seeds"] == [0]
     markdown = (folder / "summary.md").read_text()
     assert " ".join(summary.conclusion.split()) in " ".join(markdown.split())
+
+
+@pytest.mark.unit
+def test_summary_csv_holds_rounded_numbers_not_float_dust():
+    import csv
+    import io
+
+    study, plan = width_study()
+    rows = list(csv.DictReader(io.StringIO(report_text.summary_csv(report.summarise(study, plan)))))
+    columns = ("val_acc_mean", "val_acc_low95", "val_acc_high95", "test_acc_mean", "epoch_seconds_mean")
+    cells = [row[column] for row in rows for column in columns if row[column] not in ("", "nan")]
+    assert cells and all(len(cell.partition(".")[2]) <= 6 for cell in cells), cells
