@@ -4,7 +4,7 @@ costs against the swept value, Optuna's plots.
 `accuracy_vs_<x>` shows each configuration's paired difference to the best with the interval its verdict
 (report.summarise's, evidence.py) was read from and the ±δ tie band, each point marked by its verdict;
 the absolute accuracies, whose unpaired intervals overlap where a paired test still separates two
-configurations, sit below, smaller. `epoch_seconds_vs_<x>` shows parameters and training FLOPs, not the
+configurations, sit below, smaller. `cost_vs_<x>` shows parameters and training FLOPs, not the
 measured seconds, which a pack's members share. Every configuration is named: in a legend up to
 LEGEND_MAX of them, else a colorbar (the swept value where it is a number, else the rank). Titles are
 wrapped to the figure's width (`caption`). why_figures.py adds the diagnostics that explain the outcome.
@@ -116,7 +116,7 @@ def figures(plan: StudyPlan, summary: Summary) -> list[tuple[str, Figure]]:
     along = [row for row in rows if x in row.params] if x else []
     if along:
         result += [(f"accuracy_vs_{x}", accuracy_vs(plan, summary, along, x)),
-                   (f"epoch_seconds_vs_{x}", seconds_vs(plan, summary, along, x))]
+                   (f"cost_vs_{x}", cost_vs(plan, summary, along, x))]
     return result
 
 
@@ -237,7 +237,7 @@ def _accuracies_only(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x
     return figure
 
 
-def seconds_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str) -> Figure:
+def cost_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str) -> Figure:
     """What a configuration costs each member of a pack: its parameters and the training FLOPs of an
     epoch, exact from its RunConfig. The measured seconds are the wall time of the whole population a
     trial trained in, the same for every member, so they cannot tell two widths of one pack apart."""

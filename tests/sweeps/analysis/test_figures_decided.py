@@ -126,7 +126,7 @@ def test_the_absolute_accuracies_stay_below_with_the_tables_intervals():
 def test_the_cost_figure_plots_parameters_and_training_flops_not_the_shared_seconds():
     study, plan = width_study()
     summary = report.summarise(study, plan)
-    figure = dict(sweep_figures.figures(plan, summary))["epoch_seconds_vs_hidden_size"]
+    figure = dict(sweep_figures.figures(plan, summary))["cost_vs_hidden_size"]
     weights, flops = figure.axes
     [counts], [giga] = ([list(line.get_ydata()) for line in panel.lines] for panel in (weights, flops))
     assert list(weights.lines[0].get_xdata()) == [256, 512, 1024, 2048]

@@ -66,11 +66,11 @@ def test_accuracy_figure_draws_the_wilson_intervals_of_the_table():
 def test_a_sweep_with_a_plot_axis_gets_curves_accuracy_and_time_against_it():
     study, plan = width_study()
     figures = drawn(plan, study)
-    assert list(figures) == ["validation_curves", "accuracy_vs_hidden_size", "epoch_seconds_vs_hidden_size"]
+    assert list(figures) == ["validation_curves", "accuracy_vs_hidden_size", "cost_vs_hidden_size"]
     accuracy = figures["accuracy_vs_hidden_size"].axes[-1]  # the lowest panel carries the x axis
     assert accuracy.get_xscale() == "log" and accuracy.get_xlabel() == "hidden_size"  # plot: {log_x: true}
     assert [tick.get_text() for tick in accuracy.get_xticklabels()] == ["256", "512", "1024", "2048"]
-    cost = figures["epoch_seconds_vs_hidden_size"].axes
+    cost = figures["cost_vs_hidden_size"].axes
     assert [panel.get_ylabel() for panel in cost] == ["parameters (weights and biases)",
                                                       "training GFLOP per epoch"]
     assert all(panel.get_xscale() == "log" for panel in cost)

@@ -91,7 +91,7 @@ def test_grid_sweep_gives_a_parent_and_a_finished_child_per_point(tmp_path, stor
     # for a grid (its trial order says nothing)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/validation_curves.png", "sweep/accuracy_vs_hidden_size.png",
-            "sweep/epoch_seconds_vs_hidden_size.png", "sweep/summary.csv", "sweep/summary.md",
+            "sweep/cost_vs_hidden_size.png", "sweep/summary.csv", "sweep/summary.md",
             "sweep/verdicts.json"} <= artifacts
     assert "sweep/optuna_optimization_history.png" not in artifacts
     # ... and names the best trial, which is what `best --sweep` finds
