@@ -193,5 +193,5 @@ def test_no_figure_text_is_cut_off_at_the_figures_edges():
             for name, figure in sweep_figures.figures(plan, variant) + why_figures.figures(plan, variant):
                 seen.add(name.split("_vs_")[0])
                 assert out_of_bounds(figure) == [], name
-    assert seen >= {"validation_curves", "accuracy", "epoch_seconds", "why_train_val_gap", "why_clipping",
+    assert seen >= {"validation_curves", "accuracy", "cost", "why_train_val_gap", "why_clipping",
                     "why_dead_units", "why_training_loss"}
