@@ -19,12 +19,22 @@ from cli import cli
 from sweeps.definitions.loader import load_definition, parse_definition
 from sweeps.definitions.plan import plan_studies
 from sweeps.definitions.request import SweepRequest
-from sweeps.execution import runner, study, trials
+from sweeps.execution import repair, runner, study, trials
 from sweeps.execution.background import Background
 from sweeps.execution.workers import Worker
 
 pytestmark = pytest.mark.unit
 ONE_AT_A_TIME = "use one of --create, --repair and --workers N at a time"
+
+
+@pytest.fixture
+def no_store(monkeypatch):
+    """A refusal that regressed fails here at once, instead of running the sweep it should refuse."""
+    def reached(*args, **kwargs):
+        raise AssertionError("not refused: the sweep went on to open its stores")
+
+    monkeypatch.setattr(runner.stores, "sqlite_guard", reached)
+    monkeypatch.setattr(repair, "repair_sweep", reached)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -37,7 +47,7 @@ ONE_AT_A_TIME = "use one of --create, --repair and --workers N at a time"
     (["search", "--confirm", "3", "--seeds", "2"], "--confirm and --seeds: confirmation adds seeds itself"),
     (["hidden_size", "--margin", "1.5"], "--margin"),
 ])
-def test_sweep_refuses_option_combinations_in_one_line_with_exit_code_2(args, message, tmp_path):
+def test_sweep_refuses_option_combinations_in_one_line_with_exit_code_2(args, message, tmp_path, no_store):
     result = CliRunner().invoke(cli, ["sweep", *args, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"])
     assert result.exit_code == 2, result.output
     assert message in result.output
