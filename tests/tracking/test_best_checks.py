@@ -10,6 +10,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 from support import synthetic_splits
 
 from fmnist_core import serving
@@ -39,7 +40,12 @@ def splits():
 def trained(splits, tmp_path_factory):
     """(model, checkpoint, what the trainer logged as best_val_acc) of a two-epoch run on `splits`."""
     config = RunConfig(hidden_size=16, epochs=2, batch_size=32, lr=0.05, val_size=len(splits.val_y))
-    result = train(config, splits)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: a second thread only stalls under load (tests/core/conftest.py)
+    try:
+        result = train(config, splits)
+    finally:
+        torch.set_num_threads(threads)
     path = save_result(result, splits, tmp_path_factory.mktemp("best") / "checkpoint.pt")
     model, checkpoint = serving.load_model(path)
     return model, checkpoint, result.best_val_acc
