@@ -88,6 +88,21 @@ def tiny_splits():
     return synthetic_splits(256, 64, 64, seed=0)
 
 
+@pytest.fixture
+def two_threads():
+    """Training on 2 torch threads, as on the 2-core CI machine; the count it had is put back after."""
+    import os
+
+    import torch
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: no OpenMP worker threads to share it")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def small_real_splits():
     """The real validation (10k, data.SPLIT_SEED) and test (10k) sets, with only 3000 training images:

@@ -13,6 +13,8 @@ from fmnist_core.data import CLASSES, INPUT_SIZE, MEAN, NUM_CLASSES, STD
 from fmnist_core.mlp_torch import TorchMLP
 from fmnist_core.trainer import save_result, train_population
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: see tests/core/conftest.py
+
 NORMALIZATION = {"mean": MEAN, "std": STD}
 
 

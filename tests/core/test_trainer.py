@@ -24,7 +24,8 @@ from fmnist_core.trainer import (
     train_population,
 )
 
-pytestmark = pytest.mark.unit
+# tiny matrices: one torch thread (see tests/core/conftest.py); under load 2 threads took 10x as long
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "samples_per_second",
            "grad_norm", "clip_fraction", "dead_relu_fraction"}
