@@ -26,6 +26,7 @@ def main() -> None:
     from fmnist_core.config import RunConfig
     from fmnist_core.trainer import save_result, splits_for, train_population
     from fmnist_tracking import run_log, store
+    from fmnist_tracking.names import CHECKPOINT_ARTIFACT
 
     config = RunConfig(hidden_size=1024, epochs=1)
     splits = splits_for(config, None)
@@ -33,7 +34,7 @@ def main() -> None:
     times: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="bench-trial-save-") as folder:
         client, experiment_id = store.setup(f"sqlite:///{folder}/mlflow.db", "bench")
-        path = save_result(result, splits, Path(folder, "checkpoint.pt"))
+        path = save_result(result, splits, Path(folder, CHECKPOINT_ARTIFACT))
         for _ in range(args.rounds):
             for model in (False, True):  # interleaved: drift hits both alike
                 logger = run_log.RunLogger.start(client, experiment_id, config)
