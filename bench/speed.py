@@ -2,6 +2,7 @@
 
     python bench/speed.py            # all sections (about 3 minutes on 2 CPU cores)
     python bench/speed.py --quick    # shorter timings, same sections
+    python bench/speed.py --against ceaf58a   # the manual learner vs its code at a git revision
 
 Sections:
 1. pipeline  the common torchvision pipeline (DataLoader, per-sample PIL flip + rotation,
@@ -22,6 +23,9 @@ Sections:
              machine's torch.mm rate, a 64-member population (8 lr x 8 seeds at hidden 256) vs one
              model's throughput, and `sweep hidden_size` end to end (2 epochs; 1 with --quick)
              packed (population 8, the default) vs --population 1 (bench/sweep_speed.py).
+8. against   with --against REV (alone, unless --only names others): the manual learner of this tree vs
+             fmnist_core/mlp_manual.py at git revision REV, in one process: seconds of one epoch of the
+             default single run and of the main job's pack, interleaved rounds, medians and new/old ratios.
 --device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
 Timings go to stdout; nothing here is asserted, so CI never fails on a busy machine.
 """
@@ -381,6 +385,75 @@ def population_64(batch: int, device: str, repeats: int, rounds: int) -> None:
           f"throughput [{min(ratios):.1f}, {max(ratios):.1f}]")
 
 
+AGAINST_ROUNDS = 5  # interleaved rounds of the --against section (3 with --quick)
+
+
+def section_against(splits: fdata.Splits, quick: bool, device: str, rev: str) -> None:
+    """--against REV: the manual learner of this tree against fmnist_core/mlp_manual.py as it was at git
+    revision REV (imported from `git show` as a module of its own), side by side in this process: the
+    seconds of one epoch (the trainer's epoch_seconds) of the default single run and of the main job's
+    pack (its five widths, one seed), in interleaved rounds that alternate which goes first."""
+    import contextlib
+    import subprocess
+    import types
+
+    import fmnist_core.mlp_manual as current
+
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(["git", "show", f"{rev}:fmnist_core/mlp_manual.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    earlier = types.ModuleType(f"mlp_manual_at_{rev}")
+    earlier.__file__ = f"{rev}:fmnist_core/mlp_manual.py"
+    sys.modules[earlier.__name__] = earlier
+    exec(compile(source, earlier.__file__, "exec"), earlier.__dict__)  # noqa: S102 - our own source, at REV
+
+    @contextlib.contextmanager
+    def learners_of(module: types.ModuleType):
+        """The trainer builds its manual learners with `module`'s make_manual_learner meanwhile."""
+        kept = current.make_manual_learner
+        current.make_manual_learner = module.make_manual_learner
+        try:
+            yield
+        finally:
+            current.make_manual_learner = kept
+
+    samples = splits.train_x.shape[0] // (4 if quick else 1)
+    subset = dataclasses.replace(splits, train_x=splits.train_x[:samples], train_y=splits.train_y[:samples],
+                                 test_x=splits.test_x[:1000], test_y=splits.test_y[:1000])
+    base = RunConfig(epochs=1, val_size=0, device=device)  # no validation: only the epoch is timed
+    runs = {"single run": [base],
+            "main job's pack": [dataclasses.replace(base, hidden_size=h) for h in MAIN_JOB_WIDTHS]}
+    sides = {rev: earlier, "this tree": current}
+    rounds = 3 if quick else AGAINST_ROUNDS
+    print(f"\n== 8. the manual learner against {rev} ({samples} training images an epoch, batch 64, "
+          f"{rounds} interleaved rounds) ==")
+    warm = dataclasses.replace(subset, train_x=subset.train_x[:640], train_y=subset.train_y[:640])
+    for module in sides.values():  # one-time costs (allocator, MKL's kernels) outside the rounds
+        with learners_of(module):
+            for configs in runs.values():
+                train_population(configs, warm)
+    seconds: dict[tuple[str, str], list[float]] = {(run, side): [] for run in runs for side in sides}
+    for round_number in range(1, rounds + 1):
+        order = list(sides) if round_number % 2 else list(reversed(sides))
+        line = []
+        for run, configs in runs.items():
+            for side in order:
+                with learners_of(sides[side]):
+                    results = train_population(configs, subset)
+                seconds[run, side].append(results[0].history[-1]["epoch_seconds"])
+            ratio = seconds[run, "this tree"][-1] / seconds[run, rev][-1]
+            line.append(f"{run} {seconds[run, rev][-1]:6.2f} s ({rev}) / "
+                        f"{seconds[run, 'this tree'][-1]:6.2f} s (this tree) = {ratio:4.2f}")
+        print(f"round {round_number}: " + ";  ".join(line))
+    for run in runs:
+        ratios = [new / old for new, old in zip(seconds[run, "this tree"], seconds[run, rev], strict=True)]
+        medians = {side: statistics.median(seconds[run, side]) for side in sides}
+        print(f"{run:16s} epoch: {rev} {medians[rev]:6.2f} s [{min(seconds[run, rev]):.2f}, "
+              f"{max(seconds[run, rev]):.2f}], this tree {medians['this tree']:6.2f} s "
+              f"[{min(seconds[run, 'this tree']):.2f}, {max(seconds[run, 'this tree']):.2f}]; this tree / "
+              f"{rev}: median {statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -389,6 +462,9 @@ def main() -> None:
                         choices=("pipeline", "flops", "population", "wall", "step", "sweep", "pack"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"),
                         help="where ours and the baseline's model run (its DataLoader stays on the CPU)")
+    parser.add_argument("--against", metavar="REV",
+                        help="section 8 alone (with --only, after those): the manual learner vs git "
+                             "revision REV")
     args = parser.parse_args()
     torch.manual_seed(0)
     try:
@@ -399,12 +475,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}")
     sections = {"pipeline": section_pipeline, "flops": section_flops, "population": section_population,
                 "wall": section_wall, "step": section_step, "sweep": section_sweep, "pack": section_pack}
-    names = args.only or list(sections)
+    names = args.only or ([] if args.against else list(sections))
     splits = None  # section 5 makes its own batches, so it runs where the data set is not installed
-    if any(name != "step" for name in names):
+    if any(name != "step" for name in names) or args.against:
         splits = fdata.load_splits(val_size=10_000, device=device)
     for name in names:
         sections[name](splits, args.quick, device.type)
+    if args.against:
+        section_against(splits, args.quick, device.type, args.against)
 
 
 if __name__ == "__main__":

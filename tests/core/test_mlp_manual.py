@@ -299,3 +299,27 @@ def test_a_compiled_update_that_fails_mid_run_is_replaced_by_the_eager_one():
         fallen_back = sgd_run(optimizer)
     assert not optimizer.fused
     assert torch.equal(fallen_back, eager)
+
+
+def test_a_single_model_and_a_population_of_one_width_are_packs_of_one_block():
+    """One learner for every population: a single run is a pack of one row of one block, members of one
+    width a row each (whatever their seeds), with W1 input-major and each row one piece for clipping and
+    the update; several widths of one seed share a row, W1 unit-major."""
+    single = make_manual_learner([config()], CPU)
+    assert (single.layout.rows, single.layout.blocks, single.layout.in_order) == (1, 1, True)
+    population = make_manual_learner([config(seed=0), config(seed=0, lr=0.2), config(seed=3)], CPU)
+    assert (population.layout.rows, population.layout.blocks) == (3, 1)
+    assert population.params["W1"].shape == (3, 784, 16) and not population.layout.unit_major
+    pack = make_manual_learner([config(hidden_size=8), config(hidden_size=16)], CPU)
+    assert (pack.layout.rows, pack.layout.blocks, pack.layout.widths) == (1, 2, [8, 16])
+    assert pack.params["W1"].shape == (1, 24, 784) and pack.layout.unit_major
+    assert pack.model.W1.shape == (1, 784, 24)  # the equations' shape, whatever the storage
+
+
+def test_the_network_alone_builds_no_autograd_graph():
+    """ManualMLP's forward and backward called outside a learner, on inputs that ask for gradients."""
+    model = ManualMLP(make_states([0, 1]), activation="tanh", dtype=F64)
+    x = torch.randn(2, 8, 784, dtype=F64, requires_grad=True)
+    logits = model.forward(x, train=True)
+    grads = model.backward(torch.randint(0, 10, (2, 8)))
+    assert logits.grad_fn is None and all(g.grad_fn is None and not g.requires_grad for g in grads.values())

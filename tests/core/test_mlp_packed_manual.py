@@ -175,3 +175,19 @@ def test_a_manual_step_on_cuda_never_waits_for_the_device():
                 learner.train_step(x, y, lr)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_padding_cells_get_no_gradient():
+    """A block without a member in some row is padding: its logits carry no loss, so every gradient of
+    its weights is zero (whatever the activation gives its units)."""
+    configs = [config(hidden_size=8, seed=0, activation="sigmoid"),
+               config(hidden_size=16, seed=0, activation="sigmoid"),
+               config(hidden_size=16, seed=1, activation="sigmoid")]
+    pack = make_manual_learner(configs, CPU, dtype=F64)
+    x, y = next(batches([c.seed for c in configs], 1))
+    pack.train_step(x, y, torch.full((3,), 0.1, dtype=F64))
+    grads = pack.layout.views(pack.model.gradients)
+    padding = slice(0, 8)  # row 1, block 0
+    assert not grads["W1"][1, padding].any() and not grads["W2"][1, padding].any()
+    assert not grads["b1"][1, :, padding].any() and not grads["b2"][1, 0].any()
+    assert grads["W1"][0, padding].any() and grads["W2"][1, 8:].any()  # the members' own do move
