@@ -19,9 +19,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from fmnist_core import data as fdata
-from fmnist_core import serving
-from fmnist_tracking.export import download_checkpoint, ensure_model
 from fmnist_tracking.names import (
     DATASET_DIGEST_TAG,
     MODEL_NAME,
@@ -169,6 +166,10 @@ class BestRun:
 def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sweep: str | None = None,
                metric: str = "val_acc", data_dir=None, register: bool = False) -> BestRun:
     """Find the best FINISHED run, download its checkpoint, verify it, move it to `out`."""
+    from fmnist_core import data as fdata  # torch: only where a checkpoint is checked, not for `runs`
+    from fmnist_core import serving
+    from fmnist_tracking.export import download_checkpoint
+
     key = selection_metric(metric)
     run = find_best_run(client, experiment_ids, sweep=sweep, metric=metric)
     out = Path(out)
@@ -200,6 +201,8 @@ def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sw
 def register_champion(client: MlflowClient, run: Run, name: str = REGISTERED_MODEL):
     """Register the run's MLflow model (logged from its checkpoint if missing) as a new version of `name`;
     point the alias `champion` at it."""
+    from fmnist_tracking.export import ensure_model
+
     model_id = ensure_model(client, run, name=MODEL_NAME)
     try:
         client.create_registered_model(name, description="Fashion-MNIST MLP: 784 pixels 0..255 -> 10 class "
