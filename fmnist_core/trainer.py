@@ -19,7 +19,8 @@ val_size = 0 nothing is selected and the last epoch is the result.
 
 This module knows nothing of MLflow or Optuna. Callers observe it through callbacks:
 `on_epoch(member, metrics) -> bool | None` (return True to stop that member, e.g. a
-pruned trial) and `on_progress(step, total_steps)`.
+pruned trial), `on_epoch_end(epoch, {member: metrics})` once an epoch is over for every member
+(a display's line per epoch of a pack) and `on_progress(step, total_steps)`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ SHARED_FIELDS = ("impl", "activation", "batch_size", "epochs", "schedule", "augm
 
 EpochCallback = Callable[[int, dict[str, float]], "bool | None"]
 ProgressCallback = Callable[[int, int], None]
+EpochEndCallback = Callable[[int, dict[int, dict[str, float]]], None]
 
 
 class Diverged(RuntimeError):
@@ -140,11 +142,13 @@ def train(cfg: RunConfig, splits: fdata.Splits, *,
 def train_population(configs: Sequence[RunConfig], splits: fdata.Splits, *,
                      on_epoch: EpochCallback | None = None,
                      on_progress: ProgressCallback | None = None,
-                     objective: Objective = DEFAULT_OBJECTIVE) -> list[TrainResult]:
+                     objective: Objective = DEFAULT_OBJECTIVE,
+                     on_epoch_end: EpochEndCallback | None = None) -> list[TrainResult]:
     """Train several configurations at once; a member that diverges fails alone (result.error).
 
     Each member's best epoch is the one `objective` likes best (the earlier on a tie);
-    selection needs validation data, so with val_size = 0 it is the last epoch."""
+    selection needs validation data, so with val_size = 0 it is the last epoch. `on_epoch_end` gets
+    the metrics of the members that trained the epoch (with "epoch"), after every `on_epoch` of it."""
     configs = list(configs)
     for name in SHARED_FIELDS:
         if len({getattr(c, name) for c in configs}) > 1:
@@ -156,9 +160,12 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits, *,
         if not run.active:
             break
         validation = run.validate()
-        for i, metrics in run.epoch_metrics(epoch, per_step, epoch_seconds, validation).items():
+        by_member = run.epoch_metrics(epoch, per_step, epoch_seconds, validation)
+        for i, metrics in by_member.items():
             run.select_best(i, epoch, metrics, validation)
             run.stop_if_done(i, epoch, metrics, on_epoch)
+        if on_epoch_end:
+            on_epoch_end(epoch, {i: dict(metrics, epoch=epoch) for i, metrics in by_member.items()})
         if not run.active:
             break
     run.test_best()
