@@ -38,14 +38,24 @@ class Group(click.Group):
     command_class = Command
 
     def invoke(self, ctx: click.Context):
-        from fmnist_core.checkpoint import CheckpointError
-        from fmnist_core.data import DataError
-
         try:
             return super().invoke(ctx)
-        except (ConfigError, DataError, CheckpointError) as error:
+        except Exception as error:
+            if not isinstance(error, user_errors()):
+                raise
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a user can cause: ConfigError, and DataError and CheckpointError where their modules are
+    loaded (one that is not cannot have raised its error). Importing them here would load torch before
+    every command, `--help` included."""
+    errors: list[type[Exception]] = [ConfigError]
+    for module, name in (("fmnist_core.data", "DataError"), ("fmnist_core.checkpoint", "CheckpointError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def config_options(command):
@@ -100,9 +110,9 @@ def store_options(command):
 def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | None, experiment: str,
           track: bool, **settings) -> None:
     """Train one model with a live progress bar, write its checkpoint and log the run to MLflow."""
+    cfg = RunConfig(**settings)  # a bad value is refused before torch is loaded
     from fmnist_core.trainer import Diverged
 
-    cfg = RunConfig(**settings)
     if not track:
         from fmnist_core.trainer import save_result, splits_for
         from fmnist_tracking.console import train_with_progress

@@ -23,7 +23,12 @@ Sections:
              machine's torch.mm rate, a 64-member population (8 lr x 8 seeds at hidden 256) vs one
              model's throughput, and `sweep hidden_size` end to end (2 epochs; 1 with --quick)
              packed (population 8, the default) vs --population 1 (bench/sweep_speed.py).
-8. against   with --against REV (alone, unless --only names others): the manual learner of this tree vs
+8. busy      the main job's pack of five widths on a busy CPU: its epoch time with 1 thread, 2 threads
+             and the count threads.py chooses (auto), quiet and beside a busy process the section starts
+             itself (`python -c 'while True: pass'`; --busy-pin pins it to one CPU), interleaved; the
+             ratios busy/quiet and after (auto) vs before (torch's default count). Not in the default run
+             (`--only busy`): on a shared machine "quiet" is only the others' load at the time.
+9. against   with --against REV (alone, unless --only names others): the manual learner of this tree vs
              fmnist_core/mlp_manual.py at git revision REV, in one process: seconds of one epoch of the
              default single run and of the main job's pack, interleaved rounds, medians and new/old ratios.
 --device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
@@ -425,7 +430,7 @@ def section_against(splits: fdata.Splits, quick: bool, device: str, rev: str) ->
             "main job's pack": [dataclasses.replace(base, hidden_size=h) for h in MAIN_JOB_WIDTHS]}
     sides = {rev: earlier, "this tree": current}
     rounds = 3 if quick else AGAINST_ROUNDS
-    print(f"\n== 8. the manual learner against {rev} ({samples} training images an epoch, batch 64, "
+    print(f"\n== 9. the manual learner against {rev} ({samples} training images an epoch, batch 64, "
           f"{rounds} interleaved rounds) ==")
     warm = dataclasses.replace(subset, train_x=subset.train_x[:640], train_y=subset.train_y[:640])
     for module in sides.values():  # one-time costs (allocator, MKL's kernels) outside the rounds
@@ -454,16 +459,115 @@ def section_against(splits: fdata.Splits, quick: bool, device: str, rev: str) ->
               f"{rev}: median {statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]")
 
 
+BUSY_ROUNDS = 3  # interleaved rounds of section 8
+BUSY_STEPS = 150  # pack steps timed per condition and round (of the epoch's 782)
+
+
+def section_busy(splits: fdata.Splits | None, quick: bool, device: str, pin: bool = False) -> None:
+    """8. the main job's pack epoch, quiet vs beside a busy process, with 1, 2 and the chosen threads.
+
+    One round times every condition once, quiet and busy in turn (the order alternates between rounds), so
+    a slow spell of a shared machine hits all of them; the busy process is started before a busy condition
+    and killed after it. The pack is built as the trainer builds it for the main job (make_learner with its
+    steps: the manual update fused where it pays) and fed the training split's batches; `auto` is the
+    trainer's ThreadChooser, from a fresh look at the load, checked every THREAD_CHECK_EVERY steps.
+    """
+    import os
+    import subprocess
+
+    from fmnist_core import threads
+    from fmnist_core.trainer import THREAD_CHECK_EVERY, make_learner
+
+    if device != "cpu":
+        print("\n== 8. busy: a CPU section (threads); skipped on", device)
+        return
+    batch, widths = 64, MAIN_JOB_WIDTHS
+    configs = [RunConfig(hidden_size=h, device="cpu") for h in widths]  # default config: manual, batch 64
+    steps_per_epoch = -(-splits.train_x.shape[0] // batch)
+    learner = make_learner(configs, torch.device("cpu"), steps=configs[0].epochs * steps_per_epoch)
+    order = torch.randperm(splits.train_x.shape[0], generator=torch.Generator().manual_seed(4))
+    lr = torch.full((len(configs),), configs[0].lr)
+    cpus, default = sorted(threads.allowed_cpus()), torch.get_num_threads()
+    steps, rounds = (60, 1) if quick else (BUSY_STEPS, BUSY_ROUNDS)
+    print(f"\n== 8. the main job's pack ({'/'.join(map(str, widths))}, manual, batch {batch}) on a busy CPU: "
+          f"quiet vs one busy process ==")
+    print(f"CPUs this process may use: {len(cpus)} {cpus}; torch's default: {default} threads; the busy "
+          f"process: `python -c 'while True: pass'`, {f'pinned to CPU {cpus[-1]}' if pin else 'not pinned'}; "
+          f"load average {os.getloadavg()[0]:.2f} at the start")
+
+    def epoch_seconds(count: int | None) -> tuple[float, list[int]]:
+        """Seconds of the pack's epoch (extrapolated from `steps` steps) with `count` threads (None: auto)."""
+        threads.ThreadChooser._last = None  # a fresh look, as a sweep's first pack
+        chooser = threads.ThreadChooser(count)
+        try:
+            started = time.perf_counter()
+            for step in range(steps):
+                index = order[(step * batch) % (len(order) - batch):][:batch]
+                x = splits.train_x[index].expand(len(configs), -1, -1)
+                y = splits.train_y[index].expand(len(configs), -1)
+                learner.train_step(x, y, lr)
+                if (step + 1) % THREAD_CHECK_EVERY == 0:
+                    chooser.check()
+            return (time.perf_counter() - started) / steps * steps_per_epoch, chooser.choices
+        finally:
+            chooser.restore()
+
+    def busy_process() -> subprocess.Popen:
+        pinned = (lambda: os.sched_setaffinity(0, {cpus[-1]})) if pin else None
+        process = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pinned)
+        time.sleep(0.5)  # running, and seen by the scheduler
+        return process
+
+    epoch_seconds(default)  # warm-up: the fused update's compile, the allocator
+    conditions = {f"{count} thread{'s' if count > 1 else ''}": count for count in sorted({1, 2, default})}
+    conditions["auto"] = None
+    times: dict[tuple[str, str], list[float]] = {}
+    chosen: dict[str, list[int]] = {"quiet": [], "busy": []}
+    for round_number in range(1, rounds + 1):
+        cells = []
+        for load in (("quiet", "busy") if round_number % 2 else ("busy", "quiet")):
+            process = busy_process() if load == "busy" else None
+            try:
+                for name, count in conditions.items():
+                    seconds, choices = epoch_seconds(count)
+                    times.setdefault((name, load), []).append(seconds)
+                    if count is None:
+                        chosen[load] += choices
+                    label = f"auto ({'->'.join(map(str, choices))})" if count is None else name
+                    cells.append(f"{load} {label} {seconds:5.1f}")
+            finally:
+                if process is not None:
+                    process.kill()
+                    process.wait()
+        print(f"round {round_number}: " + " | ".join(cells) + " s/epoch")
+    median = {key: statistics.median(values) for key, values in times.items()}
+    print(f"median of {rounds} round(s), s/epoch ({steps_per_epoch} steps, extrapolated from {steps}); "
+          f"load average {os.getloadavg()[0]:.2f} at the end:")
+    print(f"{'':14s} {'quiet':>7s} {'busy':>7s}  busy/quiet")
+    before, after = f"{default} thread{'s' if default > 1 else ''}", "auto"
+    for name in conditions:
+        note = {before: "   before: torch's default count",
+                after: f"   after: chosen (quiet {sorted(set(chosen['quiet']))}, "
+                       f"busy {sorted(set(chosen['busy']))})"}.get(name, "")
+        quiet, busy = median[(name, "quiet")], median[(name, "busy")]
+        print(f"{name:14s} {quiet:7.1f} {busy:7.1f}  {busy / quiet:5.2f}x{note}")
+    print(f"after vs before: quiet {median[(before, 'quiet')] / median[(after, 'quiet')]:.2f}x, busy "
+          f"{median[(before, 'busy')] / median[(after, 'busy')]:.2f}x as fast (above 1: faster)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings (partial epochs)")
     parser.add_argument("--only", action="append",
-                        choices=("pipeline", "flops", "population", "wall", "step", "sweep", "pack"))
+                        choices=("pipeline", "flops", "population", "wall", "step", "sweep", "pack", "busy"))
+    parser.add_argument("--busy-pin", action="store_true",
+                        help="section busy: pin the busy process to one CPU (default: the scheduler places "
+                             "it)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"),
                         help="where ours and the baseline's model run (its DataLoader stays on the CPU)")
     parser.add_argument("--against", metavar="REV",
-                        help="section 8 alone (with --only, after those): the manual learner vs git "
+                        help="section 9 alone (with --only, after those): the manual learner vs git "
                              "revision REV")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -474,8 +578,9 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}")
     sections = {"pipeline": section_pipeline, "flops": section_flops, "population": section_population,
-                "wall": section_wall, "step": section_step, "sweep": section_sweep, "pack": section_pack}
-    names = args.only or ([] if args.against else list(sections))
+                "wall": section_wall, "step": section_step, "sweep": section_sweep, "pack": section_pack,
+                "busy": partial(section_busy, pin=args.busy_pin)}
+    names = args.only or ([] if args.against else [name for name in sections if name != "busy"])
     splits = None  # section 5 makes its own batches, so it runs where the data set is not installed
     if any(name != "step" for name in names) or args.against:
         splits = fdata.load_splits(val_size=10_000, device=device)

@@ -15,7 +15,7 @@ serving.py      a checkpoint as a plain nn.Sequential: evaluate, predict, the se
 ensemble.py     one configuration's seeds folded into one exact checkpoint (their mean logits)
 cost.py         what a configuration costs: parameters, training FLOPs
 
-It imports torch (and torchvision's IDX reader) and the standard library only: nothing of
+It imports torch (torchvision only to download the data) and the standard library only: nothing of
 MLflow, Optuna, matplotlib or the command line (tests/core/test_layers.py checks every module in a
 fresh interpreter). Tracking plugs in through the trainer's callbacks; the MLflow side lives
 beside it in `fmnist_tracking`.

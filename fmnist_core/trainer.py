@@ -19,7 +19,8 @@ val_size = 0 nothing is selected and the last epoch is the result.
 
 This module knows nothing of MLflow or Optuna. Callers observe it through callbacks:
 `on_epoch(member, metrics) -> bool | None` (return True to stop that member, e.g. a
-pruned trial) and `on_progress(step, total_steps)`.
+pruned trial), `on_epoch_end(epoch, {member: metrics})` once an epoch is over for every member
+(a display's line per epoch of a pack) and `on_progress(step, total_steps)`.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from fmnist_core.checkpoint import default_path, save_checkpoint
 from fmnist_core.config import DEFAULT_OBJECTIVE, ConfigError, Objective, RunConfig
 from fmnist_core.learner import EVAL_CHUNK, Evaluation, Learner, dead_unit_fraction, evaluate_learner
 from fmnist_core.schedules import lr_table
+from fmnist_core.threads import ThreadChooser, chosen_threads
 
 # The validation set is the same for every run, whatever its seed, so that runs of a
 # sweep are compared on identical images.
 BLOCK_SAMPLES = 1024  # training images gathered and augmented at once: cache-sized (epoch_batches)
 PROGRESS_EVERY = 50  # steps between on_progress calls
+THREAD_CHECK_EVERY = 20  # steps between looks at the clock for the thread count (threads.py: every 2 s)
 STEP_STATS = ("loss_sum", "correct", "grad_norm", "clipped")  # what learner.train_step returns, per member
 # Fields that must agree between members of one population (they set tensor shapes or the loop).
 SHARED_FIELDS = ("impl", "activation", "batch_size", "epochs", "schedule", "augment_flip",
@@ -49,6 +52,7 @@ SHARED_FIELDS = ("impl", "activation", "batch_size", "epochs", "schedule", "augm
 
 EpochCallback = Callable[[int, dict[str, float]], "bool | None"]
 ProgressCallback = Callable[[int, int], None]
+EpochEndCallback = Callable[[int, dict[int, dict[str, float]]], None]
 
 
 class Diverged(RuntimeError):
@@ -140,28 +144,34 @@ def train(cfg: RunConfig, splits: fdata.Splits, *,
 def train_population(configs: Sequence[RunConfig], splits: fdata.Splits, *,
                      on_epoch: EpochCallback | None = None,
                      on_progress: ProgressCallback | None = None,
-                     objective: Objective = DEFAULT_OBJECTIVE) -> list[TrainResult]:
+                     objective: Objective = DEFAULT_OBJECTIVE,
+                     on_epoch_end: EpochEndCallback | None = None) -> list[TrainResult]:
     """Train several configurations at once; a member that diverges fails alone (result.error).
 
     Each member's best epoch is the one `objective` likes best (the earlier on a tie);
-    selection needs validation data, so with val_size = 0 it is the last epoch."""
+    selection needs validation data, so with val_size = 0 it is the last epoch. `on_epoch_end` gets
+    the metrics of the members that trained the epoch (with "epoch"), after every `on_epoch` of it."""
     configs = list(configs)
     for name in SHARED_FIELDS:
         if len({getattr(c, name) for c in configs}) > 1:
             raise ConfigError(f"population members must share {name}; group the configurations by it")
     run = _PopulationRun(configs, splits, splits.device, objective)  # the data's device (splits_for)
-    for epoch in range(1, configs[0].epochs + 1):
-        per_step, epoch_seconds = run.train_epoch(epoch, on_progress)
-        run.stop_diverged(epoch, per_step)
-        if not run.active:
-            break
-        validation = run.validate()
-        for i, metrics in run.epoch_metrics(epoch, per_step, epoch_seconds, validation).items():
-            run.select_best(i, epoch, metrics, validation)
-            run.stop_if_done(i, epoch, metrics, on_epoch)
-        if not run.active:
-            break
-    run.test_best()
+    with chosen_threads(splits.device) as threads:  # on a CPU: fewer threads while other processes run
+        for epoch in range(1, configs[0].epochs + 1):
+            per_step, epoch_seconds = run.train_epoch(epoch, on_progress, threads)
+            run.stop_diverged(epoch, per_step)
+            if not run.active:
+                break
+            validation = run.validate()
+            by_member = run.epoch_metrics(epoch, per_step, epoch_seconds, validation)
+            for i, metrics in by_member.items():
+                run.select_best(i, epoch, metrics, validation)
+                run.stop_if_done(i, epoch, metrics, on_epoch)
+            if on_epoch_end:
+                on_epoch_end(epoch, {i: dict(metrics, epoch=epoch) for i, metrics in by_member.items()})
+            if not run.active:
+                break
+        run.test_best()
     return run.results
 
 
@@ -190,9 +200,11 @@ class _PopulationRun:
         self.augment_generators = ([torch.Generator(device=device).manual_seed(s + 1) for s in self.seeds]
                                    if augmenting else None)
 
-    def train_epoch(self, epoch: int, on_progress: ProgressCallback | None) -> tuple[torch.Tensor, float]:
+    def train_epoch(self, epoch: int, on_progress: ProgressCallback | None,
+                    threads: ThreadChooser | None = None) -> tuple[torch.Tensor, float]:
         """One pass over the training split: per-step statistics [steps, STEP_STATS, P] on the
-        CPU, and the epoch's wall time in seconds."""
+        CPU, and the epoch's wall time in seconds. `threads` looks at the machine's load every
+        THREAD_CHECK_EVERY steps."""
         started = time.perf_counter()
         members, steps = len(self.configs), self.steps_per_epoch
         order = torch.stack([torch.randperm(self.n_train, generator=g) for g in self.order_generators]
@@ -211,6 +223,8 @@ class _PopulationRun:
             torch.stack([stats[key].to(per_step.dtype) for key in STEP_STATS], out=per_step[step])
             if on_progress and (global_step + 1) % PROGRESS_EVERY == 0:
                 on_progress(global_step + 1, self.shared.epochs * steps)
+            if threads is not None and (global_step + 1) % THREAD_CHECK_EVERY == 0:
+                threads.check()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return per_step.cpu(), time.perf_counter() - started  # one small copy per epoch

@@ -9,7 +9,7 @@ verdicts.py  the parent's sweep/verdicts.json: written by a sweep's report, read
 servers.py   the servers the CLI starts: MLflow UI (and a sweep's saved view), model serving, optuna-dashboard
 export.py    the run's MLflow model (pt2) for `mlflow models serve`, logged late from a checkpoint if missing
 plots.py     matplotlib figures of a run (curves, confusion matrix, misclassified images)
-console.py   the progress bar and summary of `cli.py train` (displays only)
+console.py   the progress of `cli.py train` and of a sweep's packs: bars, log lines, summary (displays only)
 defaults.py  the tracking options' defaults, importable without MLflow (the CLI's --help)
 
 Arrows point one way: this package imports fmnist_core; fmnist_core imports nothing of it.

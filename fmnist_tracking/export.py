@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from mlflow.exceptions import MlflowException
 
-from fmnist_core.checkpoint import Checkpoint, load_checkpoint
 from fmnist_core.config import first_line
-from fmnist_core.data import INPUT_SIZE
-from fmnist_core.mlp_manual import TRACING_LOCK
-from fmnist_core.serving import serving_model
 from fmnist_tracking.names import CHECKPOINT_ARTIFACT
 from fmnist_tracking.store import TrackingError
+
+if TYPE_CHECKING:
+    from fmnist_core.checkpoint import Checkpoint
+
+# torch and the core's modules are imported where a model is built or a checkpoint read: `serve` of a run
+# that has its MLflow model (ensure_model finds it) needs neither.
 
 # (hidden size, activation) of the networks whose MLflow model this process has loaded back and served its
 # input example with: MLflow's check that a logged model serves, done once per shape (log_mlflow_model).
@@ -36,7 +38,11 @@ def log_mlflow_model(client, experiment_id: str, run_id: str, checkpoint: Checkp
     model of each shape in a process (a sweep's later trials differ only in their weights).
     """
     import mlflow
+    import torch
     from mlflow.models import infer_signature
+
+    from fmnist_core.mlp_manual import TRACING_LOCK
+    from fmnist_core.serving import serving_model
 
     network = serving_model(checkpoint)
     with torch.no_grad():
@@ -68,6 +74,8 @@ def log_mlflow_model(client, experiment_id: str, run_id: str, checkpoint: Checkp
 def run_checkpoint(client, run_id: str, needed_for: str) -> Checkpoint:
     """The run's checkpoint.pt, downloaded and loaded (weights_only); a run without a readable one is a
     TrackingError that ends with `needed_for`, what cannot be done without it."""
+    from fmnist_core.checkpoint import load_checkpoint
+
     with tempfile.TemporaryDirectory(prefix="fmnist-checkpoint-") as scratch:
         return load_checkpoint(download_checkpoint(client, run_id, scratch, needed_for))
 
@@ -96,6 +104,8 @@ def ensure_model(client, run, *, name: str = "model") -> str:
     for output in outputs.model_outputs if outputs else []:
         if client.get_logged_model(output.model_id).name == name:
             return output.model_id
+    from fmnist_core.data import INPUT_SIZE
+
     checkpoint = run_checkpoint(client, run_id, f"it has no MLflow model {name!r} either, so none to serve")
     example = np.random.default_rng(0).integers(0, 256, size=(5, INPUT_SIZE)).astype(np.float32)
     return log_mlflow_model(client, run.info.experiment_id, run_id, checkpoint, example, name=name)

@@ -19,9 +19,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
-from fmnist_core import data as fdata
-from fmnist_core import serving
-from fmnist_tracking.export import download_checkpoint, ensure_model
 from fmnist_tracking.names import (
     CHECKPOINT_ARTIFACT,
     DATASET_DIGEST_TAG,
@@ -215,6 +212,9 @@ def chosen_run(client: MlflowClient, experiment_ids: list[str], *, sweep: str | 
 def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sweep: str | None = None,
                metric: str = "val_acc", data_dir=None, register: bool = False) -> BestRun:
     """Find what `best` gives (chosen_run), download its checkpoint, verify it, move it to `out`."""
+    from fmnist_core import serving  # torch: only where a checkpoint is checked, not for `runs`
+    from fmnist_tracking.export import download_checkpoint
+
     run, chosen_by, lines = chosen_run(client, experiment_ids, sweep=sweep, metric=metric)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,8 @@ def fetch_ensemble(client: MlflowClient, experiment_ids: list[str], out: Path, *
     at `out`, its validation and test accuracy recomputed, logged as an MLflow run under the sweep's
     parent (servable: `serve --run-id`, registrable: `--register`); the members are checked as `best`
     checks one checkpoint."""
-    from fmnist_core import ensemble
+    from fmnist_core import ensemble, serving  # torch: only where a checkpoint is checked
+    from fmnist_tracking.export import download_checkpoint
 
     answer = sweep_answer(client, experiment_ids, sweep)
     if answer is None:
@@ -280,6 +281,7 @@ def _log_ensemble(client: MlflowClient, answer, members: list[Run], folded, path
     """The ensemble as an MLflow run under the sweep's parent: params, recomputed metrics, checkpoint.pt and
     its MLflow model; the run of the same members is reused."""
     from fmnist_core import ensemble
+    from fmnist_tracking.export import ensure_model
 
     parent, ids = answer.parent, " ".join(m.info.run_id for m in members)
     experiment_id = parent.info.experiment_id
@@ -306,6 +308,8 @@ def _log_ensemble(client: MlflowClient, answer, members: list[Run], folded, path
 
 def _splits_of(run: Run, data_dir):
     """The splits the run trained on (its val_size), refused when the data's digest is not the run's."""
+    from fmnist_core import data as fdata
+
     splits = fdata.load_splits(data_dir, val_size=int(run.data.params["val_size"]))
     trained_on = run.data.tags.get(DATASET_DIGEST_TAG)
     if trained_on and trained_on != splits.digest:
@@ -317,6 +321,8 @@ def _splits_of(run: Run, data_dir):
 
 def _recheck(run: Run, model, checkpoint, splits) -> float:
     """The checkpoint's validation accuracy, recomputed; refused when it is not what the run logged."""
+    from fmnist_core import serving
+
     x = serving.renormalise(splits.val_x, (splits.mean, splits.std), checkpoint.normalization)
     recomputed = serving.evaluate(model, x, splits.val_y).accuracy
     logged = run.data.metrics["best_val_acc"]
@@ -334,6 +340,8 @@ def _register(client: MlflowClient, run: Run) -> str:
 def register_champion(client: MlflowClient, run: Run, name: str = REGISTERED_MODEL):
     """Register the run's MLflow model (logged from its checkpoint if missing) as a new version of `name`;
     point the alias `champion` at it."""
+    from fmnist_tracking.export import ensure_model
+
     model_id = ensure_model(client, run, name=MODEL_NAME)
     try:
         client.create_registered_model(name, description="Fashion-MNIST MLP: 784 pixels 0..255 -> 10 class "

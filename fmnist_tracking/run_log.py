@@ -196,7 +196,10 @@ def train_tracked(cfg: RunConfig, *, data_dir=None, tracking_uri: str | None = N
             result = train_with_progress(cfg, splits, on_epoch=run.log_epoch)
             path = save_result(result, splits, checkpoint)
             click.echo(f"Checkpoint: {path}")
+            started = time.monotonic()  # seconds of figures and the MLflow model's export: say so
+            click.echo("Logging to the MLflow run: test metrics, figures, checkpoint, MLflow model")
             run.log_result(result, splits, path)
+            click.echo(f"Logged in {time.monotonic() - started:.1f} s")
     return result, run.run_id
 
 

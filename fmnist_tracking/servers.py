@@ -37,9 +37,6 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
 from fmnist_core.config import first_line
 from fmnist_tracking.names import MODEL_NAME, SWEEP_TRIALS, is_sweep_parent, sweep_filter
 from fmnist_tracking.store import (
@@ -52,6 +49,8 @@ from fmnist_tracking.store import (
 )
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from fmnist_tracking.registry import Ranking
 
 SAVED_VIEW_TAG = "mlflow.sharedViewState."
@@ -285,8 +284,8 @@ def served_model(client: MlflowClient, experiment_id: str, *, run_id: str | None
     FINISHED run by validation accuracy); a run's model is logged from its checkpoint first if it has none.
     In a runs:/RUN_ID/... URI, RUN_ID may be a prefix too."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    from fmnist_core.data import CLASSES
     from fmnist_tracking.export import ensure_model
     from fmnist_tracking.registry import chosen_run
     from fmnist_tracking.store import resolve_run
@@ -311,4 +310,8 @@ def served_model(client: MlflowClient, experiment_id: str, *, run_id: str | None
         metadata = mlflow.models.get_model_info(model_uri).metadata or {}
     except (MlflowException, OSError) as error:
         raise TrackingError(f"cannot read the MLflow model {model_uri}: {first_line(error)}") from None
-    return model_uri, what, list(metadata.get("classes") or CLASSES)
+    if metadata.get("classes"):
+        return model_uri, what, list(metadata["classes"])
+    from fmnist_core.data import CLASSES  # torch: only for a model logged without its classes
+
+    return model_uri, what, list(CLASSES)

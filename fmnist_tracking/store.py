@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import platform
 import re
 import subprocess
 from pathlib import Path
-
-import mlflow
-import torch
-from mlflow import MlflowClient
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING
 
 from fmnist_core.config import ConfigError, first_line
 from fmnist_tracking.defaults import DEFAULT_EXPERIMENT  # noqa: F401 - store.DEFAULT_EXPERIMENT for callers
 from fmnist_tracking.names import is_sweep_parent, sweep_filter
+
+if TYPE_CHECKING:
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+# mlflow is imported where the store is opened (setup): the paths and names here (resolve_tracking_uri,
+# TrackingError, selection_metric) serve commands that never open it, e.g. `dashboard`.
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE_DIR = ROOT / "mlruns"
@@ -60,8 +64,13 @@ def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
     experiment is an error that says what to do `first` (train a model, run a sweep).
 
     Also makes this the process-wide MLflow URI: `mlflow.pytorch.log_model`, model loading
-    and registration resolve the store globally.
+    and registration resolve the store globally; and quiets MLflow's INFO lines (quiet_mlflow).
     """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    quiet_mlflow()
     uri = resolve_tracking_uri(tracking_uri)
     artifacts = local_artifact_root(uri)
     if artifacts is not None:
@@ -87,6 +96,13 @@ def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
         raise TrackingError(f"experiment {experiment!r} is deleted; restore it (mlflow experiments restore "
                             f"--experiment-id {found.experiment_id}) or choose another --experiment")
     return client, found.experiment_id
+
+
+def quiet_mlflow() -> None:
+    """MLflow's own INFO lines (`Creating initial MLflow database tables...` on a new store) out of the
+    commands' output, which says what happens itself; warnings stay. $MLFLOW_LOGGING_LEVEL still rules."""
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def selection_metric(metric: str) -> str:
@@ -147,6 +163,8 @@ def resolve_run(client: MlflowClient, experiment_ids: list[str], run_id: str) ->
 
     A prefix of several runs, or of none, is a TrackingError that lists them / points at `cli.py runs`.
     """
+    from mlflow.exceptions import MlflowException
+
     text = run_id.strip().lower()
     if re.fullmatch(r"[0-9a-f]{32}", text):
         with contextlib.suppress(MlflowException):  # not in the store: no run can start with it either
@@ -186,6 +204,8 @@ def git_state() -> tuple[str, str]:
 @functools.cache
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
+        import torch  # only where a run trains: `runs`, `ui` and the rest of the store's users need no torch
+
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"

@@ -14,6 +14,7 @@ to it is lease.py's; this module decides when to claim, train and settle.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from fmnist_core.trainer import (
     train_population,
 )
 from fmnist_tracking import run_log
+from fmnist_tracking.console import PackProgress
 from fmnist_tracking.names import (
     DATASET_DIGEST_TAG,
     SEED_TAG,
@@ -83,13 +85,20 @@ def run_trials(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
     already trained get their pending MLflow work finished (a second Ctrl-C re-queues them too)."""
     total = plan.total_trials()
     to_go = None if total is None else max(0, total - trials_done(study))
-    bar = tqdm(total=to_go, unit="trial", desc=plan.study_name, disable=not progress, dynamic_ncols=True)
+    # no time on this bar: the trials of a pack end together, and the pack's bar below it
+    # (console.PackProgress) gives the time left
+    layout = "{desc}: {n_fmt} trials done{postfix}" if to_go is None else \
+        "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} trials done{postfix}"
+    bar = tqdm(total=to_go, unit="trial", desc=plan.study_name, disable=not progress, dynamic_ncols=True,
+               bar_format=layout)
     background = Background()
     with bar, worker.heartbeats():
         try:
             closes = trial_loop(study, plan, splits, tracker, worker, background, population,
                                 shown=lambda held: show_progress(bar, study, plan, held, worker, progress),
-                                on_round=on_round or (lambda: None))
+                                on_round=on_round or (lambda: None),
+                                watch=lambda group, after: pack_progress(study, plan, group, after, splits,
+                                                                         worker, tty=progress))
         except TimeBudgetSpent:
             raise  # between rounds: nothing held, nothing to re-queue
         except BaseException as error:
@@ -112,8 +121,11 @@ def stop_cleanly(worker: Worker, background: Background, error: BaseException) -
 
 
 def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, tracker: Tracker, worker: Worker,
-               background: Background, population: int, shown, on_round: Callable[[], None]) -> bool:
-    """run_trials' loop: recover, claim a population, train it, queue its MLflow work; repeat."""
+               background: Background, population: int, shown, on_round: Callable[[], None],
+               watch=None) -> bool:
+    """run_trials' loop: recover, claim a population, train it, queue its MLflow work; repeat. `watch(group,
+    trials claimed after it)` makes the display of a pack (pack_progress); `on_round()` follows the queueing
+    of a decided sweep's next round."""
     started = time.monotonic()
     deadline = started + plan.timeout if plan.timeout else None
     total = plan.total_trials()
@@ -123,8 +135,11 @@ def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
         recover(study, worker, tracker.client, tracker.experiment_id, tracker.parent_run_id)
         with worker.claiming(study):  # on a shared storage, a pack goes whole to one worker
             leases = claim_population(study, plan, population, total, worker)
-        for group in by_shape(leases):
-            train_group(study, plan, group, splits, tracker, background, shown)
+        groups = list(by_shape(leases))
+        for index, group in enumerate(groups):
+            after = sum(map(len, groups[index + 1:]))  # claimed with it, trained next (another shape)
+            train_group(study, plan, group, splits, tracker, background, shown,
+                        progress=watch(group, after) if watch else None)
         if leases:
             trained = fresh = True
             continue
@@ -256,9 +271,11 @@ def by_shape(leases: list[TrialLease]) -> Iterator[list[TrialLease]]:
 
 
 def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], splits: fdata.Splits,
-                tracker: Tracker, background: Background, shown: Callable[[TrialLease], None]) -> None:
+                tracker: Tracker, background: Background, shown: Callable[[TrialLease], None],
+                progress: PackProgress | None = None) -> None:
     """Train leases of one shape as one population: a child run each, every epoch reported to Optuna
-    at once and logged to MLflow in the background; what a trained trial still needs is queued there too."""
+    at once and logged to MLflow in the background; what a trained trial still needs is queued there too.
+    `progress` displays the pack (closed here)."""
     metric = plan.definition.metric
     pruned_at: dict[int, int] = {}
 
@@ -278,13 +295,87 @@ def train_group(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], 
             tags={**trial_tags(plan, held), DATASET_DIGEST_TAG: tracker.dataset_digest}))
         background.submit(held.record_start, tracker.client, tracker.splits, len(leases))
     objective = Objective(plan.definition.metric, plan.definition.direction)
-    results = train_population([held.config for held in leases], splits, on_epoch=on_epoch,
-                               objective=objective)
+    try:
+        results = train_population([held.config for held in leases], splits, on_epoch=on_epoch,
+                                   objective=objective,
+                                   on_progress=progress.on_progress if progress else None,
+                                   on_epoch_end=progress.on_epoch_end if progress else None)
+    finally:
+        if progress is not None:
+            progress.close()
     for member, (held, result) in enumerate(zip(leases, results, strict=True)):
         held.trained()
         background.submit(held.close, result, splits, pruned_epoch=pruned_at.get(member),
                           pruner=plan.definition.pruner, on_error=held.requeue)
         background.submit(shown, held)
+
+
+def pack_progress(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease], claimed_after: int,
+                  splits: fdata.Splits, worker: Worker, *, tty: bool) -> PackProgress:
+    """The display of a pack about to train: its trials, the trials queued after it (this worker's other
+    claimed shapes and the study's WAITING trials: a decided sweep's round, else the sweep's queue) and
+    the most trials the sweep's later rounds can add (trials_later_at_most)."""
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    config = leases[0].config
+    title = plan.study_name if worker.exclusive else f"{plan.study_name} [{worker.name}]"
+    return PackProgress(title, [held.number for held in leases], config.epochs,
+                        -(-len(splits.train_y) // config.batch_size), tty=tty,
+                        queued_after=waiting + claimed_after, later_at_most=trials_later_at_most(study, plan),
+                        round_name="round" if plan.decides else "sweep")
+
+
+def trials_later_at_most(study: optuna.Study, plan: StudyPlan) -> int | None:
+    """The most trials the sweep can still ask for beyond those queued or running now (None: no bound,
+    a sampler with only a time budget).
+
+    A grid queues all its points at once: 0. A sampler with a budget: the trials not yet sampled. A decided
+    sweep adds at most one seed per undecided configuration per round, up to max_seeds: every configuration
+    not yet decided (or the leader) can still get the seeds below max_seeds it has not tried; one decided
+    gets none (definitions/rule.py, execution/rounds.py). With --confirm, before the K best are chosen:
+    the budget left to sample, and K configurations' seeds 1..max_seeds-1.
+    """
+    if not plan.decides:
+        total = plan.total_trials()
+        if plan.definition.sampler == "grid":
+            return 0
+        return None if total is None else max(0, total - trials_claimed(study))
+    from sweeps.analysis import rounds as analysis_rounds
+
+    trials = study.get_trials(deepcopy=False)
+    if plan.confirm and not analysis_rounds.confirmed(study):
+        left_to_sample = max(0, (plan.total_trials() or 0) - trials_claimed(study))
+        return left_to_sample + plan.confirm * (plan.max_seeds - 1)
+    tried: dict[tuple, set[int]] = {}
+    for trial in trials:
+        key, seed = _key_and_seed(trial)
+        tried.setdefault(key, set()).add(seed)
+    if plan.confirm:
+        configurations = [_normal(key) for key, _ in analysis_rounds.confirmed(study)]
+    else:
+        grid = plan.definition.grid()
+        configurations = [_normal(tuple(zip(grid, values, strict=True)))
+                          for values in itertools.product(*grid.values())]
+    state = analysis_rounds.state(study, plan, trials)
+    decided = set()
+    if state is not None:
+        decided = {_normal(key) for key, at in zip(state.keys, state.decision.decided_at, strict=True)
+                   if at is not None}
+        if not state.decision.additions and not study.get_trials(
+                deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+            return 0  # the decision stopped (or the budget did): no later round
+    return sum(max(0, plan.max_seeds - len(tried.get(key, ()))) for key in configurations
+               if key not in decided)
+
+
+def _normal(key) -> tuple:
+    return tuple(sorted((str(name), repr(value)) for name, value in key))
+
+
+def _key_and_seed(trial: FrozenTrial) -> tuple[tuple, int]:
+    """(configuration, seed) of a trial in any state; a queued one has its params in fixed_params."""
+    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    seed = params.get("seed", TrialRecord.of(trial).seed)
+    return _normal((k, v) for k, v in params.items() if k != "seed"), int(seed or 0)
 
 
 def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
