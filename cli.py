@@ -118,7 +118,13 @@ def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | No
         from fmnist_tracking.console import train_with_progress
 
         splits = splits_for(cfg, data_dir)
-        click.echo(f"Checkpoint: {save_result(train_with_progress(cfg, splits), splits, checkpoint)}")
+        try:
+            result = train_with_progress(cfg, splits)
+        except Diverged as error:
+            click.echo(f"Error: {error}; no checkpoint written. Try a lower --lr or --clip-mode norm.",
+                       err=True)
+            sys.exit(1)
+        click.echo(f"Checkpoint: {save_result(result, splits, checkpoint)}")
         return
     from fmnist_tracking.run_log import train_tracked
     from fmnist_tracking.signals import Terminated

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 import click
@@ -75,24 +76,32 @@ def summary(result: TrainResult) -> str:
             f"last train_loss {last['train_loss']:.4f}")
 
 
+@dataclass(frozen=True)
+class Outlook:
+    """What follows a pack. `queued_after`: the trials of this round (a decided sweep's round, else the
+    sweep's queue) still to train after it. `later_at_most`: the most trials the sweep can add in its later
+    rounds (None: unknown, e.g. a time budget only). `round_name`: "round", or "sweep" without rounds."""
+
+    queued_after: int = 0
+    later_at_most: int | None = 0
+    round_name: str = "round"
+
+
 class PackProgress:
     """The progress of one pack of a sweep, fed by the trainer's callbacks (`on_progress`, `on_epoch_end`).
 
-    `members`: the pack's trial numbers. `queued_after`: the trials of this round (a decided sweep's
-    round, else the sweep's queue) still to train after this pack. `later_at_most`: the most trials
-    the sweep can add in its later rounds (None: unknown, e.g. a time budget only). The round's ETA
-    assumes the trials after this pack cost this pack's time per trial; the sweep's rest is bounded in
-    trials (its time at this pace is an estimate).
+    `members`: the pack's trial numbers; `outlook`: what follows it. The round's ETA assumes the trials
+    after this pack cost this pack's time per trial; the sweep's rest is bounded in trials (its time at
+    this pace is an estimate).
     """
 
     def __init__(self, title: str, members: Sequence[int], epochs: int, steps_per_epoch: int, *,
-                 tty: bool, queued_after: int = 0, later_at_most: int | None = 0, round_name: str = "round",
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
-                 position: int = 1) -> None:
+                 tty: bool, outlook: Outlook = Outlook(), stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, position: int = 1) -> None:
         self.title, self.members, self.epochs = title, list(members), epochs
         self.steps_per_epoch, self.total_steps = steps_per_epoch, epochs * steps_per_epoch
-        self.tty, self.queued_after, self.later_at_most = tty, queued_after, later_at_most
-        self.round_name, self.stream, self.clock = round_name, stream, clock
+        self.tty, self.queued_after, self.later_at_most = tty, outlook.queued_after, outlook.later_at_most
+        self.round_name, self.stream, self.clock = outlook.round_name, stream, clock
         self.started = clock()
         self.epoch_seconds: list[float] = []
         self.bar = None

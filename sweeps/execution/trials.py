@@ -30,7 +30,7 @@ from fmnist_core.trainer import (
     train_population,
 )
 from fmnist_tracking import run_log
-from fmnist_tracking.console import PackProgress
+from fmnist_tracking.console import Outlook, PackProgress
 from fmnist_tracking.names import (
     DATASET_DIGEST_TAG,
     SEED_TAG,
@@ -320,8 +320,9 @@ def pack_progress(study: optuna.Study, plan: StudyPlan, leases: list[TrialLease]
     title = plan.study_name if worker.exclusive else f"{plan.study_name} [{worker.name}]"
     return PackProgress(title, [held.number for held in leases], config.epochs,
                         -(-len(splits.train_y) // config.batch_size), tty=tty,
-                        queued_after=waiting + claimed_after, later_at_most=trials_later_at_most(study, plan),
-                        round_name="round" if plan.decides else "sweep")
+                        outlook=Outlook(queued_after=waiting + claimed_after,
+                                        later_at_most=trials_later_at_most(study, plan),
+                                        round_name="round" if plan.decides else "sweep"))
 
 
 def trials_later_at_most(study: optuna.Study, plan: StudyPlan) -> int | None:

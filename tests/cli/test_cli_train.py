@@ -73,8 +73,6 @@ def test_a_diverging_run_ends_in_one_line_with_exit_code_1_and_its_run_failed(ml
     assert not path.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `train --no-track` does not catch Diverged; the user gets a "
-                                       "traceback instead of the one-line error the tracked path gives")
 def test_a_diverging_untracked_run_ends_in_one_line_with_exit_code_1(mlflow_store, tmp_path):
     result = train(*DIVERGING, "--no-track", "--checkpoint", str(tmp_path / "model.pt"),
                    store=mlflow_store)

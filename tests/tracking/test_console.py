@@ -8,7 +8,7 @@ import io
 import pytest
 
 from fmnist_tracking import console
-from fmnist_tracking.console import PackProgress, duration, trials_label
+from fmnist_tracking.console import Outlook, PackProgress, duration, trials_label
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +31,7 @@ class Log(io.StringIO):
 def test_in_a_log_a_pack_writes_a_line_at_its_start_and_one_per_epoch_flushed():
     log = Log()
     pack = PackProgress("hidden_size-manual", [0, 1, 2, 3, 4], epochs=2, steps_per_epoch=100, tty=False,
-                        queued_after=3, later_at_most=12, stream=log)
+                        outlook=Outlook(queued_after=3, later_at_most=12), stream=log)
     pack.on_progress(50, 200)  # within an epoch: nothing in a log
     assert log.getvalue().count("\n") == 1 and log.flushes == 1
     pack.on_epoch_end(1, epoch_metrics(10.0, [0.85, 0.86, 0.87, 0.88, 0.8868]))
@@ -54,7 +54,7 @@ def test_in_a_log_a_pack_writes_a_line_at_its_start_and_one_per_epoch_flushed():
 def test_a_pack_line_says_when_members_stopped_and_when_nothing_bounds_the_sweep():
     log = Log()
     pack = PackProgress("search-manual", [7, 8, 9], epochs=3, steps_per_epoch=10, tty=False,
-                        later_at_most=None, round_name="sweep", stream=log)
+                        outlook=Outlook(later_at_most=None, round_name="sweep"), stream=log)
     pack.on_epoch_end(1, epoch_metrics(2.0, [0.5, 0.6]))  # one member pruned or diverged
     lines = log.getvalue().splitlines()
     assert lines[0].endswith("0 more trials queued in this sweep; later rounds: not bounded (a time budget)")
@@ -64,7 +64,7 @@ def test_a_pack_line_says_when_members_stopped_and_when_nothing_bounds_the_sweep
 def test_on_a_terminal_the_bar_knows_its_total_from_the_start_and_moves_within_an_epoch():
     screen = io.StringIO()
     with PackProgress("hidden_size-manual", [0, 1], epochs=2, steps_per_epoch=100, tty=True,
-                      queued_after=2, later_at_most=4, stream=screen) as pack:
+                      outlook=Outlook(queued_after=2, later_at_most=4), stream=screen) as pack:
         assert pack.bar.total == 200 and pack.bar.n == 0
         pack.on_progress(50, 200)
         assert pack.bar.n == 50
