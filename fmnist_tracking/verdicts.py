@@ -4,8 +4,9 @@ The file is a contract between packages: the sweep's report (sweeps/analysis/rep
 built by analysis/text.py's verdict_records) writes it with `log_verdicts`, `cli.py best` reads it.
 It holds a list of configurations, best first,
 each with its run ids, its validation accuracy (mean over seeds), and a verdict against the best:
-"best", "worse", "tied" (within the sweep's margin, an equivalence verdict), "undecided", "not shown
-different" (one seed, McNemar not significant: absence of evidence, not a tie; older files say
+"best", "worse", "tied" (within the sweep's margin, an equivalence verdict), "undecided", "lower on
+these images (seed noise not measured)" (one seed, McNemar significant; older files say "worse"), "not
+shown different" (one seed, McNemar not significant: absence of evidence, not a tie; older files say
 "within noise") or "not tested". `best` picks one run by its own best_val_acc; these sentences say
 how that pick stands, which configuration to use (the cheapest of those tied with the best), and
 where the sweep's own ranking (by configuration, over seeds) disagrees with the pick.
@@ -118,6 +119,7 @@ def sweep_answer(client: MlflowClient, experiment_ids: list[str], sweep: str) ->
 # written before decided sweeps said "within noise" for a one-seed McNemar p >= 0.05: read as NOT_SHOWN.
 BEST, WORSE, TIED, UNDECIDED, NOT_SHOWN, NOT_TESTED = ("best", "worse", "tied", "undecided",
                                                        "not shown different", "not tested")
+LOWER = "lower on these images (seed noise not measured)"  # one seed, McNemar significant
 LEGACY = {"within noise": NOT_SHOWN}
 
 
@@ -149,6 +151,7 @@ def tie_report(client: MlflowClient, run: Run) -> list[str]:
                     UNDECIDED: "is undecided against it (neither worse nor shown tied within the seeds "
                                "the sweep allowed)",
                     NOT_SHOWN: "is not shown different from it (one seed: not a tie)",
+                    LOWER: "is lower than it on these images (one seed: seed noise not measured)",
                     NOT_TESTED: "was not tested against it (nothing measures the noise)"}[own["verdict"]]
         p = f" ({_p(own['p_adjusted'])}{how})" if own.get("p_adjusted") is not None else \
             f" ({how.strip(' ()')})" if how else ""
@@ -174,9 +177,11 @@ def _relation_of_others(verdicts: list[dict], how: str) -> str:
     others = verdicts[1:]
     if not others:
         return ", the only configuration"
-    if all(v["verdict"] == WORSE for v in others):
+    if all(v["verdict"] in (WORSE, LOWER) for v in others):
         closest = others[0]
-        return f" and every other configuration is worse; the closest, {_named(closest)}, is worse{how}"
+        word = "worse" if closest["verdict"] == WORSE else LOWER
+        every = "worse" if all(v["verdict"] == WORSE for v in others) else "lower on these images"
+        return f" and every other configuration is {every}; the closest, {_named(closest)}, is {word}{how}"
     if any(v["verdict"] in (TIED, UNDECIDED) for v in others):
         undecided = [v["label"] for v in others if v["verdict"] == UNDECIDED]
         return f"{how}" + (f"; undecided against it: {', '.join(undecided)}" if undecided else "")

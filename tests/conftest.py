@@ -23,6 +23,7 @@ LAYERS = {
     "integration": {"test_data", "test_tracking", "test_runner", "test_rounds", "test_report", "test_compose",
                     "test_outage_heartbeats"},
     "e2e": {"test_workers", "test_cli_sweep", "test_cli_tracking", "test_browser", "test_outage"},
+    "simulation": set(),  # modules mark themselves (pytestmark): the decided verdicts' error rates
 }
 
 

@@ -77,7 +77,7 @@ def ranked_table(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
              "|" + "|".join("---" if c in ("configuration", "vs best") else "---:" for c in columns) + "|"]
     for rank, row in enumerate(summary.rows[:limit], 1):
         cells = [str(rank), row.label, str(len(row.trials)), _accuracy(row, len(kinds) > 1),
-                 *[_number(float(np.mean([t.value for t in row.trials]))) for _ in objective], row.vs_best,
+                 *[_number(float(np.mean([t.value for t in row.trials]))) for _ in objective], _vs_best(row),
                  *([_decided_difference(row)] if decided else [_difference(row), _p(row.verdict.p_adjusted)]),
                  _number(_test_acc(row)),
                  *([f"{row.parameters:,}"] if show_parameters else []), _number(row.seconds_per_epoch, 2)]
@@ -150,6 +150,15 @@ def _difference(row: ConfigRow) -> str:
         return f"{verdict.difference:+.4f}"
     shown = f"{images:+.0f}" if len(row.trials) == 1 else f"{images:+.1f}"
     return f"{verdict.difference:+.4f} ({shown} images)"
+
+
+def _vs_best(row: ConfigRow) -> str:
+    """The verdict column: the verdict's word (one seed: "lower on these images (seed noise not
+    measured)", never "worse"), and for a decided "worse" within the margin, that too."""
+    verdict = row.verdict
+    if verdict.verdict == "worse" and verdict.within_margin and verdict.margin is not None:
+        return f"worse, within ±{100 * verdict.margin:.2g} pp"
+    return verdict.verdict
 
 
 def _decided_difference(row: ConfigRow) -> str:

@@ -50,6 +50,7 @@ more (common random numbers: designs are compared on the same simulated sweeps).
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -114,17 +115,29 @@ CALIBRATED = Model()
 SEED_NOISE = CALIBRATED.with_seed_sd(0.00135)
 
 
+@functools.lru_cache(maxsize=256)
+def _with_seed_sd(model: Model, sigma: float) -> Model:
+    return model.with_seed_sd(sigma) if sigma > 0 else replace(model, seed_shift_sd=0.0)
+
+
 class Sweep:
     """One simulated sweep: a fresh validation set and configurations `gaps[c]` (accuracy) below the
-    first; `seeds(c, k)` gives configuration c's first k seeds (k x images, bool), drawn when first asked."""
+    first; `seeds(c, k)` gives configuration c's first k seeds (k x images, bool), drawn when first asked.
 
-    def __init__(self, gaps: Sequence[float], seed: Sequence[int] | int, model: Model = CALIBRATED):
+    `seed_sds`: configuration c's own seed-to-seed sd of population accuracy (decide.py's sigma_c), where
+    configurations differ in stability; None: the model's for every configuration."""
+
+    def __init__(self, gaps: Sequence[float], seed: Sequence[int] | int, model: Model = CALIBRATED,
+                 seed_sds: Sequence[float] | None = None):
         self.model, self.gaps = model, tuple(float(g) for g in gaps)
         self._key = [seed] if isinstance(seed, int) else list(seed)
+        models = [model] * len(gaps) if seed_sds is None else \
+            [_with_seed_sd(model, float(sd)) for sd in seed_sds]
+        self._shifts = [m.seed_shift_sd for m in models]
         rng = np.random.default_rng([*self._key, 0])
         difficulty = rng.normal(model.difficulty_mean, model.difficulty_sd, model.images)
         tastes = rng.normal(0.0, model.taste_sd, (len(gaps), model.images))
-        thetas = np.array([model.theta(model.accuracy - gap) for gap in self.gaps])
+        thetas = np.array([m.theta(model.accuracy - gap) for m, gap in zip(models, self.gaps, strict=True)])
         self._latent = (thetas[:, None] + difficulty[None, :] + tastes).astype(np.float32)  # configs x images
         self._drawn = [np.empty((0, model.images), dtype=bool) for _ in self.gaps]
 
@@ -134,7 +147,7 @@ class Sweep:
             rows = []
             for s in range(len(drawn), count):
                 rng = np.random.default_rng([*self._key, c + 1, s])
-                shift = np.float32(rng.normal(0.0, self.model.seed_shift_sd))
+                shift = np.float32(rng.normal(0.0, self._shifts[c]))
                 noise = rng.standard_normal(self.model.images, dtype=np.float32)  # float32: 20% faster
                 rows.append(noise > -(self._latent[c] + shift))  # y = 1[theta + u + b + v + e > 0]
             drawn = self._drawn[c] = np.concatenate([drawn, np.stack(rows)])
@@ -145,6 +158,7 @@ class Sweep:
 class Outcome:
     verdicts: list[str]  # per configuration: decide's BEST, WORSE, TIED or UNDECIDED
     trials: int  # seeds trained, over all configurations
+    within: list[bool]  # per configuration: shown within +-margin of the best (decide.Decision's); the best
 
 
 def rounds(sweep: Sweep, rule: decide.Rule = RULE) -> Outcome:
@@ -156,7 +170,7 @@ def rounds(sweep: Sweep, rule: decide.Rule = RULE) -> Outcome:
         groups = [sweep.seeds(c, k) for c, k in enumerate(seeds)]
         decision = decide.replay(seed_rounds, groups, rule)
         if not decision.additions:
-            return Outcome(decision.verdicts, sum(seeds))
+            return Outcome(decision.verdicts, sum(seeds), decision.within_margin)
         next_round = max(map(max, seed_rounds)) + 1
         for c in decision.additions:
             seeds[c] += 1
@@ -167,13 +181,14 @@ def fixed(sweep: Sweep, seeds: int, rule: decide.Rule = RULE) -> Outcome:
     """`--seeds N` with N >= 2: every configuration trains N seeds, one look at the full alpha."""
     groups = [sweep.seeds(c, seeds) for c in range(len(sweep.gaps))]
     decision = decide.replay([[1] * seeds for _ in groups], groups, rule, sequential=False)
-    return Outcome(decision.verdicts, seeds * len(groups))
+    return Outcome(decision.verdicts, seeds * len(groups), decision.within_margin)
 
 
 def one_seed(sweep: Sweep, rule: decide.Rule = RULE) -> Outcome:
     """The one-seed quick answer: the exact McNemar test of each configuration against the observed best,
-    Holm over those comparisons; "worse" below alpha, otherwise not shown different (UNDECIDED here: one
-    seed never shows a tie). It covers which images were drawn, not the seed's own noise."""
+    Holm over those comparisons; below alpha "lower on these images" (counted as WORSE here: the same
+    claim, that it is below the best), otherwise not shown different (UNDECIDED here: one seed never shows
+    a tie). It covers which images were drawn, not the seed's own noise."""
     vectors = [sweep.seeds(c, 1)[0] for c in range(len(sweep.gaps))]
     leader = int(np.argmax([v.mean() for v in vectors]))
     others = [c for c in range(len(vectors)) if c != leader]
@@ -181,10 +196,11 @@ def one_seed(sweep: Sweep, rule: decide.Rule = RULE) -> Outcome:
     verdicts = [decide.BEST] * len(vectors)
     for c, p in zip(others, adjusted, strict=True):
         verdicts[c] = decide.WORSE if p < rule.alpha else decide.UNDECIDED
-    return Outcome(verdicts, len(vectors))
+    return Outcome(verdicts, len(vectors), [c == leader for c in range(len(vectors))])
 
 
 Design = Callable[[Sweep], Outcome]
+WITHIN = "within"  # Rates.per_config's key for "shown within +-margin"
 
 
 @dataclass(frozen=True)
@@ -192,53 +208,57 @@ class Rates:
     """Error rates and verdict shares of one design over `sweeps` simulated sweeps of one case.
 
     A verdict is judged against the truth of what it claims, configuration c against the best of the
-    others, delta_c = mu_c - max_{j != c} mu_j: "worse" is false when delta_c >= 0, "tied" when
-    |delta_c| >= margin (the margin itself is not tied)."""
+    others, delta_c = mu_c - max_{j != c} mu_j: "worse" is false when delta_c >= 0, "within +-margin"
+    (TIED, or WORSE within the margin) when |delta_c| >= margin (the margin itself is not within)."""
 
     sweeps: int
     false_worse: float  # share of sweeps with at least one false "worse"
-    false_tied: float  # share of sweeps with at least one false "tied"
-    worse: float  # shares of the non-leader verdicts (K - 1 per sweep)
+    false_within: float  # share of sweeps with at least one false "within +-margin" (tied or worse)
+    worse: float  # shares of the non-best verdicts (K - 1 per sweep)
     tied: float
     undecided: float
     trials: float  # mean trials per sweep
-    per_config: dict[str, np.ndarray] = field(default_factory=dict, compare=False)  # verdict -> share per c
+    within: float = 0.0  # share of the non-best configurations shown within +-margin (tied or worse)
+    per_config: dict[str, np.ndarray] = field(default_factory=dict, compare=False)  # verdict -> share per c;
+    #                                                                                 "within" too
 
 
 def measure(designs: Mapping[str, Design], gaps: Sequence[float], sweeps: int,
-            margin: float = RULE.margin, seed: int = 0, model: Model = CALIBRATED) -> dict[str, Rates]:
+            margin: float = RULE.margin, seed: int = 0, model: Model = CALIBRATED,
+            seed_sds: Sequence[float] | None = None) -> dict[str, Rates]:
     """Run every design on the same `sweeps` sweeps of the case `gaps` (sweep k seeded (seed, k)): each
     design sees the same seeds, so their rates differ by the design alone."""
     truth = model.accuracy - np.array(gaps, dtype=float)
     others_best = np.array([np.delete(truth, c).max() for c in range(len(truth))])
     delta = truth - others_best
     # 1e-12: a gap given as exactly the margin is "not tied" despite the float subtraction
-    false_worse_at, false_tied_at = delta >= -1e-12, np.abs(delta) >= margin - 1e-12
+    false_worse_at, false_within_at = delta >= -1e-12, np.abs(delta) >= margin - 1e-12
     words = (decide.WORSE, decide.TIED, decide.UNDECIDED)
-    counts = {name: {word: np.zeros(len(gaps)) for word in (*words, decide.BEST)} for name in designs}
-    errors = {name: np.zeros(3) for name in designs}  # false worse, false tied, trials
+    counts = {name: {word: np.zeros(len(gaps)) for word in (*words, decide.BEST, WITHIN)} for name in designs}
+    errors = {name: np.zeros(3) for name in designs}  # false worse, false within, trials
     # evidence.holm calls statsmodels' multipletests, which runs gc.collect() on every call: ~60 ms in a
     # process as full as pytest's. Frozen objects are skipped by the collector, which makes it ~20 us.
     gc.freeze()
     try:
         for k in range(sweeps):
-            sweep = Sweep(gaps, (seed, k), model)
+            sweep = Sweep(gaps, (seed, k), model, seed_sds)
             for name, design in designs.items():
                 outcome = design(sweep)
                 verdicts = np.array(outcome.verdicts)
+                within = np.array(outcome.within) & (verdicts != decide.BEST)
                 errors[name] += (((verdicts == decide.WORSE) & false_worse_at).any(),
-                                 ((verdicts == decide.TIED) & false_tied_at).any(), outcome.trials)
+                                 (within & false_within_at).any(), outcome.trials)
                 for word, count in counts[name].items():
-                    count += verdicts == word
+                    count += within if word == WITHIN else verdicts == word
     finally:
         gc.unfreeze()
     judged = sweeps * (len(gaps) - 1)
     rates = {}
     for name in designs:
-        shares = {word: float(counts[name][word].sum() / judged) for word in words}
-        false_worse, false_tied, trials = errors[name] / sweeps
-        rates[name] = Rates(sweeps, float(false_worse), float(false_tied), shares[decide.WORSE],
-                            shares[decide.TIED], shares[decide.UNDECIDED], float(trials),
+        shares = {word: float(counts[name][word].sum() / judged) for word in (*words, WITHIN)}
+        false_worse, false_within, trials = errors[name] / sweeps
+        rates[name] = Rates(sweeps, float(false_worse), float(false_within), shares[decide.WORSE],
+                            shares[decide.TIED], shares[decide.UNDECIDED], float(trials), shares[WITHIN],
                             {word: count / sweeps for word, count in counts[name].items()})
     return rates
 

@@ -28,7 +28,7 @@ def test_conclusion_names_best_ties_worse_and_the_cheapest_tie():
     study, plan = width_study()
     summary = report.summarise(study, plan)
     assert [row.label for row in summary.rows] == [f"hidden_size={w}" for w in (2048, 1024, 512, 256)]
-    assert [row.vs_best for row in summary.rows] == ["best", "not shown different", "worse", "worse"]
+    assert [row.vs_best for row in summary.rows] == ["best", "not shown different", *[evidence.LOWER] * 2]
     assert summary.rows[1].verdict.discordant == (0, 4) and summary.rows[1].verdict.method == evidence.MCNEMAR
     assert summary.recommended_trial.params == {"hidden_size": 2048}
     chosen = summary.recommendation  # one seed: the highest, and said to be undecided
@@ -40,7 +40,8 @@ def test_conclusion_names_best_ties_worse_and_the_cheapest_tie():
     assert text.startswith("Which hidden size works best? hidden_size=2048 has the best validation accuracy")
     assert "Not shown different from it: hidden_size=1024 (-0.0020, 0 images only it got right vs 4 only " \
         "the best" in text
-    assert "Worse: hidden_size=512" in text and "hidden_size=256" in text.split("Worse:")[1]
+    lower = "Lower on these images (seed noise not measured):"
+    assert f"{lower} hidden_size=512" in text and "hidden_size=256" in text.split(lower)[1]
     assert summary.cost_name == "parameters" and parameter_count(1024) == 814_090
     assert "Cheapest of those not shown different: hidden_size=1024 at 814,090 parameters; not a tie" in text
     assert "seed-to-seed training noise" in text  # one seed: McNemar's blind spot is named
