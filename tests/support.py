@@ -117,7 +117,7 @@ N_VAL = 2000  # validation images of the constructed trials
 VERDICT_KEYS = {"label", "params", "trials", "run_ids", "seeds", "accuracy", "interval", "interval_kind",
                 "diff_images", "p_value", "p_adjusted", "verdict", "method", "cost_seconds_per_epoch",
                 "cost", "cost_name", "test_acc",
-                "margin", "difference", "difference_interval", "decided_at"}
+                "margin", "difference", "difference_interval", "decided_at", "within_margin"}
 # (above: sweep/verdicts.json's keys, which `cli.py best` reads)
 WIDTHS = {"description": "Which hidden size works best?", "base": {"epochs": 3},
           "space": {"hidden_size": [256, 512, 1024, 2048]}, "plot": {"x": "hidden_size", "log_x": True}}

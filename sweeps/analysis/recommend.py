@@ -7,8 +7,9 @@ a `verdict`/`recommended` tag on every child run, the study's user attr and optu
 accuracy (the luckiest seed, not the answer).
 
 The rule, per kind of evidence:
-- decided verdicts (rounds, or a fixed design of >= 2 seeds): the cheapest of the best and those tied with
-  it within ±margin; "shown best" when every other configuration is worse;
+- decided verdicts (rounds, or a fixed design of >= 2 seeds): the cheapest of the best and those shown
+  within ±margin of it (tied, or worse by less than the margin); "shown best" when every other
+  configuration is worse by more;
 - the one-seed answer (McNemar) and studies without per-image vectors: the configuration with the highest
   validation accuracy, said to be undecided: one seed measures no seed noise.
 Its checkpoint is the recommended configuration's seed with the best validation accuracy (the objective).
@@ -24,7 +25,7 @@ import math
 from collections.abc import Sequence
 
 from sweeps import trial_record as record
-from sweeps.analysis.evidence import DECIDED, TIED, UNDECIDED, WORSE, Verdict
+from sweeps.analysis.evidence import DECIDED, UNDECIDED, WORSE, Verdict
 from sweeps.analysis.summary import (
     DECIDED_NOW,
     NO,
@@ -50,14 +51,14 @@ def recommend(rows: Sequence[ConfigRow], *, sweep: str, direction: str, state: s
     decided = any(v.method == DECIDED for v in others)
     undecided = [v.label for v in others if v.verdict == UNDECIDED]
     if decided:
-        tied = [best] + [v for v in others if v.verdict == TIED]
-        pick = cheapest(tied) or best
-        if others and all(v.verdict == WORSE for v in others):
+        within = [best] + [v for v in others if v.within_margin]  # tied, or worse by less than the margin
+        pick = cheapest(within) or best
+        if others and all(v.verdict == WORSE and not v.within_margin for v in others):
             why = "shown best: every other configuration is worse"
-        elif len(tied) > 1:
-            why = f"the cheapest of the best and those tied with it within ±{100 * best.margin:.2g} pp"
+        elif len(within) > 1:
+            why = f"the cheapest of the best and those within ±{100 * best.margin:.2g} pp of it"
         else:
-            why = "the leader: nothing is shown tied with it"
+            why = "the leader: nothing is shown within the margin of it"
         if undecided:
             why += f"; undecided against it: {', '.join(undecided)}"
         settled = DECIDED_NOW if not undecided else UNDECIDED_NOW

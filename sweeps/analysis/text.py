@@ -126,7 +126,8 @@ def verdict_records(summary: Summary) -> list[dict]:
             "method": verdict.method, "margin": verdict.margin,
             "difference": _null(verdict.difference),
             "difference_interval": [_null(v) for v in verdict.difference_interval],
-            "decided_at": verdict.decided_at, "cost_seconds_per_epoch": _null(row.seconds_per_epoch),
+            "decided_at": verdict.decided_at, "within_margin": verdict.within_margin,
+            "cost_seconds_per_epoch": _null(row.seconds_per_epoch),
             "cost": _null(verdict.cost), "cost_name": summary.cost_name,  # as the conclusion prices
             "test_acc": verdict.test_acc})
     return records

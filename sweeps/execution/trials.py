@@ -373,10 +373,8 @@ def _normal(key) -> tuple:
 
 
 def _key_and_seed(trial: FrozenTrial) -> tuple[tuple, int]:
-    """(configuration, seed) of a trial in any state; a queued one has its params in fixed_params."""
-    params = trial.params or trial.system_attrs.get("fixed_params") or {}
-    seed = params.get("seed", TrialRecord.of(trial).seed)
-    return _normal((k, v) for k, v in params.items() if k != "seed"), int(seed or 0)
+    """(configuration, seed) of a trial in any state, as the study's record derives them."""
+    return _normal(record.config_key(trial)), record.seed_of(trial)
 
 
 def trial_tags(plan: StudyPlan, held: TrialLease) -> dict[str, str]:
