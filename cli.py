@@ -570,7 +570,7 @@ def sweeps() -> None:
         bounds = plan.trial_bounds()
         budget = f"{definition.timeout:g} s" if bounds is None else f"{bounds[0]} trials" \
             if bounds[0] == bounds[1] else f"{bounds[0]}-{bounds[1]} trials"
-        click.echo(f"{name:<14} {definition.sampler:<6} {budget:<11} {definition.description}")
+        click.echo(f"{name:<14} {definition.sampler:<6} {budget:<13} {definition.description}")
 
 
 @cli.command()

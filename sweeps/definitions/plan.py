@@ -65,11 +65,11 @@ class StudyPlan:
         return self.n_trials
 
     def trial_bounds(self) -> tuple[int, int] | None:
-        """(fewest, most) trials the study can hold: a decided grid trains 1 to max_seeds seeds of each
-        point; None where only a timeout bounds it."""
+        """(fewest, most) trials the study can hold: a decided grid trains first_look (no verdict before)
+        to max_seeds seeds of each point; None where only a timeout bounds it."""
         if self.rounds:
             points = math.prod(len(values) for values in self.definition.grid().values())
-            return points, points * self.rule.max_seeds
+            return points * self.rule.first_look, points * self.rule.max_seeds
         total = self.total_trials()
         return None if total is None else (total, total)
 
