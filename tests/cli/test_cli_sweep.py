@@ -24,7 +24,7 @@ def test_sweeps_lists_every_definition_on_one_line():
     lines = result.output.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(list_definitions())
     hidden = next(line for line in lines if line.startswith("hidden_size"))
-    assert "grid" in hidden and "15-25 trials" in hidden  # decided: 3 (no verdict before) to max_seeds seeds of 5 widths
+    assert "grid" in hidden and "15-25 trials" in hidden  # 3 to 5 seeds of 5 widths
 
 
 @pytest.mark.parametrize("args, message", [
