@@ -148,9 +148,9 @@ def _difference(row: ConfigRow) -> str:
         return ""
     images = verdict.difference_images
     if images is None:
-        return f"{verdict.difference:+.4f}"
+        return f"{100 * verdict.difference:+.2f} pp"
     shown = f"{images:+.0f}" if len(row.trials) == 1 else f"{images:+.1f}"
-    return f"{verdict.difference:+.4f} ({shown} images)"
+    return f"{100 * verdict.difference:+.2f} pp ({shown} images)"
 
 
 def _vs_best(row: ConfigRow) -> str:

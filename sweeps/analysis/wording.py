@@ -127,8 +127,8 @@ def _tested_sentences(best: Verdict, others: list[Verdict], cost_name: str) -> l
         group = [v for v in others if v.verdict == word]
         if group:
             parts.append(f"{heading}: " + "; ".join(_described(v) for v in group) + ".")
-    if others and not any(v.verdict == NOT_SHOWN for v in others):
-        parts.append("Nothing else is left not shown different from it.")
+    if others and all(v.verdict in (LOWER, WORSE) for v in others):
+        parts.append("Every other configuration is shown lower.")
     unshown = [best] + [v for v in others if v.verdict == NOT_SHOWN]
     pick = _cheapest(unshown)
     if pick is not None and len(unshown) > 1:
@@ -149,8 +149,8 @@ def _test_of(pick: Verdict, best: Verdict) -> list[str]:
         return []
     shown = best.test_acc is not None and pick is not best
     beside = f"; of the best: {best.test_acc:.4f}" if shown else ""
-    return [f"Test accuracy of {'the pick' if pick is not best else 'the best'}: {pick.test_acc:.4f}{beside} "
-            "(reported, not used to choose)."]
+    return [f"Test accuracy (mean over its seeds) of {'the pick' if pick is not best else 'the best'}: "
+            f"{pick.test_acc:.4f}{beside} (reported, not used to choose)."]
 
 
 def _cost(cost: float) -> str:
@@ -184,7 +184,7 @@ def _described(verdict: Verdict, rounds: bool = True, best_label: str | None = N
         detail = " ".join(filter(None, [kind, when]))
         return f"{verdict.label} ({100 * verdict.difference:+.2f} pp{span}, {seeds}" + (
             f"; {detail})" if detail else ")")
-    details = [f"{verdict.difference:+.4f}"]
+    details = [f"{100 * verdict.difference:+.2f} pp"]
     if verdict.discordant is not None:
         mine, best_only = verdict.discordant
         details.append(f"{mine} images only it got right vs {best_only} only the best")

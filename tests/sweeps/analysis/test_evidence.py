@@ -126,7 +126,7 @@ def test_one_seed_conclusion_names_best_ties_cheapest_and_caveat():
     unshown = text[text.index("Not shown different from it:"):text.index("Lower on these images")]
     assert "hidden_size=512" in unshown and "hidden_size=2048" in unshown and "hidden_size=256" not in unshown
     assert "134 images only it got right vs 139 only the best" in unshown
-    assert ("Lower on these images (seed noise not measured): hidden_size=256 (-0.0300, 100 images only it "
+    assert ("Lower on these images (seed noise not measured): hidden_size=256 (-3.00 pp, 100 images only it "
             "got right vs 400 only the best, p<0.001" in text)
     # one seed never reads as the decided verdict, and its caveat gives the measured false "lower" rates
     assert "Worse" not in text and "worse" not in text.split("One seed per configuration")[0]
@@ -136,7 +136,7 @@ def test_one_seed_conclusion_names_best_ties_cheapest_and_caveat():
     assert "within noise" not in text and "usually the one to use" not in text
     assert ("Cheapest of those not shown different: hidden_size=512 at 1.4 s/epoch; not a tie (one seed "
             "cannot show one)") in text
-    assert "Test accuracy of the best: 0.8952 (reported, not used to choose)." in text
+    assert "Test accuracy (mean over its seeds) of the best: 0.8952 (reported, not used to choose)." in text
     assert "One seed per configuration" in text and "--max-seeds" in text
 
 

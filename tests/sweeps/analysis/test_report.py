@@ -38,7 +38,7 @@ def test_conclusion_names_best_ties_worse_and_the_cheapest_tie():
     assert "Recommended: hidden_size=2048 (the highest validation accuracy; one seed measures no seed " \
         "noise, so nothing is decided; undecided;" in text
     assert text.startswith("Which hidden size works best? hidden_size=2048 has the best validation accuracy")
-    assert "Not shown different from it: hidden_size=1024 (-0.0020, 0 images only it got right vs 4 only " \
+    assert "Not shown different from it: hidden_size=1024 (-0.20 pp, 0 images only it got right vs 4 only " \
         "the best" in text
     lower = "Lower on these images (seed noise not measured):"
     assert f"{lower} hidden_size=512" in text and "hidden_size=256" in text.split(lower)[1]
@@ -181,3 +181,20 @@ def test_summary_csv_holds_rounded_numbers_not_float_dust():
     columns = ("val_acc_mean", "val_acc_low95", "val_acc_high95", "test_acc_mean", "epoch_seconds_mean")
     cells = [row[column] for row in rows for column in columns if row[column] not in ("", "nan")]
     assert cells and all(len(cell.partition(".")[2]) <= 6 for cell in cells), cells
+
+
+@pytest.mark.unit
+def test_one_seed_differences_are_in_pp_and_said_without_a_double_negative():
+    plan = plan_of(WIDTHS, "hidden_size")
+    study = optuna.create_study(direction="maximize")
+    best = right_on(0.9)
+    add(study, plan, {"hidden_size": 2048}, correct=best)
+    add(study, plan, {"hidden_size": 512}, correct=losing(best, 300))
+    add(study, plan, {"hidden_size": 256}, correct=losing(best, 400))
+    summary = report.summarise(study, plan)
+    assert {row.vs_best for row in summary.rows[1:]} == {evidence.LOWER}
+    assert "Every other configuration is shown lower." in summary.conclusion
+    assert "not shown different" not in summary.conclusion.lower().split("caveat")[0]
+    assert "hidden_size=512 (-15.00 pp, " in summary.conclusion  # one unit, pp, as the decided verdicts
+    table = report_text.ranked_table(summary)
+    assert "| -15.00 pp (-300 images) |" in table
