@@ -30,7 +30,8 @@ Sections:
              (`--only busy`): on a shared machine "quiet" is only the others' load at the time.
 9. against   with --against REV (alone, unless --only names others): the manual learner of this tree vs
              fmnist_core/mlp_manual.py at git revision REV, in one process: seconds of one epoch of the
-             default single run and of the main job's pack, interleaved rounds, medians and new/old ratios.
+             default single run and of the main job's pack, interleaved rounds, medians and new/old ratios
+             (on a busy machine: OMP_NUM_THREADS=1).
 --device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
 Timings go to stdout; nothing here is asserted, so CI never fails on a busy machine.
 """
@@ -390,14 +391,17 @@ def population_64(batch: int, device: str, repeats: int, rounds: int) -> None:
           f"throughput [{min(ratios):.1f}, {max(ratios):.1f}]")
 
 
-AGAINST_ROUNDS = 5  # interleaved rounds of the --against section (3 with --quick)
+AGAINST_ROUNDS = 9  # interleaved rounds of the --against section (3 with --quick)
 
 
 def section_against(splits: fdata.Splits, quick: bool, device: str, rev: str) -> None:
     """--against REV: the manual learner of this tree against fmnist_core/mlp_manual.py as it was at git
     revision REV (imported from `git show` as a module of its own), side by side in this process: the
-    seconds of one epoch (the trainer's epoch_seconds) of the default single run and of the main job's
-    pack (its five widths, one seed), in interleaved rounds that alternate which goes first."""
+    seconds of one epoch (the trainer's epoch_seconds) of the default single run (all 50 000 training
+    images) and of the main job's pack (its five widths, one seed; 12 800 images, 200 steps), in
+    interleaved rounds that alternate which goes first; --quick: a quarter of each, 3 rounds.
+    On a machine shared with other work, run it with OMP_NUM_THREADS=1: two threads that wait for each
+    other at every product make an epoch's time swing tenfold from one round to the next."""
     import contextlib
     import subprocess
     import types
@@ -422,29 +426,33 @@ def section_against(splits: fdata.Splits, quick: bool, device: str, rev: str) ->
         finally:
             current.make_manual_learner = kept
 
-    samples = splits.train_x.shape[0] // (4 if quick else 1)
-    subset = dataclasses.replace(splits, train_x=splits.train_x[:samples], train_y=splits.train_y[:samples],
-                                 test_x=splits.test_x[:1000], test_y=splits.test_y[:1000])
+    def images(count: int) -> fdata.Splits:  # the first `count` training images; no validation is run
+        count //= 4 if quick else 1
+        return dataclasses.replace(splits, train_x=splits.train_x[:count], train_y=splits.train_y[:count],
+                                   test_x=splits.test_x[:1000], test_y=splits.test_y[:1000])
+
     base = RunConfig(epochs=1, val_size=0, device=device)  # no validation: only the epoch is timed
-    runs = {"single run": [base],
-            "main job's pack": [dataclasses.replace(base, hidden_size=h) for h in MAIN_JOB_WIDTHS]}
+    runs = {"single run": ([base], images(splits.train_x.shape[0])),
+            "main job's pack": ([dataclasses.replace(base, hidden_size=h) for h in MAIN_JOB_WIDTHS],
+                                images(12_800))}
     sides = {rev: earlier, "this tree": current}
     rounds = 3 if quick else AGAINST_ROUNDS
-    print(f"\n== 9. the manual learner against {rev} ({samples} training images an epoch, batch 64, "
-          f"{rounds} interleaved rounds) ==")
-    warm = dataclasses.replace(subset, train_x=subset.train_x[:640], train_y=subset.train_y[:640])
+    print(f"\n== 9. the manual learner against {rev}: one epoch, batch 64, {torch.get_num_threads()} "
+          f"threads, {rounds} interleaved rounds; " +
+          ", ".join(f"{run} {data.train_x.shape[0]} images" for run, (_, data) in runs.items()) + " ==")
     for module in sides.values():  # one-time costs (allocator, MKL's kernels) outside the rounds
         with learners_of(module):
-            for configs in runs.values():
-                train_population(configs, warm)
+            for configs, data in runs.values():
+                train_population(configs, dataclasses.replace(data, train_x=data.train_x[:640],
+                                                              train_y=data.train_y[:640]))
     seconds: dict[tuple[str, str], list[float]] = {(run, side): [] for run in runs for side in sides}
     for round_number in range(1, rounds + 1):
         order = list(sides) if round_number % 2 else list(reversed(sides))
         line = []
-        for run, configs in runs.items():
+        for run, (configs, data) in runs.items():
             for side in order:
                 with learners_of(sides[side]):
-                    results = train_population(configs, subset)
+                    results = train_population(configs, data)
                 seconds[run, side].append(results[0].history[-1]["epoch_seconds"])
             ratio = seconds[run, "this tree"][-1] / seconds[run, rev][-1]
             line.append(f"{run} {seconds[run, rev][-1]:6.2f} s ({rev}) / "
