@@ -31,6 +31,7 @@ from sweeps.analysis.evidence import (
     WORSE,
     Verdict,
 )
+from sweeps.analysis.recommend import cheapest
 
 # The decided rounds' false "worse" where configurations differ in seed noise: the share of sweeps of five
 # identical configurations with one, one of them at 10 times the others' seed sd (1.0 against 0.1 pp) and
@@ -90,7 +91,7 @@ def _decided_sentences(best: Verdict, others: list[Verdict], cost_name: str, spe
     elif not any(v.within_margin for v in others):
         parts.append(f"Nothing is shown within ±{margin} of it.")
     within = [best] + [v for v in others if v.within_margin]
-    pick = _cheapest(within)
+    pick = cheapest(within)  # the recommendation's rule (recommend.py), so both name one pick
     if pick is not None and len(within) > 1:
         parts.append(f"Use {pick.label}: the cheapest of the best and those within ±{margin} of it "
                      f"({_cost(pick.cost)} {cost_name}).")
@@ -130,18 +131,13 @@ def _tested_sentences(best: Verdict, others: list[Verdict], cost_name: str) -> l
     if others and all(v.verdict in (LOWER, WORSE) for v in others):
         parts.append("Every other configuration is shown lower.")
     unshown = [best] + [v for v in others if v.verdict == NOT_SHOWN]
-    pick = _cheapest(unshown)
+    pick = cheapest(unshown)
     if pick is not None and len(unshown) > 1:
         parts.append(f"Cheapest of those not shown different: {pick.label} at {_cost(pick.cost)} "
                      f"{cost_name}; not a tie (one seed cannot show one): a decided sweep (--max-seeds) "
                      "says whether it is within a margin of the best.")
     parts.extend(_test_of(best, best))
     return parts
-
-
-def _cheapest(group: list[Verdict]) -> Verdict | None:
-    priced = [v for v in group if not math.isnan(v.cost)]
-    return min(priced, key=lambda v: v.cost) if priced else None
 
 
 def _test_of(pick: Verdict, best: Verdict) -> list[str]:
