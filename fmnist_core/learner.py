@@ -6,7 +6,7 @@ tensor); members of different widths that see the same batches are PACKED: one f
 for all of their hidden units, each member's output from its own slice of the hidden layer. Either
 way each member keeps its own loss, gradient, clipping, optimizer and weights, and nothing mixes them.
 Two classes satisfy it structurally, without inheriting from it:
-`mlp_manual.ManualLearner` / `mlp_manual.PackedManualLearner` (hand-written backprop and SGD) and
+`mlp_manual.ManualLearner` (hand-written backprop and SGD; a single model, a population or a pack) and
 `mlp_torch.TorchLearner` (autograd and torch.optim). The trainer (`trainer.make_learner`) builds one
 and talks to it only through these members, so a third implementation needs nothing else.
 
