@@ -56,7 +56,8 @@ def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Sum
     seconds = {key: float(np.mean([TrialRecord.of(t).epoch_seconds for t in members]))
                for key, members in groups.items()}
     costs, cost_name = _costs(configs, seconds)
-    results = {key: _evidence(label_of(dict(key)), members, costs[key], plan.definition.metric)
+    labels = _labels(groups)
+    results = {key: _evidence(labels[key], members, costs[key], plan.definition.metric)
                for key, members in groups.items()}
     vectors = all(result.correct for result in results.values())
     seeded = any(len(members) >= 2 for members in groups.values())
@@ -71,7 +72,7 @@ def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Sum
                      for key in left_out]
     else:
         verdicts = evidence.compare_to_best(list(results.values()), rule=plan.rule)
-    key_of = {results[key].label: key for key in groups}
+    key_of = {results[key].label: key for key in groups}  # one to one: labels are unique (_labels)
     rows = [ConfigRow(dict(key_of[v.label]), configs[key_of[v.label]], tuple(groups[key_of[v.label]]), v,
                       seconds[key_of[v.label]], bool(results[key_of[v.label]].correct)) for v in verdicts]
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -93,6 +94,15 @@ def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Sum
     said = [recommendation.sentence()] if recommendation is not None else []
     return dataclasses.replace(summary, conclusion=" ".join([text, *said, *_failures(summary),
                                                              *_missing_vectors(rows)]))
+
+
+def _labels(keys) -> dict[tuple, str]:
+    """configuration key -> its label, one label per configuration: two sampled points that print alike
+    (labels keep 4 significant digits) are spelled in full, so they stay two rows, never one."""
+    short = {key: label_of(dict(key)) for key in keys}
+    shared = {label for label, count in Counter(short.values()).items() if count > 1}
+    return {key: ", ".join(f"{name}={value!r}" for name, value in key) if label in shared else label
+            for key, label in short.items()}
 
 
 def _evidence(label: str, members: list[FrozenTrial], cost: float, metric: str) -> evidence.ConfigResult:

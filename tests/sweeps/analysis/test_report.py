@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from support import VERDICT_KEYS, WIDTHS, add, losing, plan_of, right_on, width_study
 
 from fmnist_core.cost import parameter_count
+from sweeps import trial_record as record
 from sweeps.analysis import evidence, report, why_figures
 from sweeps.analysis import text as report_text
 from sweeps.trial_record import seed_of
@@ -198,3 +199,23 @@ def test_one_seed_differences_are_in_pp_and_said_without_a_double_negative():
     assert "hidden_size=512 (-15.00 pp, " in summary.conclusion  # one unit, pp, as the decided verdicts
     table = report_text.ranked_table(summary)
     assert "| -15.00 pp (-300 images) |" in table
+
+
+@pytest.mark.unit
+def test_two_sampled_points_that_print_alike_stay_two_rows():
+    """Labels keep 4 significant digits; rows are joined by configuration, so two sampled learning rates
+    that round alike are two configurations with their own trials, not one row with a merged seed."""
+    plan = plan_of({"description": "lr", "sampler": "tpe", "budget": {"n_trials": 4},
+                    "space": {"lr": {"low": 0.001, "high": 0.1, "log": True}}}, "lr")
+    study = optuna.create_study(direction="maximize")
+    best = right_on(0.9)
+    space = {"lr": optuna.distributions.FloatDistribution(0.001, 0.1, log=True)}
+    for lr, correct in ((0.0123451, best), (0.0123452, losing(best, 40))):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr}, distributions=space,
+            value=float(correct.mean()), user_attrs={"seed": 0, "val_correct": record.pack_correct(correct),
+                                                     "n_val": len(correct), "mlflow_run_id": f"run-{lr}"}))
+    summary = report.summarise(study, plan)
+    assert len(summary.rows) == 2 and [len(row.trials) for row in summary.rows] == [1, 1]
+    assert [row.label for row in summary.rows] == ["lr=0.0123451", "lr=0.0123452"]
+    assert summary.rows[0].params == {"lr": 0.0123451}
