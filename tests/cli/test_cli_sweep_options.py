@@ -96,7 +96,7 @@ def test_the_trial_loop_asks_for_no_new_trial_once_the_timeout_has_passed(monkey
     monkeypatch.setattr(trials, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=lambda s: None))
     trained = []
 
-    def train_group(study_, plan_, leases, splits, tracker, background, shown):  # a stand-in for training
+    def train_group(study_, plan_, leases, splits, tracker, background, shown, progress=None):  # stand-in
         now[0] += 4.0
         for held in leases:
             trained.append(held.config.hidden_size)
