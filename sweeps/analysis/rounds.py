@@ -34,6 +34,7 @@ class RoundsState:
     rounds_done: int  # rounds recorded (1 + the record's length)
     record: list[dict]  # the study's `rounds` attr
     max_seeds: int  # of the plan: the fixed design it is measured against
+    first_look: int = 2  # the first round whose look can decide (Rule.first_look)
 
     @property
     def spent(self) -> tuple[int, int]:
@@ -81,7 +82,7 @@ def state(study: optuna.Study, plan: StudyPlan,
     # No clock here: the verdicts depend on the trials alone, so any machine, quiet or busy, decides alike
     decision = decide.replay(seed_rounds, groups, plan.rule, sequential=plan.decides, budget_spent=False,
                              last_round=rounds_done)
-    return RoundsState(keys, members, decision, rounds_done, recorded, plan.max_seeds)
+    return RoundsState(keys, members, decision, rounds_done, recorded, plan.max_seeds, plan.rule.first_look)
 
 
 def rounds_of_trials(recorded: list[dict]):
@@ -113,8 +114,9 @@ def round_line(rounds: RoundsState, number: int, queued: int, next_round: dict |
     undecided = ", ".join(labels[c] for c in log["undecided"]) or "none"
     head = f"Round {number} ({log['trials']} trial{'s' if log['trials'] != 1 else ''}): leader " \
            f"{labels[leader]}; decided now: {decided}; undecided: {undecided}"
-    if number == 1:
-        head += " (one seed each measures no seed-to-seed noise: every configuration gets a second seed)"
+    if number < rounds.first_look:
+        head += (f" (no verdict before every configuration has {rounds.first_look} seeds, the first that "
+                 "measure its own seed noise: each gets one more)")
     if next_round is not None:  # from the record: what this round's look queued
         added = [label_of(dict(entry_key(entry)[0])) for entry in next_round["trials"]]
     else:
