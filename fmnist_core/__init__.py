@@ -14,6 +14,7 @@ checkpoint.py   checkpoints anyone can read with torch.load(weights_only=True)
 serving.py      a checkpoint as a plain nn.Sequential: evaluate, predict, the serving network
 ensemble.py     one configuration's seeds folded into one exact checkpoint (their mean logits)
 cost.py         what a configuration costs: parameters, training FLOPs
+threads.py      torch's thread count while a CPU training runs: the CPUs free of other processes' load
 
 It imports torch (torchvision only to download the data) and the standard library only: nothing of
 MLflow, Optuna, matplotlib or the command line (tests/core/test_layers.py checks every module in a

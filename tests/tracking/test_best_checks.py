@@ -75,7 +75,9 @@ def test_rounding_of_up_to_two_images_is_tolerated(trained, splits, images_off):
 
 def test_a_run_trained_on_other_data_is_refused_before_its_checkpoint_is_scored(splits, monkeypatch):
     asked = []
-    monkeypatch.setattr(registry.fdata, "load_splits",
+    from fmnist_core import data as fdata  # registry imports it where a run's splits are loaded
+
+    monkeypatch.setattr(fdata, "load_splits",
                         lambda data_dir, *, val_size: asked.append(val_size) or splits)
     with pytest.raises(TrackingError, match="trained on data with digest 0123456789ab, but the data here "
                                             "has digest synthetic; point --data-dir"):
