@@ -269,7 +269,7 @@ def refuse_unknown_sweep(name: str, left_behind: Callable[[], object]) -> None:
               help="Validation metric to select by: val_acc (a run's best validation accuracy, logged as "
                    "best_val_acc). Test metrics are refused: the test set is only reported.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the best run's checkpoint.")
+              help="Where to write the checkpoint (the sweep's recommendation with --sweep).")
 @click.option("--register", is_flag=True,
               help="Also register its MLflow model as fmnist-mlp and point the alias champion at it.")
 @click.option("--ensemble", is_flag=True,
@@ -321,7 +321,8 @@ def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: st
           tracking_uri: str | None, experiment: str) -> None:
     """Serve a model over HTTP with `mlflow models serve`.
 
-    By default the model of the best FINISHED run, by validation accuracy. Prints the request and
+    By default what `best` gives: with --sweep the sweep's recommendation, else the best FINISHED run by
+    validation accuracy. Prints the request and
     response format and the class of each probability.
 
     Runs in this Python environment (--env-manager local), with $MLFLOW_TRACKING_URI and $PATH set for
@@ -368,8 +369,8 @@ def figures(run_ids: tuple[str, ...], data_dir: Path | None, tracking_uri: str |
     Learning curves, test confusion matrix and misclassified test images, under plots/. Each RUN_ID is
     a run's id, or the start of it as `runs` shows it.
 
-    A `train` run has them already. A sweep makes them for its best run only: they cost more CPU than
-    the rest of a trial's MLflow work, and few of a sweep's runs are ever looked at one by one.
+    A `train` run has them already. A sweep makes them for its recommended run only: they cost more CPU
+    than the rest of a trial's MLflow work, and few of a sweep's runs are ever looked at one by one.
     """
     from fmnist_core import data as fdata
     from fmnist_tracking.run_log import log_figures
@@ -513,7 +514,7 @@ def sweep(name: str, impl: str | None, epochs: int | None, n_trials: int | None,
     from sweeps.execution.study import default_storage
     from sweeps.execution.supervisor import run_local_workers
 
-    # the report reads the best run's checkpoint to make its figures: no download bar in the sweep's output
+    # the report reads the recommended run's checkpoint for its figures: no download bar in the output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if create + repair + (workers > 1) > 1:
         raise click.BadParameter("use one of --create, --repair and --workers N at a time",
