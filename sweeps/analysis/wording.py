@@ -219,11 +219,11 @@ def _caveats(verdicts: Sequence[Verdict], decision: decide.Decision | None = Non
                        f"with one of five identical configurations at 10 times the others' seed noise, "
                        f"{unequal['two at 3x']:.1%} with two at 3 times).")
     if MCNEMAR in methods:
-        rates = " and ".join(f"{rate:.0%} {case}" for case, rate in ONE_SEED_FALSE_LOWER.items())
+        rates = " and ".join(f"{rate:.0%} of sweeps {case}" for case, rate in ONE_SEED_FALSE_LOWER.items())
         caveats.append("One seed per configuration: the exact McNemar test covers which validation images "
                        "were drawn, not seed-to-seed training noise, and the best was chosen on the same "
                        "images, so its p-values do not hold 5%: with five identical configurations it calls "
-                       f"one of them lower in {rates} of sweeps (simulated). A decided sweep (a `decide:` "
+                       f"one of them lower in {rates} (simulated). A decided sweep (a `decide:` "
                        "block, or --max-seeds) measures both and can say worse, or within a margin.")
     if WELCH in methods:
         caveats.append("Where no per-image vectors were kept, Welch's t-test over seed accuracies covers "

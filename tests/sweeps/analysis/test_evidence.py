@@ -131,7 +131,7 @@ def test_one_seed_conclusion_names_best_ties_cheapest_and_caveat():
     # one seed never reads as the decided verdict, and its caveat gives the measured false "lower" rates
     assert "Worse" not in text and "worse" not in text.split("One seed per configuration")[0]
     assert "p-values do not hold 5%" in text
-    assert "9% without seed noise and 38% with a seed noise of 0.135 pp" in text
+    assert "9% of sweeps without seed noise and 38% of sweeps with a seed noise of 0.135 pp" in text
     # "within noise" is absence of evidence, not a tie: nothing is recommended for it
     assert "within noise" not in text and "usually the one to use" not in text
     assert ("Cheapest of those not shown different: hidden_size=512 at 1.4 s/epoch; not a tie (one seed "
