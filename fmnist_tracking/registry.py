@@ -252,10 +252,11 @@ def fetch_ensemble(client: MlflowClient, experiment_ids: list[str], out: Path, *
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fmnist-ensemble-") as scratch:
         checkpoints = []
+        splits = _splits_of(members[0], data_dir)  # one load: the seeds of one configuration share it
         for member in members:
             path = download_checkpoint(client, member.info.run_id, Path(scratch, member.info.run_id))
             model, checkpoint = serving.load_model(path)
-            splits = _splits_of(member, data_dir)
+            _check_digest(member, splits)
             _recheck(member, model, checkpoint, splits)
             checkpoints.append(checkpoint)
         described = [{"run_id": member.info.run_id} for member in members]
@@ -266,11 +267,12 @@ def fetch_ensemble(client: MlflowClient, experiment_ids: list[str], out: Path, *
     best = BestRun(run, f"{RECOMMENDATION}, its {len(members)} seeds folded", out, metrics["best_val_acc"],
                    metrics["best_val_acc"], splits.val_x.shape[0], recomputed_test_acc=metrics["test_acc"])
     chosen = answer.recommended
-    single = client.get_run(chosen["run_id"]).data.metrics.get("test_acc")
+    seed = next(member for member in members if member.info.run_id == chosen["run_id"]).data.metrics
+    single = seed.get("test_acc")
     best.sweep_verdict = answer.lines()[:1] + [
         f"the ensemble of its {len(members)} seeds ({folded.hidden_size} units, logits = the seeds' mean): "
         f"val {metrics['best_val_acc']:.4f}, test {metrics['test_acc']:.4f}; its best single seed "
-        f"{chosen['seed']}: val {client.get_run(chosen['run_id']).data.metrics['best_val_acc']:.4f}, test "
+        f"{chosen['seed']}: val {seed['best_val_acc']:.4f}, test "
         + ("-" if single is None else f"{single:.4f}")]
     if register:
         best.registered = _register(client, run)
@@ -311,12 +313,17 @@ def _splits_of(run: Run, data_dir):
     from fmnist_core import data as fdata
 
     splits = fdata.load_splits(data_dir, val_size=int(run.data.params["val_size"]))
+    _check_digest(run, splits)
+    return splits
+
+
+def _check_digest(run: Run, splits) -> None:
+    """Refuse `splits` for a run trained on data with another digest (runs before the tag pass)."""
     trained_on = run.data.tags.get(DATASET_DIGEST_TAG)
     if trained_on and trained_on != splits.digest:
         raise TrackingError(f"run {run.info.run_id} was trained on data with digest {trained_on}, "
                             f"but the data here has digest {splits.digest}; "
                             f"point --data-dir at the run's data")
-    return splits
 
 
 def _recheck(run: Run, model, checkpoint, splits) -> float:
