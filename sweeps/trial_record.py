@@ -30,6 +30,9 @@ Trial user attrs:
     history         per-epoch metrics, rounded to 6 digits (the why-figures)
     val_correct     which validation images its best epoch got right: 1 bit an image, base64;
     n_val           with the number of images (paired tests)
+    heldout_correct the same images, each scored at the epoch chosen on the other half of them
+                    (TrainResult.heldout_correct, cross-fitting): what the verdicts judge on. Trials
+                    before 7 December 2026 lack it and are judged on val_correct
     failure         why it failed (diverged, a refused configuration)
     checkpoint      `runs:/<run id>/checkpoint.pt`
     best_epoch, best_val_acc, best_value, test_loss, test_acc   TrainResult.final_metrics()
@@ -56,6 +59,7 @@ WORKER, RUN_ID, SEED, REPEAT_OF = "worker", "mlflow_run_id", "seed", "repeat_of"
 ROUND = "round"  # decided sweeps: the round that queued the trial (the study's `rounds` record is the truth)
 POPULATION, EPOCHS, EPOCH_SECONDS, HISTORY = "population", "epochs", "epoch_seconds", "history"
 VAL_CORRECT, N_VAL, FAILURE, CHECKPOINT = "val_correct", "n_val", "failure", "checkpoint"
+HELDOUT_CORRECT = "heldout_correct"
 # the study's user attrs
 SWEEP, SETTINGS, PARENT_RUN, ROUNDS, CONFIRMED, RECOMMENDED = (
     "sweep", "settings", "mlflow_parent_run_id", "rounds", "confirmed", "recommended")
@@ -228,8 +232,10 @@ def failed(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr(FAILURE, reason)
 
 
-def trained(trial: optuna.Trial, history: list[dict[str, float]], val_correct) -> None:
-    """The per-epoch history and, where known, the bool vector of validation images got right."""
+def trained(trial: optuna.Trial, history: list[dict[str, float]], val_correct, heldout_correct=None
+            ) -> None:
+    """The per-epoch history and, where known, the bool vectors of validation images got right (at the
+    best epoch, and held out: each at the epoch the other half chose)."""
     trial.set_user_attr(EPOCHS, len(history))
     trial.set_user_attr(EPOCH_SECONDS, sum(m["epoch_seconds"] for m in history) / max(1, len(history)))
     trial.set_user_attr(HISTORY, [{k: round(v, 6) for k, v in dict(m, epoch=e).items()}
@@ -237,6 +243,8 @@ def trained(trial: optuna.Trial, history: list[dict[str, float]], val_correct) -
     if val_correct is not None:
         trial.set_user_attr(VAL_CORRECT, pack_correct(val_correct))
         trial.set_user_attr(N_VAL, len(val_correct))
+    if heldout_correct is not None:
+        trial.set_user_attr(HELDOUT_CORRECT, pack_correct(heldout_correct))
 
 
 def completed(trial: optuna.Trial, final_metrics: dict[str, float], run_id: str) -> None:
@@ -254,6 +262,26 @@ def pack_correct(correct) -> str:
 def unpack_correct(text: str, n: int) -> np.ndarray:
     """The bool vector of `pack_correct`; `n` (`n_val`) drops the padding bits."""
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n).astype(bool)
+
+
+def judged_vectors(trials: list[optuna.trial.FrozenTrial]) -> dict[int, np.ndarray | None]:
+    """trial number -> the vector the verdicts judge it on: the held-out vectors (cross-fitted) when every
+    trial has one, else every trial's val_correct (a study begun before 7 December 2026: its epochs
+    chosen on the images that judge them, slightly optimistic; docs/benchmarks.md measures by how much).
+    One kind for all, so no pair of configurations is compared across kinds."""
+    if not held_out(trials):
+        return selected_vectors(trials)
+    return {trial.number: TrialRecord.of(trial).heldout_correct for trial in trials}
+
+
+def held_out(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """Whether every trial kept a held-out vector, so that the verdicts judge on those (judged_vectors)."""
+    return all(HELDOUT_CORRECT in trial.user_attrs for trial in trials)
+
+
+def selected_vectors(trials: list[optuna.trial.FrozenTrial]) -> dict[int, np.ndarray | None]:
+    """trial number -> its best epoch's own vector (val_correct), scored on the images that chose it."""
+    return {trial.number: TrialRecord.of(trial).val_correct for trial in trials}
 
 
 # --- Reader: the analysis, repair, recovery ---------------------------------------------------------
@@ -303,6 +331,14 @@ class TrialRecord:
         if VAL_CORRECT not in self.attrs or N_VAL not in self.attrs:
             return None
         return unpack_correct(self.attrs[VAL_CORRECT], int(self.attrs[N_VAL]))
+
+    @property
+    def heldout_correct(self) -> np.ndarray | None:
+        """The held-out vector (cross-fitted), None for trials trained before it was recorded."""
+        if HELDOUT_CORRECT not in self.attrs or N_VAL not in self.attrs:
+            return None
+        return unpack_correct(self.attrs[HELDOUT_CORRECT], int(self.attrs[N_VAL]))
+
 
     def metric(self, name: str, default: float | None = None) -> float | None:
         """A final metric (`test_acc`, `best_val_acc`, `best_epoch`, ...)."""

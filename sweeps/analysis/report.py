@@ -3,9 +3,11 @@
 Everything is computed from the Optuna study, so `python cli.py report NAME` can rebuild it at any
 time. A configuration is a trial's params without the seed. Its COMPLETE seeds become an
 evidence.ConfigResult: per-image correctness vectors where the trials kept them (user attrs
-`val_correct`, `n_val`), otherwise per-seed validation accuracies (studies run before the vectors were
-kept: seed intervals and Welch's t-test only, and the conclusion says so). evidence.compare_to_best
-ranks them and tests each against the best; wording.conclusion puts it into words.
+`heldout_correct`, each validation image scored at the epoch the other half of the images chose; for
+trials before 7 December 2026 `val_correct`, at the epoch chosen on all of them), otherwise per-seed
+validation accuracies (studies run before the vectors were kept: seed intervals and Welch's t-test
+only, and the conclusion says so). evidence.compare_to_best ranks them and tests each against the best;
+wording.conclusion puts it into words.
 
 The answer goes to the terminal (`answer`), to the parent run's `sweep/summary.md`, `summary.csv`
 and `verdicts.json` (read by `cli.py best`), and to the parent's run note (the tag
@@ -57,7 +59,10 @@ def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Sum
                for key, members in groups.items()}
     costs, cost_name = _costs(configs, seconds)
     labels = _labels(groups)
-    results = {key: _evidence(labels[key], members, costs[key], plan.definition.metric)
+    finished = [t for members in groups.values() for t in members]
+    judged = record.judged_vectors(finished)
+    results = {key: _evidence(labels[key], members, [judged[t.number] for t in members], costs[key],
+                              plan.definition.metric)
                for key, members in groups.items()}
     vectors = all(result.correct for result in results.values())
     seeded = any(len(members) >= 2 for members in groups.values())
@@ -81,13 +86,15 @@ def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Sum
                                          max_seeds=plan.max_seeds if plan.decides else None)
     chosen = None if recommendation is None else \
         next(t for row in rows for t in row.trials if t.number == recommendation.trial)
-    metric_name = "validation accuracy" if plan.definition.metric == "val_acc" else \
+    held_out = record.held_out(finished)
+    metric_name = "held-out validation accuracy" if held_out else "validation accuracy" \
+        if plan.definition.metric == "val_acc" else \
         f"validation accuracy (at the epochs {plan.definition.metric} selected)"
     summary = Summary(plan.study_name, plan.definition.description, plan.definition.metric, rows,
                       dict(Counter(t.state.name for t in trials)), chosen, failed, cost_name, "",
                       rounds=rounds.history(decided) if decided is not None and plan.decides else [],
                       margin=plan.rule.margin if decided is not None else None,
-                      recommendation=recommendation)
+                      recommendation=recommendation, held_out=held_out)
     text = wording.conclusion(verdicts, plan.definition.description, metric_name, cost_name,
                                spent=decided.spent if decided is not None and plan.decides else None,
                                decision=decided.decision if decided is not None else None)
@@ -105,12 +112,13 @@ def _labels(keys) -> dict[tuple, str]:
             for key, label in short.items()}
 
 
-def _evidence(label: str, members: list[FrozenTrial], cost: float, metric: str) -> evidence.ConfigResult:
-    """Per-image vectors when every seed kept one, else per-seed validation accuracies."""
+def _evidence(label: str, members: list[FrozenTrial], vectors: list[np.ndarray | None], cost: float,
+              metric: str) -> evidence.ConfigResult:
+    """Per-image vectors (`vectors`, the judged ones) when every seed kept one, else per-seed validation
+    accuracies."""
     records = [TrialRecord.of(t) for t in members]
     tests = [r.metric("test_acc") for r in records]
     test_acc = float(np.mean(tests)) if all(v is not None for v in tests) else None
-    vectors = [r.val_correct for r in records]
     if all(v is not None for v in vectors):
         return evidence.ConfigResult(label, correct=vectors, cost=cost, test_acc=test_acc)
     accuracies = [r.metric("best_val_acc", t.value if metric == "val_acc" else math.nan)

@@ -5,14 +5,17 @@ worker that finds a round finished records the next round in the study's user at
 so the decision is made once) and then queues its trials (execution/rounds.py). The record is what
 makes the rounds replayable: round 1 is every configuration's seed 0, round r >= 2 the (configuration,
 seed) pairs recorded for it. `state` reads the COMPLETE trials of those rounds into per-configuration
-seeds x images matrices and replays the decisions; the report (its verdicts, the line per round, the
-trials spent) and the queueing both read it, so a resumed or interrupted sweep decides what an
-uninterrupted one would. Trials that failed (diverged) are left out, as everywhere in the report.
+seeds x images matrices (held-out vectors: each image scored at the epoch the other half of the
+images chose, so no image judges an epoch it helped pick) and replays the decisions; the report (its
+verdicts, the line per round, the trials spent) and the queueing both read it, so a resumed or
+interrupted sweep decides what an uninterrupted one would. Trials that failed (diverged) are left
+out, as everywhere in the report.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +26,7 @@ from sweeps import trial_record as record
 from sweeps.analysis import decide
 from sweeps.analysis.summary import label_of
 from sweeps.definitions.plan import StudyPlan
-from sweeps.trial_record import TrialRecord, config_key, seed_of
+from sweeps.trial_record import config_key, seed_of
 
 
 @dataclass(frozen=True)
@@ -57,26 +60,29 @@ def confirmed(study: optuna.Study) -> list[tuple[tuple, int]]:
     return [(record.key_of(pairs), number) for pairs, number in record.confirmed(study)]
 
 
-def state(study: optuna.Study, plan: StudyPlan,
-          trials: list[FrozenTrial] | None = None) -> RoundsState | None:
+def state(study: optuna.Study, plan: StudyPlan, trials: list[FrozenTrial] | None = None, *,
+          judged: Callable[[list[FrozenTrial]], dict[int, np.ndarray | None]] = record.judged_vectors
+          ) -> RoundsState | None:
     """The replayed decisions over the study's COMPLETE trials with per-image vectors (of the confirmed
-    configurations, with --confirm); None when none."""
+    configurations, with --confirm); None when none. `judged` picks the vectors the verdicts rest on
+    (the held-out ones; bench/epoch_selection.py replays on the best epochs' own for comparison)."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     recorded = record.rounds(study)
     chosen = [key for key, _ in confirmed(study)] if plan.confirm else None
     if plan.confirm and not chosen:
         return None
     round_of = rounds_of_trials(recorded)
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    vector_of = judged(finished)
     complete: dict[tuple, list[FrozenTrial]] = {}
-    for trial in trials:
-        if trial.state == TrialState.COMPLETE and TrialRecord.of(trial).val_correct is not None:
-            if chosen is None or config_key(trial) in chosen:
-                complete.setdefault(config_key(trial), []).append(trial)
+    for trial in finished:
+        if vector_of[trial.number] is not None and (chosen is None or config_key(trial) in chosen):
+            complete.setdefault(config_key(trial), []).append(trial)
     if not complete:
         return None
     keys = sorted(complete, key=chosen.index if chosen else _grid_order(plan))
     members = [sorted(complete[key], key=seed_of) for key in keys]
-    groups = [np.stack([TrialRecord.of(t).val_correct for t in group]) for group in members]
+    groups = [np.stack([vector_of[t.number] for t in group]) for group in members]
     seed_rounds = [[round_of(t) for t in group] for group in members]
     rounds_done = 1 + len(recorded)
     # No clock here: the verdicts depend on the trials alone, so any machine, quiet or busy, decides alike

@@ -72,7 +72,9 @@ def ranked_table(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
     columns = ["rank", "configuration", "seeds", f"val_acc [{header}]", *objective, "vs best",
                *tests, "test_acc", *(["parameters"] if show_parameters else []),
                "s/epoch of its pack" if packed else "s/epoch"]
-    lines = [f"### {summary.study_name}: ranked by mean val_acc at the selected epoch",
+    ranked = "held-out val_acc (each half of the validation images scored at the epoch the other half " \
+        "chose)" if summary.held_out else "val_acc at the selected epoch"
+    lines = [f"### {summary.study_name}: ranked by mean {ranked}",
              f"Trials: {counts or 'none'}", "", "| " + " | ".join(columns) + " |",
              "|" + "|".join("---" if c in ("configuration", "vs best") else "---:" for c in columns) + "|"]
     for rank, row in enumerate(summary.rows[:limit], 1):

@@ -198,7 +198,8 @@ class TrialLease:
         trial always has its artifacts: they are logged before Optuna is told."""
         trial = self.trial
         record.trained(trial, result.history,
-                       None if result.val_correct is None else result.val_correct.numpy())
+                       None if result.val_correct is None else result.val_correct.numpy(),
+                       None if result.heldout_correct is None else result.heldout_correct.numpy())
         if result.error is not None:
             record.failed(trial, str(result.error))
             self.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),

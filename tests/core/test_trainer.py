@@ -16,6 +16,7 @@ from fmnist_core.mlp_manual import ManualLearner
 from fmnist_core.mlp_torch import TorchLearner, TorchMLP
 from fmnist_core.trainer import (
     Diverged,
+    TrainResult,
     checkpoint_payload,
     epoch_batches,
     make_learner,
@@ -149,6 +150,37 @@ def test_val_correct_holds_the_images_that_the_best_epoch_classified_right(split
         learner.load_member_state(0, result.best_state)
         predictions = learner.logits(splits.val_x[None])[0].argmax(-1)
         assert torch.equal(correct, predictions == splits.val_y)
+
+
+def test_the_held_out_vector_scores_each_half_at_the_epoch_the_other_half_chose():
+    # 8 images: even positions 0,2,4,6 and odd positions 1,3,5,7. Epoch 2 is best on the even half,
+    # epoch 3 on the odd half (epoch 4 ties epoch 3 there: the earlier is kept).
+    epochs = [[1, 0, 0, 0, 0, 0, 1, 0],
+              [1, 0, 1, 1, 1, 0, 1, 0],  # even half 4/4 (epoch 2); odd half 1/4
+              [0, 1, 0, 1, 0, 1, 0, 0],  # even half 0/4; odd half 3/4 (epoch 3)
+              [1, 1, 0, 1, 0, 1, 0, 0]]  # odd half 3/4 again: a tie, epoch 3 stays
+    result = TrainResult(config=tiny())
+    for vector in epochs:
+        result.cross_fit(torch.tensor(vector, dtype=torch.bool))
+    heldout = result.heldout_correct.tolist()
+    assert heldout[0::2] == [bool(v) for v in epochs[2][0::2]]  # even images at the odd half's epoch 3
+    assert heldout[1::2] == [bool(v) for v in epochs[1][1::2]]  # odd images at the even half's epoch 2
+    # the best epoch's own vector, chosen on all 8, is epoch 2 (5/8): higher than what held out gives
+    assert sum(epochs[1]) / 8 > sum(heldout) / 8
+
+
+def test_training_keeps_a_held_out_vector_beside_the_best_epochs_own(splits, monkeypatch):
+    seen = []  # every epoch's validation vector, as the trainer hands it over
+    cross_fit = TrainResult.cross_fit
+    monkeypatch.setattr(TrainResult, "cross_fit", lambda self, correct: (seen.append(correct.clone()),
+                                                                          cross_fit(self, correct)))
+    result = train(tiny(lr=1e-3, momentum=0.0, nesterov=False, epochs=3), splits)
+    assert len(seen) == 3 and result.heldout_correct.dtype == torch.bool
+    assert result.heldout_correct.shape == (200,) and result.heldout_correct.device.type == "cpu"
+    assert any(torch.equal(vector, result.val_correct) for vector in seen)  # the best epoch's is one of them
+    for half in (0, 1):  # each half is one epoch's vector on that half
+        assert any(torch.equal(result.heldout_correct[half::2], vector[half::2]) for vector in seen)
+    assert train(tiny(val_size=0, epochs=1), splits).heldout_correct is None
 
 
 @pytest.mark.parametrize("impl", ["manual", "torch"])

@@ -1,0 +1,102 @@
+"""How much choosing the epoch on the validation images lifts what they then say, on a real sweep.
+
+    python bench/epoch_selection.py hidden_size                  # the default store (mlruns/)
+    python bench/epoch_selection.py learning_rate --tracking-uri sqlite:////tmp/x/mlflow.db
+
+A trial's checkpoint is its best epoch by validation accuracy, chosen on the very 10,000 images that
+then score it (`val_correct`): the maximum over epochs of a noisy accuracy lies above what that
+epoch would score on fresh images, and more so for a noisy curve than a smooth one, so the bias need
+not cancel between configurations. Since 7 December 2026 every trial also keeps a held-out vector
+(`heldout_correct`, TrainResult.cross_fit): each half of the images scored at the epoch the other
+half chose, and the verdicts judge on that.
+
+Printed per configuration (means over its seeds, in pp): the best epoch's validation accuracy minus its
+last epoch's (`selected - last`), and minus the held-out accuracy (`selected - heldout`: the bias the
+selection adds, the quantity that matters); then the verdicts replayed on the same trials twice, on the
+held-out vectors (what the sweep reports) and on the best epochs' own vectors (what it reported before),
+and every configuration whose verdict differs. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sweeps import trial_record as record  # noqa: E402
+from sweeps.analysis import decide, rounds  # noqa: E402
+from sweeps.analysis.summary import label_of  # noqa: E402
+from sweeps.execution.runner import as_trained, load_definition, plan_studies  # noqa: E402
+from sweeps.execution.study import default_storage, load_study  # noqa: E402
+from sweeps.trial_record import TrialRecord, config_key  # noqa: E402
+
+
+def lifts(trials) -> dict[tuple, list[tuple[float, float]]]:
+    """configuration key -> per trial (selected - last, selected - heldout), in accuracy units."""
+    out: dict[tuple, list[tuple[float, float]]] = {}
+    for trial in trials:
+        read = TrialRecord.of(trial)
+        selected, heldout = read.val_correct, read.heldout_correct
+        if selected is None or heldout is None or not read.history:
+            continue
+        chosen, last = selected.mean(), read.history[-1]["val_acc"]
+        out.setdefault(config_key(trial), []).append((chosen - last, chosen - heldout.mean()))
+    return out
+
+
+def _spread(values: np.ndarray) -> str:
+    """mean [min, max], right-aligned in a column of 25."""
+    return f"{values.mean():+.3f} [{values.min():+.2f}, {values.max():+.2f}]".rjust(25)
+
+
+def verdicts(study, plan, judged) -> dict[tuple, str]:
+    """configuration key -> its verdict, the rounds replayed on `judged`'s vectors."""
+    state = rounds.state(study, plan, judged=judged)
+    if state is None:
+        return {}
+    decision, margin = state.decision, plan.rule.margin
+    within = decision.within_margin or [False] * len(state.keys)
+    return {key: decide.words(decision.verdicts[i], within[i], margin) for i, key in enumerate(state.keys)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweep")
+    parser.add_argument("--storage", help="the sweep's Optuna storage (default: the tracking store's)")
+    parser.add_argument("--tracking-uri", help="the sweep's MLflow store, as `sweep --tracking-uri`")
+    parser.add_argument("--impl", help="the implementation's study (default: every one the sweep has)")
+    args = parser.parse_args()
+    storage = args.storage or default_storage(args.tracking_uri)
+    for plan in plan_studies(load_definition(args.sweep), impl=args.impl):
+        study = load_study(plan, storage)
+        plan = as_trained(study, plan)
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        by_config = lifts(complete)
+        print(f"{plan.study_name}: {len(complete)} complete trials, {sum(map(len, by_config.values()))} with "
+              "both vectors")
+        print(f"{'configuration':<34}{'seeds':>6}{'selected - last (pp)':>25}{'selected - heldout (pp)':>25}")
+        every = []
+        for key, values in by_config.items():
+            every += values
+            over_last, over_heldout = (100 * np.array(v) for v in zip(*values, strict=True))
+            print(f"{label_of(dict(key)):<34}{len(values):>6}{_spread(over_last)}{_spread(over_heldout)}")
+        if every:
+            over_last, over_heldout = (100 * np.array(v) for v in zip(*every, strict=True))
+            print(f"{'all trials':<34}{len(every):>6}{_spread(over_last)}{_spread(over_heldout)}")
+        heldout = verdicts(study, plan, record.judged_vectors)
+        selected = verdicts(study, plan, record.selected_vectors)
+        moved = [key for key in heldout if selected.get(key) != heldout[key]]
+        print(f"verdicts on held-out vectors (reported) vs on the best epochs' own: "
+              f"{len(moved)} of {len(heldout)} differ")
+        for key in heldout:
+            mark = "  <- differs" if key in moved else ""
+            print(f"  {label_of(dict(key)):<32}{heldout[key]:>26}{selected.get(key, '-'):>26}{mark}")
+
+
+if __name__ == "__main__":
+    main()
