@@ -288,6 +288,7 @@ def best(sweep: str | None, metric: str, out: Path, register: bool, ensemble: bo
     """
     from fmnist_tracking.registry import fetch_best, fetch_ensemble
     from fmnist_tracking.store import selection_metric, setup
+    from sweeps.analysis.standing import standing
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     selection_metric(metric)  # a test metric is refused before anything is looked up
@@ -303,7 +304,7 @@ def best(sweep: str | None, metric: str, out: Path, register: bool, ensemble: bo
     else:
         found = fetch_best(client, [experiment_id], out, sweep=sweep, metric=metric, data_dir=data_dir,
                            register=register)
-    click.echo(found.describe())
+    click.echo(found.describe(standing(found.in_sweep)))
 
 
 @cli.command()
@@ -330,6 +331,7 @@ def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: st
     """
     from fmnist_tracking.servers import serve_command, served_model, serving_help
     from fmnist_tracking.store import resolve_tracking_uri, setup
+    from sweeps.analysis.standing import standing
 
     if sum(option is not None for option in (run_id, sweep, model_uri)) > 1:
         raise ConfigError("--run-id, --sweep, --model-uri: give one of them, or none for the best run")
@@ -339,7 +341,7 @@ def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: st
     if sweep is not None:
         refuse_unknown_sweep_runs(client, experiment_id, sweep)
     served, what, classes = served_model(client, experiment_id, run_id=run_id, sweep=sweep,
-                                         model_uri=model_uri)
+                                         model_uri=model_uri, standing=standing)
     click.echo(f"Serving {served}: {what} (Ctrl-C stops it)\n{serving_help(host, port, classes)}")
     exec_server(*serve_command(served, uri, host, port))
 

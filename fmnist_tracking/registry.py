@@ -1,5 +1,6 @@
 """Getting models back out of MLflow: the runs table, the best checkpoint fetched and verified (with
-what its sweep's paired tests say of it, verdicts.py), and the Model Registry champion.
+its sweep's recommendation, or the verdicts of a run picked by its metric: verdicts.py), and the Model
+Registry champion.
 
 `fetch_best` trusts nothing it downloads: the checkpoint goes through
 `checkpoint.load_checkpoint` (weights_only=True), and its validation accuracy, recomputed
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from fmnist_tracking.store import (
     search_runs,
     selection_metric,
 )
-from fmnist_tracking.verdicts import sweep_answer, tie_report
+from fmnist_tracking.verdicts import RunInSweep, run_in_sweep, sweep_answer
 
 REGISTERED_MODEL = "fmnist-mlp"
 CHAMPION_ALIAS = "champion"
@@ -168,10 +170,13 @@ class BestRun:
     recomputed_val_acc: float
     val_images: int
     registered: str | None = None  # "name version N (alias champion)" after --register
-    sweep_verdict: list[str] = field(default_factory=list)  # how it stands in its sweep, and why it
+    sweep_verdict: list[str] = field(default_factory=list)  # its sweep's recommendation, or why there is none
     recomputed_test_acc: float | None = None  # an ensemble's, beside its members' (they are reported)
+    in_sweep: RunInSweep | None = None  # a run picked by its metric, in a sweep: its sweep's verdicts
 
-    def describe(self) -> str:
+    def describe(self, standing: Sequence[str] = ()) -> str:
+        """What `best` prints; `standing`: the sentences on how a run picked by its metric stands in its
+        sweep (cli.py says them from `in_sweep`: sweeps/analysis/standing.py)."""
         run, tags = self.run, self.run.data.tags
         kind = "Ensemble" if ENSEMBLE_TAG in tags else "Best"
         lines = [f"{kind} run {run.info.run_id} ({run.info.run_name}) by {self.metric}, "
@@ -183,7 +188,7 @@ class BestRun:
                  "  params: " + ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))]
         if SWEEP_TAG in tags and TRIAL_TAG in tags:
             lines.append(f"  sweep: {tags[SWEEP_TAG]} trial {tags[TRIAL_TAG]}")
-        lines += [f"  sweep verdict: {line}" for line in self.sweep_verdict]
+        lines += [f"  sweep verdict: {line}" for line in [*self.sweep_verdict, *standing]]
         if self.registered:
             lines.append(f"  registered: {self.registered}")
         return "\n".join(lines)
@@ -193,20 +198,30 @@ ENSEMBLE_TAG = "ensemble_of"  # an ensemble run (`best --sweep --ensemble`): the
 RECOMMENDATION = "the sweep's recommendation"
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """What `best` and `serve` give, how it was chosen, and what its sweep says of it."""
+
+    run: Run
+    by: str  # the sweep's recommendation, or the logged metric it was selected by
+    lines: list[str]  # the recommendation's lines, or why the sweep has none
+    in_sweep: RunInSweep | None = None  # picked by its metric: its sweep's verdicts (None: outside one)
+
+
 def chosen_run(client: MlflowClient, experiment_ids: list[str], *, sweep: str | None = None,
-               metric: str = "val_acc") -> tuple[Run, str, list[str]]:
-    """(run, how it was chosen, what its sweep says of it) of what `best` and `serve` give: a sweep's
-    recommended configuration's best seed where its report recorded one; else the best FINISHED run by
-    `metric` (outside a sweep, or a sweep reported before recommendations were recorded: said so)."""
+               metric: str = "val_acc") -> Chosen:
+    """What `best` and `serve` give: a sweep's recommended configuration's best seed where its report
+    recorded one; else the best FINISHED run by `metric` (outside a sweep, or a sweep reported before
+    recommendations were recorded: said so), with its sweep's verdicts."""
     answer = sweep_answer(client, experiment_ids, sweep) if sweep else None
     if answer is not None:
-        return client.get_run(answer.recommended["run_id"]), RECOMMENDATION, answer.lines()
+        return Chosen(client.get_run(answer.recommended["run_id"]), RECOMMENDATION, answer.lines())
     run = find_best_run(client, experiment_ids, sweep=sweep, metric=metric)
-    lines = tie_report(client, run)
+    lines = []
     if sweep:
-        lines.insert(0, f"no recommendation recorded for sweep {sweep!r} (reported before they were): the "
-                        f"best single run by {metric}; `python cli.py report {sweep}` records one")
-    return run, selection_metric(metric), lines
+        lines.append(f"no recommendation recorded for sweep {sweep!r} (reported before they were): the "
+                     f"best single run by {metric}; `python cli.py report {sweep}` records one")
+    return Chosen(run, selection_metric(metric), lines, run_in_sweep(client, run))
 
 
 def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sweep: str | None = None,
@@ -215,7 +230,8 @@ def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sw
     from fmnist_core import serving  # torch: only where a checkpoint is checked, not for `runs`
     from fmnist_tracking.export import download_checkpoint
 
-    run, chosen_by, lines = chosen_run(client, experiment_ids, sweep=sweep, metric=metric)
+    chosen = chosen_run(client, experiment_ids, sweep=sweep, metric=metric)
+    run = chosen.run
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fmnist-best-") as scratch:
@@ -224,8 +240,8 @@ def fetch_best(client: MlflowClient, experiment_ids: list[str], out: Path, *, sw
         splits = _splits_of(run, data_dir)
         recomputed = _recheck(run, model, checkpoint, splits)
         os.replace(downloaded, out)
-    best = BestRun(run, chosen_by, out, run.data.metrics["best_val_acc"], recomputed, splits.val_x.shape[0],
-                   sweep_verdict=lines)
+    best = BestRun(run, chosen.by, out, run.data.metrics["best_val_acc"], recomputed, splits.val_x.shape[0],
+                   sweep_verdict=chosen.lines, in_sweep=chosen.in_sweep)
     if register:
         best.registered = _register(client, run)
     return best

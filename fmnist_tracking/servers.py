@@ -33,7 +33,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from fmnist_tracking.registry import Ranking
+    from fmnist_tracking.verdicts import RunInSweep
 
 SAVED_VIEW_TAG = "mlflow.sharedViewState."
 # Always shown for a sweep: validation accuracy (what selects) and test accuracy (only reported).
@@ -277,12 +278,15 @@ def dashboard_study_urls(storage: str, sweep: str, host: str, port: int) -> dict
 
 
 def served_model(client: MlflowClient, experiment_id: str, *, run_id: str | None = None,
-                 sweep: str | None = None, model_uri: str | None = None) -> tuple[str, str, list[str]]:
+                 sweep: str | None = None, model_uri: str | None = None,
+                 standing: Callable[[RunInSweep | None], list[str]] | None = None,
+                 ) -> tuple[str, str, list[str]]:
     """(model URI, a line saying what it is, its class names) of what `cli.py serve` serves: `model_uri`
     as given, else the MLflow model of run `run_id` (or the unique run whose id starts with it), else of
     what `best` gives (registry.chosen_run: a sweep's recommended configuration's best seed, else the best
     FINISHED run by validation accuracy); a run's model is logged from its checkpoint first if it has none.
-    In a runs:/RUN_ID/... URI, RUN_ID may be a prefix too."""
+    In a runs:/RUN_ID/... URI, RUN_ID may be a prefix too. `standing` says how a run picked by its metric
+    stands in its sweep (cli.py passes sweeps/analysis/standing.py's, which this package cannot import)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -298,7 +302,8 @@ def served_model(client: MlflowClient, experiment_id: str, *, run_id: str | None
             run = resolve_run(client, [experiment_id], run_id)
             why = []
         else:
-            run, _, why = chosen_run(client, [experiment_id], sweep=sweep)
+            chosen = chosen_run(client, [experiment_id], sweep=sweep)
+            run, why = chosen.run, [*chosen.lines, *(standing(chosen.in_sweep) if standing else [])]
         model_uri = f"models:/{ensure_model(client, run, name=MODEL_NAME)}"
         val_acc = run.data.metrics.get("best_val_acc")
         what = (f"run {run.info.run_id} ({run.info.run_name}"

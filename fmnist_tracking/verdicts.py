@@ -1,15 +1,11 @@
 """What a run's sweep concluded about it: the sweep's `sweep/verdicts.json`, written and read here.
 
 The file is a contract between packages: the sweep's report (sweeps/analysis/report.py, its records
-built by analysis/text.py's verdict_records) writes it with `log_verdicts`, `cli.py best` reads it.
-It holds a list of configurations, best first,
-each with its run ids, its validation accuracy (mean over seeds), and a verdict against the best:
-"best", "worse", "tied" (within the sweep's margin, an equivalence verdict), "undecided", "lower on
-these images (seed noise not measured)" (one seed, McNemar significant; older files say "worse"), "not
-shown different" (one seed, McNemar not significant: absence of evidence, not a tie; older files say
-"within noise") or "not tested". `best` picks one run by its own best_val_acc; these sentences say
-how that pick stands, which configuration to use (the cheapest of those tied with the best), and
-where the sweep's own ranking (by configuration, over seeds) disagrees with the pick.
+built by analysis/text.py's verdict_records) writes it with `log_verdicts`, `cli.py best` and `serve`
+read it. It holds the sweep's recommendation (analysis/recommend.py's record) and a list of
+configurations, best first, each with its run ids, its validation accuracy (mean over seeds) and a
+verdict against the best, in the words of sweeps/analysis/words.py. This module reads and writes the
+file and knows none of those words: what they say of a run is sweeps/analysis/standing.py's.
 """
 
 from __future__ import annotations
@@ -115,114 +111,22 @@ def sweep_answer(client: MlflowClient, experiment_ids: list[str], sweep: str) ->
     return None
 
 
-# The verdict words of sweeps/analysis/evidence.py (a contract: this package cannot import it). Reports
-# written before decided sweeps said "within noise" for a one-seed McNemar p >= 0.05: read as NOT_SHOWN.
-BEST, WORSE, TIED, UNDECIDED, NOT_SHOWN, NOT_TESTED = ("best", "worse", "tied", "undecided",
-                                                       "not shown different", "not tested")
-LOWER = "lower on these images (seed noise not measured)"  # one seed, McNemar significant
-LEGACY = {"within noise": NOT_SHOWN}
+@dataclass(frozen=True)
+class RunInSweep:
+    """A run that is a trial of a sweep, with the sweep's last verdicts: what `best` says of how a run it
+    picked by its own best_val_acc stands in its sweep (sweeps/analysis/standing.py says it in words;
+    this package knows no verdict words)."""
+
+    run_id: str
+    best_val_acc: float  # NaN where the run logged none
+    sweep_name: str
+    records: list[dict] | None  # the configurations, best first; None: the sweep has no verdicts file
 
 
-def tie_report(client: MlflowClient, run: Run) -> list[str]:
-    """Sentences on `run` against the rest of its sweep, and which configuration to use; empty outside a
-    sweep."""
+def run_in_sweep(client: MlflowClient, run: Run) -> RunInSweep | None:
+    """`run` with its sweep's verdicts; None for a run outside a sweep."""
     parent = sweep_parent(client, run)
     if parent is None:
-        return []
-    name = parent.data.tags.get(SWEEP_TAG, "NAME")
-    verdicts = read_verdicts(client, parent)
-    if not verdicts:
-        return [f"no paired evidence for this sweep; run `python cli.py report {name}`"]
-    for verdict in verdicts:
-        verdict["verdict"] = LEGACY.get(verdict["verdict"], verdict["verdict"])
-    own = next((v for v in verdicts if run.info.run_id in (v.get("run_ids") or [])), None)
-    if own is None:
-        return [f"this run is not in the sweep's verdicts (it finished after the last report?); run "
-                f"`python cli.py report {name}`"]
-    top, val = verdicts[0], run.data.metrics.get("best_val_acc", math.nan)
-    tied = [v for v in verdicts[1:] if v["verdict"] == TIED]
-    unshown = [v for v in verdicts[1:] if v["verdict"] == NOT_SHOWN]
-    margin = top.get("margin")
-    how = _how(verdicts)
-    if own is top:
-        lines = [f"{own['label']} (val {val:.4f}) is the sweep's best" + _relation_of_others(verdicts, how)]
-    else:
-        relation = {TIED: f"is tied with it within ±{_pp(margin)}", WORSE: "is worse than it",
-                    UNDECIDED: "is undecided against it (neither worse nor shown tied within the seeds "
-                               "the sweep allowed)",
-                    NOT_SHOWN: "is not shown different from it (one seed: not a tie)",
-                    LOWER: "is lower than it on these images (one seed: seed noise not measured)",
-                    NOT_TESTED: "was not tested against it (nothing measures the noise)"}[own["verdict"]]
-        p = f" ({_p(own['p_adjusted'])}{how})" if own.get("p_adjusted") is not None else \
-            f" ({how.strip(' ()')})" if how else ""
-        lines = [f"this run has the highest best_val_acc ({val:.4f}), but the sweep's own ranking (of "
-                 f"configurations, over their seeds) puts {top['label']} first (val {top['accuracy']:.4f}); "
-                 f"this run's {own['label']} (val {own['accuracy']:.4f}) {relation}{p}"]
-    if tied:
-        pick = _cheapest([top, *tied], "the cheapest of those tied with the best: ")
-        lines.append(f"tied with {top['label']} within ±{_pp(margin)}: "
-                     f"{', '.join(v['label'] for v in tied)}; use {pick}")
-    elif unshown:
-        pick = _cheapest([top, *unshown], "the cheapest of them is ")
-        lines.append(f"not shown different from {top['label']} (one seed each, so not a tie): "
-                     f"{', '.join(_named(v) for v in unshown)}; {pick}; a decided sweep (--max-seeds) says "
-                     "whether it is within a margin of the best")
-    untested = [v["label"] for v in verdicts if v["verdict"] == NOT_TESTED]
-    if untested:
-        lines.append("not tested against the best (one seed, no per-image vectors): " + ", ".join(untested))
-    return lines
-
-
-def _relation_of_others(verdicts: list[dict], how: str) -> str:
-    others = verdicts[1:]
-    if not others:
-        return ", the only configuration"
-    if all(v["verdict"] in (WORSE, LOWER) for v in others):
-        closest = others[0]
-        word = "worse" if closest["verdict"] == WORSE else LOWER
-        every = "worse" if all(v["verdict"] == WORSE for v in others) else "lower on these images"
-        return f" and every other configuration is {every}; the closest, {_named(closest)}, is {word}{how}"
-    if any(v["verdict"] in (TIED, UNDECIDED) for v in others):
-        undecided = [v["label"] for v in others if v["verdict"] == UNDECIDED]
-        return f"{how}" + (f"; undecided against it: {', '.join(undecided)}" if undecided else "")
-    return f" by mean, but not shown better than all{how}"
-
-
-def _how(verdicts: list[dict]) -> str:
-    methods = sorted({v["method"] for v in verdicts[1:] if v.get("method")})
-    if not methods:
-        return ""
-    adjusted = any(v.get("p_adjusted") is not None for v in verdicts[1:])
-    return f" ({', '.join(methods)}{'; p Holm-adjusted' if adjusted else ''})"
-
-
-def _pp(margin) -> str:
-    return "the sweep's margin" if margin is None else f"{100 * margin:.2g} pp"
-
-
-def _cheapest(group: list[dict], lead: str = "") -> str:
-    """The cheapest configuration of `group`, by the cost the sweep's conclusion uses (`cost` in
-    `cost_name`, e.g. parameters) when the file records it, else by seconds per epoch."""
-    key, unit = ("cost", group[0].get("cost_name") or "") if "cost" in group[0] else \
-        ("cost_seconds_per_epoch", "s/epoch")
-    priced = [v for v in group if v.get(key) is not None]
-    if not priced:
-        return f"{lead}none priced (no {unit or 'cost'} recorded to say which is cheapest)"
-    pick = min(priced, key=lambda v: v[key])
-    cost = f"{pick[key]:,.0f}" if abs(pick[key]) >= 1000 else f"{pick[key]:.3g}"  # parameter counts
-    test = f", test_acc {pick['test_acc']:.4f}" if pick.get("test_acc") is not None else ""
-    return f"{lead}{pick['label']} ({' '.join(filter(None, [cost, unit]))}{test})"
-
-
-def _named(verdict: dict) -> str:
-    p = verdict.get("p_adjusted")
-    return f"{verdict['label']} ({'p not computed' if p is None else _p(p)})"
-
-
-def _p(value: float) -> str:
-    """As the sweep's text prints p (sweeps/analysis/wording.py): rounding never lifts a p under 0.05
-    to 0.05, so "worse" never stands beside "p=0.05"."""
-    if value < 0.001:
-        return "p<0.001"
-    shown = f"{value:.3f}" if value < 0.01 else f"{value:.2f}"
-    return "p<0.05" if value < 0.05 <= float(shown) else f"p={shown}"
+        return None
+    return RunInSweep(run.info.run_id, run.data.metrics.get("best_val_acc", math.nan),
+                      parent.data.tags.get(SWEEP_TAG, "NAME"), read_verdicts(client, parent))

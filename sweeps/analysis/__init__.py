@@ -5,7 +5,9 @@ decide.py        the sound verdicts: worse / tied within ±margin / undecided, w
 rounds.py        a decided sweep's rounds replayed from its study: what each round decided and queued
 evidence.py      intervals and tests: each configuration against the best (decide.py's, or the one-seed
                  McNemar and old Welch tests), as Verdicts
-wording.py       the conclusion in words, and how a p-value is printed
+words.py         the verdict words, older reports' words read as today's, how a p-value and a cost are printed
+wording.py       the conclusion in words: each verdict with what it rests on, and the error rates
+standing.py      how a run stands in its sweep, in words, from the verdicts file (`cli.py best`, `serve`)
 summary.py       the data types: ConfigRow (a configuration over its seeds), Recommendation, Summary
 recommend.py     the one answer: which configuration to use, why, how settled, what to run next
 report.py        study -> Summary, and everything logged to the parent run

@@ -69,12 +69,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special, stats
 
+from sweeps.analysis.words import BEST, TIED, UNDECIDED, WORSE
 from sweeps.definitions.rule import Rule
 
 __all__ = ["BEST", "HETEROGENEITY_ALPHA", "TIED", "UNDECIDED", "WORSE", "Decision", "Look", "Rule",
            "SeedNoise", "Standing", "look", "pair_widths", "pooled_seed_variance", "replay", "seed_noise"]
 
-WORSE, TIED, UNDECIDED, BEST = "worse", "tied", "undecided", "best"
 # The level of the test that takes a configuration out of the pool of seed variances (seed_noise): a
 # configuration whose seeds spread more than the pool of the others' (one-sided F test) at this level
 # keeps its own variance. Higher sees more of the noisier configurations and costs power where they

@@ -4,7 +4,8 @@ A sweep trial (one configuration x one seed) keeps a boolean vector `correct`: w
 its selected epoch classified correctly. All trials of a study see the same images in the same order,
 so two configurations can be compared image by image (a paired test), which is far more sensitive than
 comparing two accuracies as if they came from different images. Nothing here imports torch, MLflow or
-Optuna: the report feeds plain arrays in and gets dataclasses back (wording.py says them).
+Optuna: the report feeds plain arrays in and gets dataclasses back (wording.py says them; the verdict
+words are words.py's).
 
 Which test compares a configuration with the best one:
 - every configuration has per-image vectors and some have >= 2 seeds (a fixed design, `--seeds N`),
@@ -46,10 +47,10 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from sweeps.analysis import decide
+from sweeps.analysis.words import ALPHA, BEST, LOWER, NOT_SHOWN, NOT_TESTED, TIED, UNDECIDED, WORSE
 from sweeps.definitions.rule import Rule
 
 CONFIDENCE = 0.95
-ALPHA = 0.05  # on Holm-adjusted p-values
 
 DECIDED = "comparisons with the best, paired over images, seed noise per configuration where it differs"
 MCNEMAR = "exact McNemar test"
@@ -144,8 +145,8 @@ class Verdict:
     difference_images: float | None  # the same in images (mean over seeds); None without vectors
     p_value: float | None  # raw, from `method`; None for the best and for "not tested"
     p_adjusted: float | None  # Holm over all tested comparisons with the best
-    verdict: str  # BEST | TIED | WORSE | UNDECIDED (decided) | LOWER | NOT_SHOWN (one seed) | WORSE (Welch)
-    #               | NOT_TESTED
+    verdict: str  # words.py's BEST | TIED | WORSE | UNDECIDED (decided) | LOWER | NOT_SHOWN (one seed)
+    #               | WORSE (Welch) | NOT_TESTED
     method: str  # DECIDED | MCNEMAR | WELCH, or "" for the best and "not tested"
     note: str  # why not tested, or what the test leaves out
     cost: float
@@ -172,17 +173,6 @@ class Verdict:
     own_seed_sd: float | None = None  # decided: its own seed sd, where its seeds spread more than the pool's
 
 
-# The verdict words, against the best (the configuration with the best mean validation accuracy; in a
-# decided sweep, among those not decided worse).
-BEST = "best"  # the best
-WORSE = "worse"  # lower than the best, at error rate alpha (may also be within_margin)
-TIED = "tied"  # within +-margin of the best and not shown below it, at error rate alpha (equivalence)
-UNDECIDED = "undecided"  # neither, within the seeds and time the sweep allowed
-# one seed, McNemar (Holm) significant: lower on these validation images, with these seeds; seed-to-seed
-# noise is not in the test, so this is not the decided "worse" (fmnist_tracking/verdicts.py reads it too)
-LOWER = "lower on these images (seed noise not measured)"
-NOT_SHOWN = "not shown different"  # one seed, McNemar not significant: absence of evidence, not a tie
-NOT_TESTED = "not tested"
 # How often LOWER is said of one of five identical configurations (the share of sweeps), one seed each:
 # without seed noise (the real sweep's estimate) and with a seed noise of 0.135 pp (its upper 95% bound),
 # measured by `python bench/decide_rates.py --sweeps 2000` (7 December 2026; simulation.one_seed, 10,000
@@ -241,7 +231,7 @@ def _decided(configs: Sequence[ConfigResult], decision: decide.Decision, rule: R
     verdicts = []
     for c in order:
         config, word = configs[c], decision.verdicts[c]
-        note = "undecided within max_seeds and the budget" if word == decide.UNDECIDED else ""
+        note = "undecided within max_seeds and the budget" if word == UNDECIDED else ""
         verdict = _verdict(config, configs[best], None, None, word, DECIDED if c != best else "", note, None)
         difference, interval = decision.now(c) if c != best else (0.0, (math.nan, math.nan))
         # the fixed design has one look: nothing was decided earlier, or against another configuration

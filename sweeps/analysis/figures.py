@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from fmnist_core.cost import training_flops
 from fmnist_tracking import plots
 from sweeps.analysis import evidence
+from sweeps.analysis.words import BEST, NOT_SHOWN, NOT_TESTED, TIED, UNDECIDED, WORSE, current
 from sweeps.definitions.plan import fmt_value
 from sweeps.trial_record import TrialRecord
 
@@ -48,14 +49,13 @@ INTERVAL_CAPTIONS = {"t over seeds": "95% t-interval over seeds",
 METHOD_CAPTIONS = {evidence.MCNEMAR: "paired over the validation images, one seed: training noise not in "
                                      "it"}  # the decided verdicts name themselves
 VERDICT_STYLES = {  # verdict word -> (colour, marker, legend text), in the legend's order
-    evidence.BEST: ("black", "*", "best (0 by definition)"),
-    evidence.TIED: ("tab:green", "D", "tied: within ±δ of the best"),
-    evidence.WORSE: ("tab:red", "v", "worse"),
-    evidence.UNDECIDED: ("tab:orange", "o", "undecided"),
-    evidence.NOT_SHOWN: ("tab:blue", "s", "not shown different (no tie claimed)"),
-    evidence.NOT_TESTED: ("gray", "X", "not tested"),
+    BEST: ("black", "*", "best (0 by definition)"),
+    TIED: ("tab:green", "D", "tied: within ±δ of the best"),
+    WORSE: ("tab:red", "v", "worse"),
+    UNDECIDED: ("tab:orange", "o", "undecided"),
+    NOT_SHOWN: ("tab:blue", "s", "not shown different (no tie claimed)"),
+    NOT_TESTED: ("gray", "X", "not tested"),
 }
-LEGACY_WORDS = {"within noise": evidence.NOT_SHOWN}  # what older code still calls a non-significant test
 
 
 @dataclass
@@ -157,7 +157,7 @@ def accuracy_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str
     paired.axhline(0, color="black", linewidth=0.8)
     handles, hollow = {}, False
     for position, row in zip(positions, rows, strict=True):
-        verdict, word = row.verdict, _word(row.verdict)
+        verdict, word = row.verdict, current(row.verdict.verdict)
         if math.isnan(verdict.difference):  # no accuracy recorded: nothing to place
             continue
         color, marker, text = VERDICT_STYLES.get(word, ("tab:purple", "o", word))
@@ -165,10 +165,10 @@ def accuracy_vs(plan: StudyPlan, summary: Summary, rows: list[ConfigRow], x: str
         has_interval = _has_interval(verdict)
         if has_interval:
             paired.vlines(position, 100 * low, 100 * high, color=color, linewidth=2)
-        empty = not has_interval and word != evidence.BEST
+        empty = not has_interval and word != BEST
         hollow |= empty
         paired.plot(position, 100 * verdict.difference, marker=marker, color=color, linestyle="",
-                    markersize=12 if word == evidence.BEST else 8, markerfacecolor="none" if empty else color)
+                    markersize=12 if word == BEST else 8, markerfacecolor="none" if empty else color)
         handles.setdefault(word, Line2D([], [], color=color, marker=marker, linestyle="", label=text))
     paired.set(ylabel="validation accuracy minus the best's\n(percentage points)")
     paired.grid(alpha=0.3)
@@ -277,15 +277,11 @@ def caption(figure: Figure, text: str, fontsize: float = 9) -> None:
 
 
 def _leader(rows: list[ConfigRow]) -> str:
-    return next((row.label for row in rows if row.verdict.verdict == evidence.BEST), "none")
+    return next((row.label for row in rows if row.verdict.verdict == BEST), "none")
 
 
 def _has_interval(verdict: evidence.Verdict) -> bool:
     return not any(math.isnan(end) for end in verdict.difference_interval)
-
-
-def _word(verdict: evidence.Verdict) -> str:
-    return LEGACY_WORDS.get(verdict.verdict, verdict.verdict)
 
 
 def _test_accuracies(row: ConfigRow) -> list[float]:

@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 
 from sweeps import trial_record as record
-from sweeps.analysis.evidence import DECIDED, UNDECIDED, WORSE, Verdict
+from sweeps.analysis.evidence import DECIDED, Verdict
 from sweeps.analysis.summary import (
     DECIDED_NOW,
     NO,
@@ -36,14 +36,16 @@ from sweeps.analysis.summary import (
     ConfigRow,
     Recommendation,
 )
+from sweeps.analysis.words import UNDECIDED, WORSE, cost_shown
 from sweeps.trial_record import TrialRecord
 
 
 def recommend(rows: Sequence[ConfigRow], *, sweep: str, direction: str, state: str,
-              max_seeds: int | None = None) -> Recommendation | None:
+              max_seeds: int | None = None, cost_name: str = "s/epoch") -> Recommendation | None:
     """The recommendation over `rows` (ranked, best first, each with its verdict). `state`: "final" (the
     sweep closed), "stopped" (re-running goes on) or "running" (after a round). `max_seeds` of a decided
-    sweep names the next command where it ended undecided. None when nothing finished."""
+    sweep names the next command where it ended undecided; `cost_name` is what the verdicts' costs count
+    (the cheapest pick says its cost). None when nothing finished."""
     if not rows:
         return None
     verdicts = [row.verdict for row in rows]
@@ -56,7 +58,8 @@ def recommend(rows: Sequence[ConfigRow], *, sweep: str, direction: str, state: s
         if others and all(v.verdict == WORSE and not v.within_margin for v in others):
             why = "shown best: every other configuration is worse"
         elif len(within) > 1:
-            why = f"the cheapest of the best and those within ±{100 * best.margin:.2g} pp of it"
+            priced = "" if math.isnan(pick.cost) else f", at {cost_shown(pick.cost)} {cost_name}"
+            why = f"the cheapest of the best and those within ±{100 * best.margin:.2g} pp of it{priced}"
         else:
             why = "the leader: nothing is shown within the margin of it"
         if undecided:

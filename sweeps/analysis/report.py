@@ -83,7 +83,8 @@ def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Sum
     failed = [t for t in trials if t.state == TrialState.FAIL]
     recommendation = recommend.recommend(rows, sweep=plan.definition.name, state=state,
                                          direction=plan.definition.direction,
-                                         max_seeds=plan.max_seeds if plan.decides else None)
+                                         max_seeds=plan.max_seeds if plan.decides else None,
+                                         cost_name=cost_name)
     chosen = None if recommendation is None else \
         next(t for row in rows for t in row.trials if t.number == recommendation.trial)
     held_out = record.held_out(finished)

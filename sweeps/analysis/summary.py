@@ -53,7 +53,7 @@ class Recommendation:
     label: str  # e.g. `hidden_size=1024`
     params: dict  # the configuration (without the seed)
     decision: str  # DECIDED_NOW | UNDECIDED_NOW | STOPPED | RUNNING
-    why: str  # one clause: "the cheapest of those tied with the best within ±0.5 pp", ...
+    why: str  # one clause: "the cheapest of the best and those within ±0.5 pp of it, at 814,090 parameters"
     next_command: str | None  # what to run to settle or go on; None when there is nothing to run
     seeds: int  # COMPLETE seeds of the recommended configuration
     val_acc: float  # mean validation accuracy over its seeds

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fmnist_tracking.names import SWEEP_ARTIFACT_DIR
-from sweeps.analysis.wording import p_shown
+from sweeps.analysis.words import BEST, WORSE, p_shown
 from sweeps.trial_record import TrialRecord, seed_of
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def _accuracy(row: ConfigRow, mixed: bool) -> str:
 
 def _difference(row: ConfigRow) -> str:
     verdict = row.verdict
-    if verdict.verdict == "best":
+    if verdict.verdict == BEST:
         return ""
     images = verdict.difference_images
     if images is None:
@@ -159,7 +159,7 @@ def _vs_best(row: ConfigRow) -> str:
     """The verdict column: the verdict's word (one seed: "lower on these images (seed noise not
     measured)", never "worse"), and for a decided "worse" within the margin, that too."""
     verdict = row.verdict
-    if verdict.verdict == "worse" and verdict.within_margin and verdict.margin is not None:
+    if verdict.verdict == WORSE and verdict.within_margin and verdict.margin is not None:
         return f"worse, within ±{100 * verdict.margin:.2g} pp"
     return verdict.verdict
 
@@ -167,7 +167,7 @@ def _vs_best(row: ConfigRow) -> str:
 def _decided_difference(row: ConfigRow) -> str:
     """The difference to the best in percentage points, with the interval its verdict rests on."""
     verdict = row.verdict
-    if verdict.verdict == "best":
+    if verdict.verdict == BEST:
         return ""
     low, high = verdict.difference_interval
     span = "" if math.isnan(low) else f" [{100 * low:+.2f}, {100 * high:+.2f}]"

@@ -1,5 +1,6 @@
-"""A sweep's conclusion in words: the best, each verdict with what it rests on, what to use, the trials
-spent and the error rates (and how a p-value is printed). evidence.py decides; this only says it.
+"""A sweep's conclusion in words: the best, each verdict with what it rests on, the trials spent and the
+error rates. evidence.py decides, recommend.py picks (its sentence follows this paragraph, the one place
+that names the pick); this only says the evidence, in words.py's words.
 
 The wording follows the verdict's kind. Decided verdicts (decide.py) read "within ±margin" (tied, or
 worse and within the margin), "worse" or "undecided", with the interval of the difference to the final
@@ -17,21 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from sweeps.analysis import decide
-from sweeps.analysis.evidence import (
-    ALPHA,
-    DECIDED,
-    LOWER,
-    MCNEMAR,
-    NOT_SHOWN,
-    NOT_TESTED,
-    ONE_SEED_FALSE_LOWER,
-    TIED,
-    UNDECIDED,
-    WELCH,
-    WORSE,
-    Verdict,
-)
+from sweeps.analysis.evidence import DECIDED, MCNEMAR, ONE_SEED_FALSE_LOWER, WELCH, Verdict
 from sweeps.analysis.recommend import cheapest
+from sweeps.analysis.words import LOWER, NOT_SHOWN, NOT_TESTED, TIED, UNDECIDED, WORSE, cost_shown, p_said
 
 # The decided rounds' false "worse" where configurations differ in seed noise: the share of sweeps of five
 # identical configurations with one, one of them at 10 times the others' seed sd (1.0 against 0.1 pp) and
@@ -44,10 +33,10 @@ UNEQUAL_NOISE_FALSE_WORSE = {"one at 10x": 0.028, "two at 3x": 0.041}
 def conclusion(verdicts: Sequence[Verdict], question: str, metric_name: str = "validation accuracy",
                cost_name: str = "s/epoch", spent: tuple[int, int] | None = None,
                decision: decide.Decision | None = None) -> str:
-    """A short paragraph: the best with its interval, then each verdict with what it rests on, the
-    configuration to use (decided: the cheapest of the best and those within ±margin of it), its test
-    accuracy, the trials spent against the fixed design (`spent`: (trials, fixed-design trials)) and the
-    error rates."""
+    """A short paragraph: the best with its interval, then each verdict with what it rests on, the best's
+    test accuracy, the trials spent against the fixed design (`spent`: (trials, fixed-design trials)) and
+    the error rates. Which configuration to use is the recommendation's sentence (recommend.py), said
+    after this one (report.summarise), not here too."""
     if not verdicts:
         return f"{_sentence(question)} No configuration finished, so there is nothing to conclude."
     best, others = verdicts[0], list(verdicts[1:])
@@ -65,14 +54,14 @@ def conclusion(verdicts: Sequence[Verdict], question: str, metric_name: str = "v
     if not others:
         parts.append("It is the only configuration, so nothing is compared.")
     if any(v.method == DECIDED for v in others):
-        parts.extend(_decided_sentences(best, others, cost_name, spent, decision))
+        parts.extend(_decided_sentences(best, others, spent, decision))
     else:
         parts.extend(_tested_sentences(best, others, cost_name))
     parts.extend(_caveats(verdicts, decision))
     return " ".join(parts)
 
 
-def _decided_sentences(best: Verdict, others: list[Verdict], cost_name: str, spent, decision) -> list[str]:
+def _decided_sentences(best: Verdict, others: list[Verdict], spent, decision) -> list[str]:
     margin = _pp(best.margin)
     parts = []
     if best.decided_at is not None:  # a kept verdict of the configuration that ends best: said, not dropped
@@ -90,12 +79,7 @@ def _decided_sentences(best: Verdict, others: list[Verdict], cost_name: str, spe
         parts.append(f"{best.label} is shown best: every other configuration is worse.")
     elif not any(v.within_margin for v in others):
         parts.append(f"Nothing is shown within ±{margin} of it.")
-    within = [best] + [v for v in others if v.within_margin]
-    pick = cheapest(within)  # the recommendation's rule (recommend.py), so both name one pick
-    if pick is not None and len(within) > 1:
-        parts.append(f"Use {pick.label}: the cheapest of the best and those within ±{margin} of it "
-                     f"({_cost(pick.cost)} {cost_name}).")
-    parts.extend(_test_of(pick or best, best))
+    parts.extend(_test_of(best))  # the pick's: the recommendation's sentence
     if spent is not None:
         trials, fixed = spent
         if any(v.verdict == UNDECIDED for v in others):
@@ -133,24 +117,18 @@ def _tested_sentences(best: Verdict, others: list[Verdict], cost_name: str) -> l
     unshown = [best] + [v for v in others if v.verdict == NOT_SHOWN]
     pick = cheapest(unshown)
     if pick is not None and len(unshown) > 1:
-        parts.append(f"Cheapest of those not shown different: {pick.label} at {_cost(pick.cost)} "
+        parts.append(f"Cheapest of those not shown different: {pick.label} at {cost_shown(pick.cost)} "
                      f"{cost_name}; not a tie (one seed cannot show one): a decided sweep (--max-seeds) "
                      "says whether it is within a margin of the best.")
-    parts.extend(_test_of(best, best))
+    parts.extend(_test_of(best))
     return parts
 
 
-def _test_of(pick: Verdict, best: Verdict) -> list[str]:
-    if pick.test_acc is None:
+def _test_of(best: Verdict) -> list[str]:
+    if best.test_acc is None:
         return []
-    shown = best.test_acc is not None and pick is not best
-    beside = f"; of the best: {best.test_acc:.4f}" if shown else ""
-    return [f"Test accuracy (mean over its seeds) of {'the pick' if pick is not best else 'the best'}: "
-            f"{pick.test_acc:.4f}{beside} (reported, not used to choose)."]
-
-
-def _cost(cost: float) -> str:
-    return f"{cost:,.0f}" if abs(cost) >= 1000 else f"{cost:.3g}"  # parameter counts
+    return [f"Test accuracy (mean over its seeds) of the best: {best.test_acc:.4f} (reported, not used to "
+            "choose)."]
 
 
 def _pp(accuracy: float) -> str:
@@ -186,7 +164,7 @@ def _described(verdict: Verdict, rounds: bool = True, best_label: str | None = N
         details.append(f"{mine} images only it got right vs {best_only} only the best")
     elif verdict.difference_images is not None:
         details.append(f"{verdict.difference_images:+.1f} images on average over seeds")
-    details.append(f"{_p(verdict.p_adjusted)} Holm-adjusted")
+    details.append(f"{p_said(verdict.p_adjusted)} Holm-adjusted")
     return f"{verdict.label} ({', '.join(details)})"
 
 
@@ -229,20 +207,6 @@ def _caveats(verdicts: Sequence[Verdict], decision: decide.Decision | None = Non
         caveats.append("Where no per-image vectors were kept, Welch's t-test over seed accuracies covers "
                        "training noise but not which validation images were drawn.")
     return caveats
-
-
-def p_shown(value: float, decimals: int) -> str:
-    """p as the text prints it, with `decimals` decimals and "<0.001" below that; rounding never lifts
-    a p under ALPHA to ALPHA (0.04996: "<0.05"), so "worse" never stands beside "0.05"."""
-    if value < 0.001:
-        return "<0.001"
-    shown = f"{value:.{decimals}f}"
-    return f"<{ALPHA:g}" if value < ALPHA <= float(shown) else shown
-
-
-def _p(value: float) -> str:
-    shown = p_shown(value, 3 if value < 0.01 else 2)
-    return f"p{shown}" if shown.startswith("<") else f"p={shown}"
 
 
 def _sentence(text: str) -> str:

@@ -406,7 +406,11 @@ def test_best_says_how_its_pick_stands_in_its_sweep_and_which_to_use(mlflow_stor
 
 
 def test_best_reports_the_sweeps_own_ranking_where_it_differs_from_the_pick(mlflow_store):
-    from fmnist_tracking.verdicts import tie_report
+    from fmnist_tracking.verdicts import run_in_sweep
+    from sweeps.analysis.standing import standing
+
+    def said(run):  # what `best` says of a run it picked by its best_val_acc (cli.py best)
+        return standing(run_in_sweep(client, run))
 
     client, experiment_id = store.setup(mlflow_store)
     made = _fake_sweep(client, experiment_id, "hidden_size",
@@ -417,24 +421,24 @@ def test_best_reports_the_sweeps_own_ranking_where_it_differs_from_the_pick(mlfl
                 _verdict("hidden_size=512", made["hidden_size=512"], 0.9001, "tied", None, 1.0),
                 _verdict("hidden_size=128", made["hidden_size=128"], 0.8921, "worse", 0.0001, 0.4)]
     client.log_text(made["parent"], json.dumps(verdicts), "sweep/verdicts.json")
-    text = "\n".join(tie_report(client, picked))
+    text = "\n".join(said(picked))
     assert "puts hidden_size=1024 first (val 0.9015)" in text
     assert "this run's hidden_size=512 (val 0.9001) is tied with it within ±" in text
     assert "use the cheapest of those tied with the best: hidden_size=512 (1 s/epoch" in text
     for verdict, parameters in zip(verdicts, (814_090, 407_050, 101_770), strict=True):
         verdict.update(cost=parameters, cost_name="parameters")  # the cost the sweep's conclusion used
     client.log_text(made["parent"], json.dumps(verdicts), "sweep/verdicts.json")
-    text = "\n".join(tie_report(client, picked))
+    text = "\n".join(said(picked))
     assert "the cheapest of those tied with the best: hidden_size=512 (407,050 parameters" in text
 
     client.log_text(made["parent"], json.dumps(verdicts[:1] + verdicts[2:]), "sweep/verdicts.json")
-    alone = tie_report(client, client.get_run(made["hidden_size=1024"]))
+    alone = said(client.get_run(made["hidden_size=1024"]))
     assert alone == ["hidden_size=1024 (val 0.9018) is the sweep's best and every other configuration is "
                      "worse; the closest, hidden_size=128 (p<0.001), is worse (exact McNemar test; "
                      "p Holm-adjusted)"]
     lone_run = run_log.RunLogger.start(client, experiment_id, RunConfig(), run_name="outside")
     lone_run.end()
-    assert tie_report(client, client.get_run(lone_run.run_id)) == []
+    assert said(client.get_run(lone_run.run_id)) == []
 
 
 def _run_with_only_a_checkpoint(client, experiment_id: str, checkpoint_path: Path) -> str:

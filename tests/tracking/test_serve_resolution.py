@@ -114,3 +114,19 @@ def test_serve_model_uri_serves_that_model_with_a_run_id_prefix_resolved(runs, m
     [(argv, _)] = exec_server
     assert argv[argv.index("--model-uri") + 1] == logged
     assert f"Serving {logged}: {logged}" in result.output
+
+
+def test_serve_says_how_a_run_picked_by_its_metric_stands_in_its_sweep(mlflow_store, tmp_path, exec_server):
+    """Without --sweep, the best run overall may be one seed of a sweep: serve says what its sweep makes of
+    it, as `best` does (cli.py hands sweeps/analysis/standing.py's sentences in)."""
+    client, experiment_id = store.setup(mlflow_store)
+    parent = run_log.RunLogger.start(client, experiment_id, RunConfig(hidden_size=12),
+                                     tags={names.SWEEP_TAG: SWEEP, names.SWEEP_ROLE_TAG: names.PARENT})
+    parent.end()
+    trial = finished_run(client, experiment_id, checkpoint(tmp_path / "a.pt", 0), 0.85,
+                         {names.SWEEP_TAG: SWEEP, names.SWEEP_ROLE_TAG: names.TRIAL,
+                          names.PARENT_RUN_TAG: parent.run_id})
+    result = CliRunner().invoke(cli_module.cli, ["serve", "--tracking-uri", mlflow_store])
+    assert result.exit_code == 0, result.output
+    assert f"run {trial}" in result.output
+    assert f"no paired evidence for this sweep; run `python cli.py report {SWEEP}`" in result.output

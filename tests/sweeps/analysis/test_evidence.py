@@ -22,8 +22,8 @@ from sweeps.analysis.evidence import (
     mcnemar_exact,
     wilson_interval,
 )
-from sweeps.analysis.wording import _p as printed_p
 from sweeps.analysis.wording import conclusion
+from sweeps.analysis.words import p_said as printed_p
 
 pytestmark = pytest.mark.unit
 
@@ -176,7 +176,7 @@ def test_seed_scatter_widens_the_interval_so_the_same_gap_is_undecided():
     assert np.ptp(scattered[1].difference_interval) > 3 * np.ptp(steady[1].difference_interval)
 
 
-def test_seeded_conclusion_states_margin_error_rate_and_the_cheapest_tied():
+def test_seeded_conclusion_states_margin_and_error_rate_and_leaves_the_pick_to_the_recommendation():
     base = base_vector(5000, 0.9)
     verdicts = compare_to_best([seeded("a", base, [0, 2, -2], 2.0, 10),
                                 seeded("b", base, [-1, 1, -3], 1.0, 20)])
@@ -184,7 +184,8 @@ def test_seeded_conclusion_states_margin_error_rate_and_the_cheapest_tied():
     assert text.startswith("Which is best. a has the best validation accuracy")
     assert "95% t-interval over 3 seeds" in text and "Hsu" in text
     assert "Within ±0.5 pp of it: b (-0.02 pp [" in text and "3 seeds; tied)" in text  # one look: no round
-    assert "Use b: the cheapest of the best and those within ±0.5 pp of it (1 s/epoch)." in text
+    # which to use is the recommendation's sentence (recommend.py), after this paragraph: said once
+    assert "Use b" not in text and "the pick" not in text
     assert "each at most 0.05 of the time where the pooled configurations share one seed noise" in text
     assert "10 times the others' seed noise" in text and "One seed per configuration" not in text
 
@@ -267,9 +268,7 @@ def test_an_interval_over_seeds_stays_inside_0_and_1():
                                       (0.0042, "p=0.004"), (0.0004, "p<0.001")])
 def test_printed_p_values_never_round_up_to_the_threshold(p, shown):
     """An adjusted p of 0.04996 printed as "p=0.05" beside "worse"."""
-    from fmnist_tracking import verdicts
-
-    assert printed_p(p) == shown and verdicts._p(p) == shown
+    assert printed_p(p) == shown
 
 
 def test_the_ranked_table_never_rounds_a_p_up_to_the_threshold_either():

@@ -12,6 +12,7 @@ import optuna
 import pytest
 from support import VERDICT_KEYS, add, losing, plan_of, right_on, width_study
 
+from fmnist_core.cost import parameter_count
 from sweeps.analysis import report
 from sweeps.analysis import text as report_text
 
@@ -172,17 +173,21 @@ def test_the_verdict_column_says_worse_within_the_margin():
     assert "| worse, within ±0.5 pp |" in report_text.ranked_table(summary)
     assert "Within ±0.5 pp of it: hidden_size=64" in summary.conclusion
     assert "worse, and within the margin" in summary.conclusion
-    assert "Use hidden_size=64: the cheapest of the best and those within ±0.5 pp of it" in summary.conclusion
+    # the pick is said once, by the recommendation, with its cost (it was also "Use hidden_size=64: ...")
+    assert (f"Recommended: hidden_size=64 (the cheapest of the best and those within ±0.5 pp of it, at "
+            f"{parameter_count(64):,} parameters; ") in summary.conclusion
+    assert "Use " not in summary.conclusion and summary.conclusion.count("Recommended:") == 1
 
 
 def test_cli_best_reads_the_one_seed_word():
-    """fmnist_tracking/verdicts.py keeps the verdict words as a contract (it cannot import evidence.py): the
-    one-seed word is read, not a KeyError, and an all-"lower" sweep is said as such."""
-    from fmnist_tracking import verdicts
-    from sweeps.analysis import evidence
+    """`best` reads a verdicts file in sweeps/analysis/words.py's words (fmnist_tracking/verdicts.py knows
+    none): the one-seed word is read, not a KeyError, and an all-"lower" sweep is said as such."""
+    from fmnist_tracking.verdicts import RunInSweep
+    from sweeps.analysis import evidence, words
+    from sweeps.analysis.standing import standing
 
-    assert verdicts.LOWER == evidence.LOWER
-    records = [{"label": "a", "verdict": "best"},
-               {"label": "b", "verdict": evidence.LOWER, "p_adjusted": 0.001, "method": evidence.MCNEMAR}]
-    said = verdicts._relation_of_others(records, verdicts._how(records))
+    records = [{"label": "a", "verdict": words.BEST, "run_ids": ["run-a"], "accuracy": 0.9},
+               {"label": "b", "verdict": words.LOWER, "p_adjusted": 0.001, "method": evidence.MCNEMAR,
+                "run_ids": ["run-b"], "accuracy": 0.89}]
+    [said] = standing(RunInSweep("run-a", 0.9, "s", records))
     assert "every other configuration is lower on these images" in said and "worse" not in said
