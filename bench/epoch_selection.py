@@ -54,14 +54,21 @@ def _spread(values: np.ndarray) -> str:
     return f"{values.mean():+.3f} [{values.min():+.2f}, {values.max():+.2f}]".rjust(25)
 
 
-def verdicts(study, plan, judged) -> dict[tuple, str]:
-    """configuration key -> its verdict, the rounds replayed on `judged`'s vectors."""
+def verdicts(study, plan, judged) -> dict[tuple, tuple[str, str]]:
+    """configuration key -> (its verdict, what it rests on), the rounds replayed on `judged`'s vectors: the
+    difference to the final best and its interval in pp, the mean accuracy and the seeds."""
     state = rounds.state(study, plan, judged=judged)
     if state is None:
         return {}
     decision, margin = state.decision, plan.rule.margin
     within = decision.within_margin or [False] * len(state.keys)
-    return {key: decide.words(decision.verdicts[i], within[i], margin) for i, key in enumerate(state.keys)}
+    said = {}
+    for i, key in enumerate(state.keys):
+        difference, (low, high) = decision.now(i)
+        gap = "" if i == decision.best else f"{100 * difference:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] "
+        said[key] = (decide.words(decision.verdicts[i], within[i], margin),
+                     f"{gap}({decision.final.means[i]:.4f}, {len(state.trials[i])})")
+    return said
 
 
 def main() -> None:
@@ -90,12 +97,13 @@ def main() -> None:
             print(f"{'all trials':<34}{len(every):>6}{_spread(over_last)}{_spread(over_heldout)}")
         heldout = verdicts(study, plan, record.judged_vectors)
         selected = verdicts(study, plan, record.selected_vectors)
-        moved = [key for key in heldout if selected.get(key) != heldout[key]]
-        print(f"verdicts on held-out vectors (reported) vs on the best epochs' own: "
-              f"{len(moved)} of {len(heldout)} differ")
+        moved = [key for key in heldout if key not in selected or selected[key][0] != heldout[key][0]]
+        print(f"verdicts on held-out vectors (reported) vs on the best epochs' own, each with its difference "
+              f"to the best [interval] in pp (mean, seeds): {len(moved)} of {len(heldout)} differ")
         for key in heldout:
             mark = "  <- differs" if key in moved else ""
-            print(f"  {label_of(dict(key)):<32}{heldout[key]:>26}{selected.get(key, '-'):>26}{mark}")
+            shown = [" ".join(said) for said in (heldout[key], selected.get(key, ("-", "")))]
+            print(f"  {label_of(dict(key)):<26}{shown[0]:>48}{shown[1]:>48}{mark}")
 
 
 if __name__ == "__main__":
