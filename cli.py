@@ -124,7 +124,7 @@ def train(data_dir: Path | None, checkpoint: Path | None, tracking_uri: str | No
             click.echo(f"Error: {error}; no checkpoint written. Try a lower --lr or --clip-mode norm.",
                        err=True)
             sys.exit(1)
-        click.echo(f"Checkpoint: {save_result(result, splits, checkpoint)}")
+        click.echo(f"Checkpoint: {save_result(result, splits, checkpoint).path}")
         return
     from fmnist_tracking.run_log import train_tracked
     from fmnist_tracking.signals import Terminated

@@ -3,6 +3,7 @@
     python bench/speed.py            # all sections (about 3 minutes on 2 CPU cores)
     python bench/speed.py --quick    # shorter timings, same sections
     python bench/speed.py --against ceaf58a   # the manual learner vs its code at a git revision
+    python bench/speed.py --against ceaf58a --impl torch   # the torch learner vs its code there
 
 Sections:
 1. pipeline  the common torchvision pipeline (DataLoader, per-sample PIL flip + rotation,
@@ -28,10 +29,10 @@ Sections:
              itself (`python -c 'while True: pass'`; --busy-pin pins it to one CPU), interleaved; the
              ratios busy/quiet and after (auto) vs before (torch's default count). Not in the default run
              (`--only busy`): on a shared machine "quiet" is only the others' load at the time.
-9. against   with --against REV (alone, unless --only names others): the manual learner of this tree vs
-             fmnist_core/mlp_manual.py at git revision REV, in one process: seconds of one epoch of the
-             default single run and of the main job's pack, interleaved rounds, medians and new/old ratios
-             (on a busy machine: OMP_NUM_THREADS=1).
+9. against   with --against REV (alone, unless --only names others): the learner of --impl (manual, the
+             default, or torch) of this tree vs fmnist_core/mlp_<impl>.py at git revision REV, in one
+             process: seconds of one epoch of the default single run and of the main job's pack,
+             interleaved rounds, medians and new/old ratios (on a busy machine: FMNIST_THREADS=1).
 --device cuda (or mps) runs all of it on a GPU; the baseline's DataLoader stays on the CPU.
 Timings go to stdout; nothing here is asserted, so CI never fails on a busy machine.
 """
@@ -394,50 +395,51 @@ def population_64(batch: int, device: str, repeats: int, rounds: int) -> None:
 AGAINST_ROUNDS = 9  # interleaved rounds of the --against section (3 with --quick)
 
 
-def section_against(splits: fdata.Splits, quick: bool, device: str, rev: str) -> None:
-    """--against REV: the manual learner of this tree against fmnist_core/mlp_manual.py as it was at git
+def section_against(splits: fdata.Splits, quick: bool, device: str, rev: str, impl: str = "manual") -> None:
+    """--against REV: the learner of `impl` of this tree against fmnist_core/mlp_<impl>.py as it was at git
     revision REV (imported from `git show` as a module of its own), side by side in this process: the
     seconds of one epoch (the trainer's epoch_seconds) of the default single run (all 50 000 training
     images) and of the main job's pack (its five widths, one seed; 12 800 images, 200 steps), in
     interleaved rounds that alternate which goes first; --quick: a quarter of each, 3 rounds.
-    On a machine shared with other work, run it with OMP_NUM_THREADS=1: two threads that wait for each
+    On a machine shared with other work, run it with FMNIST_THREADS=1: two threads that wait for each
     other at every product make an epoch's time swing tenfold from one round to the next."""
     import contextlib
+    import importlib
     import subprocess
     import types
 
-    import fmnist_core.mlp_manual as current
-
+    module_name, maker = f"mlp_{impl}", f"make_{impl}_learner"  # what trainer.make_learner imports
+    current = importlib.import_module(f"fmnist_core.{module_name}")
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(["git", "show", f"{rev}:fmnist_core/mlp_manual.py"], cwd=root, check=True,
+    source = subprocess.run(["git", "show", f"{rev}:fmnist_core/{module_name}.py"], cwd=root, check=True,
                             capture_output=True, text=True).stdout
-    earlier = types.ModuleType(f"mlp_manual_at_{rev}")
-    earlier.__file__ = f"{rev}:fmnist_core/mlp_manual.py"
+    earlier = types.ModuleType(f"{module_name}_at_{rev}")
+    earlier.__file__ = f"{rev}:fmnist_core/{module_name}.py"
     sys.modules[earlier.__name__] = earlier
     exec(compile(source, earlier.__file__, "exec"), earlier.__dict__)  # noqa: S102 - our own source, at REV
 
     @contextlib.contextmanager
     def learners_of(module: types.ModuleType):
-        """The trainer builds its manual learners with `module`'s make_manual_learner meanwhile."""
-        kept = current.make_manual_learner
-        current.make_manual_learner = module.make_manual_learner
+        """The trainer builds its learners of `impl` with `module`'s make_<impl>_learner meanwhile."""
+        kept = getattr(current, maker)
+        setattr(current, maker, getattr(module, maker))
         try:
             yield
         finally:
-            current.make_manual_learner = kept
+            setattr(current, maker, kept)
 
     def images(count: int) -> fdata.Splits:  # the first `count` training images; no validation is run
         count //= 4 if quick else 1
         return dataclasses.replace(splits, train_x=splits.train_x[:count], train_y=splits.train_y[:count],
                                    test_x=splits.test_x[:1000], test_y=splits.test_y[:1000])
 
-    base = RunConfig(epochs=1, val_size=0, device=device)  # no validation: only the epoch is timed
+    base = RunConfig(impl=impl, epochs=1, val_size=0, device=device)  # no validation: only the epoch is timed
     runs = {"single run": ([base], images(splits.train_x.shape[0])),
             "main job's pack": ([dataclasses.replace(base, hidden_size=h) for h in MAIN_JOB_WIDTHS],
                                 images(12_800))}
     sides = {rev: earlier, "this tree": current}
     rounds = 3 if quick else AGAINST_ROUNDS
-    print(f"\n== 9. the manual learner against {rev}: one epoch, batch 64, {torch.get_num_threads()} "
+    print(f"\n== 9. the {impl} learner against {rev}: one epoch, batch 64, {torch.get_num_threads()} "
           f"threads, {rounds} interleaved rounds; " +
           ", ".join(f"{run} {data.train_x.shape[0]} images" for run, (_, data) in runs.items()) + " ==")
     for module in sides.values():  # one-time costs (allocator, MKL's kernels) outside the rounds
@@ -575,8 +577,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"),
                         help="where ours and the baseline's model run (its DataLoader stays on the CPU)")
     parser.add_argument("--against", metavar="REV",
-                        help="section 9 alone (with --only, after those): the manual learner vs git "
+                        help="section 9 alone (with --only, after those): the learner of --impl vs git "
                              "revision REV")
+    parser.add_argument("--impl", default="manual", choices=("manual", "torch"),
+                        help="section 9: which implementation's learner --against compares")
     args = parser.parse_args()
     torch.manual_seed(0)
     try:
@@ -595,7 +599,7 @@ def main() -> None:
     for name in names:
         sections[name](splits, args.quick, device.type)
     if args.against:
-        section_against(splits, args.quick, device.type, args.against)
+        section_against(splits, args.quick, device.type, args.against, args.impl)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,14 @@
-"""What a sweep's trial saves to MLflow, and what it costs: `log_result` as a trial calls it (metrics,
-checkpoint, tables; no MLflow model) against the same with the MLflow model exported (torch.export, pt2),
-as every trial did before 7 December 2026. Interleaved rounds on one trained result of the main job's
-shape (hidden 1024, 1 epoch on the real data), a fresh SQLite store each; prints medians and the ratio.
+"""What a sweep's trial saves to MLflow, and what it costs: `save_result` then `log_result` as a trial calls
+them (checkpoint written and checked once, metrics, per-class table from the test predictions, val_correct,
+the checkpoint uploaded; no figures, no MLflow model), against two earlier ways, interleaved:
+
+    read back   the same, but the log reads checkpoint.pt back and checks it again before going on, as
+                every trial did before issue 26 (load_checkpoint in log_result)
+    with model  the same as now, plus the MLflow model exported (torch.export, pt2), as every trial did
+                before 7 December 2026
+
+On one trained result of the main job's shape (hidden 1024, 1 epoch on the real data), one SQLite store;
+prints each way's median [min, max] and the ratios now/earlier.
 
     .venv/bin/python bench/trial_save.py [--rounds 5]
 """
@@ -23,6 +30,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
+    from fmnist_core.checkpoint import load_checkpoint
     from fmnist_core.config import RunConfig
     from fmnist_core.trainer import save_result, splits_for, train_population
     from fmnist_tracking import run_log, store
@@ -31,23 +39,25 @@ def main() -> None:
     config = RunConfig(hidden_size=1024, epochs=1)
     splits = splits_for(config, None)
     [result] = train_population([config], splits)
-    times: dict[bool, list[float]] = {False: [], True: []}
+    ways = ("now", "read back", "with model")
+    times: dict[str, list[float]] = {way: [] for way in ways}
     with tempfile.TemporaryDirectory(prefix="bench-trial-save-") as folder:
         client, experiment_id = store.setup(f"sqlite:///{folder}/mlflow.db", "bench")
-        path = save_result(result, splits, Path(folder, CHECKPOINT_ARTIFACT))
         for _ in range(args.rounds):
-            for model in (False, True):  # interleaved: drift hits both alike
+            for way in ways:  # interleaved: drift hits all alike
                 logger = run_log.RunLogger.start(client, experiment_id, config)
                 started = time.perf_counter()
-                logger.log_result(result, splits, path, figures=False, model=model)
-                times[model].append(time.perf_counter() - started)
+                checkpoint = save_result(result, splits, Path(folder, CHECKPOINT_ARTIFACT))
+                if way == "read back":
+                    checkpoint = load_checkpoint(checkpoint.path)
+                logger.log_result(result, splits, checkpoint, figures=False, model=way == "with model")
+                times[way].append(time.perf_counter() - started)
                 logger.end("FINISHED")
-    saved, exported = statistics.median(times[False]), statistics.median(times[True])
-    print(f"trial save without the MLflow model: median {saved:.2f} s (min {min(times[False]):.2f}, "
-          f"max {max(times[False]):.2f})")
-    print(f"with it (before):                   median {exported:.2f} s (min {min(times[True]):.2f}, "
-          f"max {max(times[True]):.2f})")
-    print(f"ratio now/before: {saved / exported:.2f} ({args.rounds} interleaved rounds)")
+    medians = {way: statistics.median(seconds) for way, seconds in times.items()}
+    for way, seconds in times.items():
+        print(f"trial save, {way:10s}: median {medians[way]:.3f} s [{min(seconds):.3f}, {max(seconds):.3f}]")
+    print(f"ratio now/read back: {medians['now'] / medians['read back']:.2f}, now/with model: "
+          f"{medians['now'] / medians['with model']:.2f} ({args.rounds} interleaved rounds)")
 
 
 if __name__ == "__main__":

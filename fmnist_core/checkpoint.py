@@ -13,6 +13,10 @@ A checkpoint is a plain dict saved with `torch.save`:
 
 `torch.load(path, weights_only=True)` reads it; our loader uses nothing else, so a file
 crafted to run code when unpickled is refused before any of its code runs.
+
+Both ways in check a checkpoint once: `save_checkpoint` before it writes, and returns the `Checkpoint`
+it wrote, so that whoever goes on with it (a run's log: its test predictions, its upload) need not read
+the file back; `load_checkpoint` after it reads.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Checkpoint:
     normalization: dict[str, float]
     classes: tuple[str, ...]
     metrics: dict[str, Any]
+    # The file it was written to or read from (a download's may be gone since); None: made in memory.
+    path: Path | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -69,8 +75,9 @@ def save_checkpoint(
     normalization: dict[str, float],
     classes: tuple[str, ...],
     metrics: dict[str, Any],
-) -> Path:
-    """Write atomically: a temp file in the same directory, then rename over `path`."""
+) -> Checkpoint:
+    """Check, then write atomically: a temp file in the same directory, then rename over `path`.
+    Returns the checkpoint as written (float32 CPU tensors, plain numbers), its `path` the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -81,7 +88,7 @@ def save_checkpoint(
         "classes": list(classes),
         "metrics": {k: _plain(v) for k, v in metrics.items()},
     }
-    _validate(payload, path)
+    checkpoint = _checked(payload, path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -92,7 +99,7 @@ def save_checkpoint(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return checkpoint
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -108,6 +115,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: cannot read it: {error.strerror or first_line(error)}") from None
     except Exception as error:  # torch.load fails on a foreign file in a dozen ways, each one a refusal
         raise CheckpointError(_unreadable(path, error)) from None
+    return _checked(payload, path)
+
+
+def _checked(payload: Any, path: Path) -> Checkpoint:
+    """The Checkpoint of a payload as `torch.save` writes it, once `_validate` has accepted it."""
     _validate(payload, path)
     return Checkpoint(
         state_dict=payload["state_dict"],
@@ -115,6 +127,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         normalization=payload["normalization"],
         classes=tuple(payload["classes"]),
         metrics=payload["metrics"],
+        path=path,
     )
 
 

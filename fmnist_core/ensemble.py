@@ -114,7 +114,7 @@ def save(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     """Write a (folded) checkpoint with `checkpoint.save_checkpoint`: the one format, float32, atomic."""
     return save_checkpoint(path, state_dict=checkpoint.state_dict, config=checkpoint.config,
                            normalization=checkpoint.normalization, classes=checkpoint.classes,
-                           metrics=checkpoint.metrics)
+                           metrics=checkpoint.metrics).path
 
 
 def fold_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, splits: fdata.Splits, *,

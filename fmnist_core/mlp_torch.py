@@ -3,21 +3,23 @@
 `TorchMLP` is the checkpoint format: its state_dict keys (fc1.weight, fc1.bias, fc2.weight,
 fc2.bias) are what both implementations save and load. `TorchLearner` trains a population of
 P members: P separate TorchMLPs whose weights are gathered into one batched forward (autograd
-flows back through torch.stack / torch.cat into each member's own leaf parameters), one param
+flows back through torch.cat / torch.stack into each member's own leaf parameters), one param
 group per member (its own lr, momentum, weight decay), and clipping with torch.nn.utils per member.
 Initial weights and dropout masks come from `inits`, exactly as for the manual learner.
 
-Members of one width are STACKED: member i owns slice i of every batched tensor. Members of
-several widths are PACKED (`_Packing`): the members that see the same batches (same seed) form a
-row, whose hidden layer is their units side by side, so the first layer is one product per row; the
-second layer reads each member's own units only, so a member learns exactly as it would alone and
-nothing of it (a NaN included) reaches another, forward or backward.
+One forward serves every population, on one layout of rows (`_Packing`, as the manual learner's
+`PackLayout`): members of several widths that see the same batches (one seed) share a ROW, whose hidden
+layer is their units side by side, so the first layer is one product per row; the second layer reads
+each member's own units only, so a member learns exactly as it would alone and nothing of it (a NaN
+included) reaches another, forward or backward. Members of one width get a row each: a single model is
+one row of one member, and a population of one width is P models stacked (member i owns slice i of every
+batched tensor), with none of the gathers, pads or copies that a pack needs.
 
 Speed (a small step is mostly per-operation overhead): torch.optim runs its fused kernel
 (one pass over each tensor) where it has one, else its foreach kernels; on an accelerator the
 fused kernels read each member's lr from the device, so a step never waits for the device; the
 loss that is differentiated is also the step's statistic (one log-softmax); the forward is computed
-in the layout that gives autograd's weight gradients nn.Linear's layout (`_stacked_hidden`).
+in the layout that gives autograd's weight gradients nn.Linear's layout (`TorchLearner._hidden`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from torch import nn
 from fmnist_core import inits
 from fmnist_core.activations import activation as find_activation
 from fmnist_core.config import RunConfig
-from fmnist_core.learner import stacked_dead_fraction
 from fmnist_core.metrics import cross_entropy_parts
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -65,29 +66,40 @@ class TorchMLP(nn.Module):
 
 
 class _Packing:
-    """Where each member's hidden units sit when members of different widths share one forward.
+    """Where each member's hidden units sit in the batched forward: rows of members side by side.
 
-    Rows: one per distinct seed, in sorted order, holding the members that see that seed's batches
-    (identical rows of x), in config order. A row's hidden layer is its members' units side by side,
-    then zero units up to U, the largest row's total, so the S rows stack into one [S, U, .] batch.
-    The pads are constants, not parameters: their z1 is 0 and no member reads them, so they neither
-    contribute nor learn.
+    Rows: members of one width get a row each, in config order (S = P, U = H: the members STACKED).
+    Members of several widths share a row per distinct seed, in sorted order, holding the members
+    that see that seed's batches (identical rows of x), in config order. A row's hidden layer is its
+    members' units side by side, then zero units up to U, the largest row's total, so the S rows stack
+    into one [S, U, .] batch. The pads are constants, not parameters: their z1 is 0 and no member reads
+    them, so they neither contribute nor learn.
 
     The second layer is one product for all P members: member i reads its slot, [Hmax] units (Hmax:
     the widest member) gathered from the packed layer: its own H_i units, then its first unit again
     where its padded W2 has zero columns. It reads no other member's units, so no 0 * NaN of a
     block-diagonal product carries one member's NaN to another, neither forward nor (through dlogits)
     backward. Layouts: unit u of row r is flat unit r*U + u; `start[i]` is member i's first.
+
+    Where each member is a row of its own width (`stacked`), a member's slot is its row: the gather,
+    the pads and the masks' placement fall away, and each method below hands back the tensors of P
+    stacked models as they are (a single model's parameters as views, no copy).
     """
 
     def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype) -> None:
         self.widths = [c.hidden_size for c in configs]
-        seeds = sorted({c.seed for c in configs})
-        self.rows = [[i for i, c in enumerate(configs) if c.seed == seed] for seed in seeds]
+        members = range(len(configs))
+        self.stacked = len(set(self.widths)) == 1
+        if self.stacked:
+            self.rows = [[i] for i in members]
+        else:
+            seeds = sorted({c.seed for c in configs})
+            self.rows = [[i for i in members if configs[i].seed == seed] for seed in seeds]
         totals = [sum(self.widths[i] for i in row) for row in self.rows]
         self.units, self.widest = max(totals), max(self.widths)  # U, Hmax
         leaders = [row[0] for row in self.rows]
-        self.leaders = None if leaders == [0] else torch.tensor(leaders, device=device)  # None: x[:1], a view
+        # Row r's batch is x[r] (rows of one width; one seed's pack: x[:1]): a view, no gather.
+        self.leaders = None if leaders == list(range(len(leaders))) else torch.tensor(leaders, device=device)
         self.start = [0] * len(configs)
         for r, row in enumerate(self.rows):
             for k, i in enumerate(row):
@@ -106,23 +118,30 @@ class _Packing:
 
     def rows_of(self, x: torch.Tensor) -> torch.Tensor:
         """[S, B, 784]: each row's batch, read from x [P, B, 784] at the row's first member."""
-        return x[:1] if self.leaders is None else x.index_select(0, self.leaders)
+        if self.leaders is None:
+            return x if x.shape[0] == len(self.rows) else x[:len(self.rows)]  # a view
+        return x.index_select(0, self.leaders)
 
     def first_layer(self, members: Sequence[TorchMLP]) -> tuple[torch.Tensor, torch.Tensor]:
         """W1 [S, U, 784] and b1 [S, U, 1]: each row's members' fc1 side by side, then its pad."""
-        W1 = torch.cat(self._in_unit_order([m.fc1.weight for m in members], self.weight_pads))
-        b1 = torch.cat(self._in_unit_order([m.fc1.bias for m in members], self.bias_pads))
+        W1 = _joined(self._in_unit_order([m.fc1.weight for m in members], self.weight_pads))
+        b1 = _joined(self._in_unit_order([m.fc1.bias for m in members], self.bias_pads))
         return W1.view(len(self.rows), self.units, -1), b1.view(len(self.rows), self.units, 1)
 
     def second_layer(self, members: Sequence[TorchMLP]) -> tuple[torch.Tensor, torch.Tensor]:
         """W2 [P, 10, Hmax] (member i's fc2.weight, then zero columns) and b2 [P, 10, 1]."""
+        b2 = _stack([m.fc2.bias for m in members]).unsqueeze(2)
+        if self.stacked:  # no member narrower than another: no zero columns
+            return _stack([m.fc2.weight for m in members]), b2
         pieces = [t for m, pad in zip(members, self.output_pads, strict=True) for t in (m.fc2.weight, pad)
                   if t is not None]
         W2 = torch.cat(pieces, dim=1).view(inits.NUM_CLASSES, len(members), self.widest).transpose(0, 1)
-        return W2, _stack([m.fc2.bias for m in members]).unsqueeze(2)
+        return W2, b2
 
     def member_slots(self, packed_t: torch.Tensor) -> torch.Tensor:
         """[P, Hmax, B]: each member's slot of a packed layer [S, U, B]: its units, then its first again."""
+        if self.stacked:  # each member's slot is its row
+            return packed_t
         flat = packed_t.reshape(-1, packed_t.shape[2])  # [S*U, B]
         return flat.index_select(0, self.slot_units).view(len(self.widths), self.widest, -1)
 
@@ -130,6 +149,10 @@ class _Packing:
               device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """Dropout masks [S, U, B] (transposed, like z1^T): member i's [B, H_i] mask drawn exactly as it
         would be drawn alone, from its own generator, placed at its units; 1 elsewhere. None if no dropout."""
+        if self.stacked:  # member i's mask is row i: drawn at once, [P, B, H] read transposed
+            drawn = inits.dropout_masks(probabilities, batch, self.units, generators, device=device,
+                                        dtype=dtype)
+            return None if drawn is None else drawn.transpose(1, 2)
         if not any(p > 0 for p in probabilities):
             return None
         masks = torch.ones(len(self.rows) * self.units, batch, device=device, dtype=dtype)
@@ -140,10 +163,15 @@ class _Packing:
                 masks[self.start[i]:self.start[i] + width] = mask.T  # [B, H_i] -> [H_i, B]
         return masks.view(len(self.rows), self.units, batch)
 
+    def hidden_of_members(self, packed_t: torch.Tensor) -> torch.Tensor:
+        """[P, B, Hmax] from a packed layer [S, U, B]: each member's units, then zeros."""
+        slots = self.member_slots(packed_t)  # [P, Hmax, B]
+        return (slots if self.stacked else torch.where(self.own.unsqueeze(2), slots, 0)).transpose(1, 2)
+
     def dead_fraction(self, activity: torch.Tensor) -> list[float]:
         """[P] from activity [S, U]: the fraction of member i's own units (pads excluded) never fired."""
         alive = self.member_slots(activity.unsqueeze(2)).squeeze(2) & self.own  # [P, Hmax]
-        return (1.0 - alive.sum(1).double() / self.width).tolist()  # = stacked_dead_fraction's mean
+        return (1.0 - alive.sum(1).double() / self.width).tolist()  # sum of 0/1 / H: their mean, exactly
 
     def _in_unit_order(self, tensors: list[torch.Tensor], pads: list[torch.Tensor | None]
                        ) -> list[torch.Tensor]:
@@ -156,8 +184,8 @@ class _Packing:
 
 
 class TorchLearner:
-    """The Learner interface (see learner.Learner) over P TorchMLPs and torch.optim: stacked when
-    the members share hidden_size, packed (`_Packing`) when they do not."""
+    """The Learner interface (see learner.Learner) over P TorchMLPs and torch.optim, laid out by one
+    `_Packing`: stacked when the members share hidden_size, packed when they do not."""
 
     def __init__(self, configs: Sequence[RunConfig], device: torch.device, dtype: torch.dtype) -> None:
         first = configs[0]
@@ -177,8 +205,7 @@ class TorchLearner:
         self.configs = list(configs)
         self.frozen = [False] * self.population
         self._zero = torch.zeros((), device=self.device, dtype=dtype)  # the statistics of a frozen member
-        same_width = len({c.hidden_size for c in configs}) == 1
-        self.packing = None if same_width else _Packing(configs, self.device, dtype)
+        self.layout = _Packing(configs, self.device, dtype)
         self._build_optimizers()
         # Fused kernels take a device tensor as lr and read it there (their Tensor-lr overloads);
         # foreach kernels turn it into a Python number (.item(): a device sync), and on the CPU
@@ -207,57 +234,37 @@ class TorchLearner:
             group.update(betas=(cfg.momentum, 0.999))
         return group
 
+    @property
+    def packing(self) -> _Packing | None:
+        """The layout where members of several widths share rows; None where they are stacked (a row each)."""
+        return None if self.layout.stacked else self.layout
+
     def _forward(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         """Logits [P, B, 10] of all members in one batched computation."""
         return self._output(self._hidden(x), masks)
 
     def _hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """z1^T: [P, H, B] stacked, [S, U, B] packed."""
-        return self._stacked_hidden(x) if self.packing is None else self._packed_hidden(x)
+        """z1^T [S, U, B] of every row's units (z1^T = W1 x_row^T + b1; stacked: [P, H, B]).
+
+        Computed transposed, one column per sample: autograd's gradient of W1 is then dz1^T . x, which
+        comes out in nn.Linear's [out, in] layout. The untransposed form gives x^T . dz1, which
+        AccumulateGrad copies into that layout, every step (800 KB at H=256). Unit u's row of z1^T depends
+        only on row u of W1, so a NaN in one member's W1 stays in its units."""
+        W1, b1 = self.layout.first_layer(self.members)
+        return torch.baddbmm(b1, W1, self.layout.rows_of(x).transpose(1, 2))
 
     def _output(self, z1_t: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """Logits [P, B, 10] from `_hidden`'s z1^T and dropout masks in its layout."""
-        return self._stacked_output(z1_t, masks) if self.packing is None else self._packed_output(z1_t, masks)
-
-    def _stacked_hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """z1^T [P, H, B], computed transposed, one column per sample (z1^T = W1 x^T + b1): autograd's
-        gradient of W1 is then dz1^T . x, which comes out in nn.Linear's [out, in] layout. The
-        untransposed form gives x^T . dz1, which AccumulateGrad copies into that layout, every step
-        (800 KB at H=256)."""
-        W1 = _stack([m.fc1.weight for m in self.members])  # [P, H, 784]
-        b1 = _stack([m.fc1.bias for m in self.members]).unsqueeze(2)  # [P, H, 1]
-        return torch.baddbmm(b1, W1, x.transpose(1, 2))  # [P, H, B]
-
-    def _stacked_output(self, z1_t: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """Logits [P, B, 10] from z1^T [P, H, B]; masks [P, B, H]."""
-        h1_t = self.act(z1_t)
-        if masks is not None:
-            h1_t = h1_t * masks.transpose(1, 2)
-        W2 = _stack([m.fc2.weight for m in self.members])  # [P, 10, H]
-        b2 = _stack([m.fc2.bias for m in self.members]).unsqueeze(2)  # [P, 10, 1]
-        return torch.baddbmm(b2, W2, h1_t).transpose(1, 2)  # [P, B, 10]
-
-    def _packed_hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """z1^T [S, U, B] of every row's units (z1^T = W1 x_row^T + b1), transposed as in `_stacked_hidden`.
-        Unit u's row of z1^T depends only on row u of W1, so a NaN in one member's W1 stays in its units."""
-        W1, b1 = self.packing.first_layer(self.members)
-        return torch.baddbmm(b1, W1, self.packing.rows_of(x).transpose(1, 2))
-
-    def _packed_output(self, z1_t: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """Logits [P, B, 10] from z1^T [S, U, B]; masks [S, U, B].
+        """Logits [P, B, 10] from z1^T [S, U, B] and dropout masks in its layout.
         Member i: logits_i^T = W2_i [10, Hmax] . slot_i [Hmax, B] + b2_i, one bmm for all members."""
         h1_t = self.act(z1_t)
         if masks is not None:
             h1_t = h1_t * masks
-        W2, b2 = self.packing.second_layer(self.members)  # [P, 10, Hmax], [P, 10, 1]
-        return torch.baddbmm(b2, W2, self.packing.member_slots(h1_t)).transpose(1, 2)  # [P, B, 10]
+        W2, b2 = self.layout.second_layer(self.members)  # [P, 10, Hmax], [P, 10, 1]
+        return torch.baddbmm(b2, W2, self.layout.member_slots(h1_t)).transpose(1, 2)  # [P, B, 10]
 
     def _dropout_masks(self, batch: int) -> torch.Tensor | None:
-        """This step's dropout masks in `_output`'s layout: [P, B, H] stacked, [S, U, B] packed."""
-        if self.packing is None:
-            return inits.dropout_masks(self.dropout, batch, self.configs[0].hidden_size, self.generators,
-                                       device=self.device, dtype=self.dtype)
-        return self.packing.masks(self.dropout, self.generators, batch, device=self.device, dtype=self.dtype)
+        """This step's dropout masks in `_output`'s layout, [S, U, B]."""
+        return self.layout.masks(self.dropout, self.generators, batch, device=self.device, dtype=self.dtype)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step for every member. On the CPU, pass `lr` on the CPU (torch.optim reads it as Python
@@ -316,23 +323,17 @@ class TorchLearner:
 
     @torch.no_grad()
     def hidden_preactivations(self, x: torch.Tensor) -> torch.Tensor:
-        """z1 [P, B, H]; packed, [P, B, Hmax] with zeros after member i's H_i units."""
-        z1_t = self._hidden(x.to(self.dtype))
-        if self.packing is None:
-            return z1_t.transpose(1, 2)
-        slots = self.packing.member_slots(z1_t)  # [P, Hmax, B]
-        return torch.where(self.packing.own.unsqueeze(2), slots, 0).transpose(1, 2)
+        """z1 [P, B, Hmax], zeros after member i's H_i units (one width: [P, B, H])."""
+        return self.layout.hidden_of_members(self._hidden(x.to(self.dtype)))
 
     @torch.no_grad()
     def logits_and_activity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Activity: bool [P, H] stacked, [S, U] packed (the pads never fire: their z1 is 0)."""
+        """Activity: bool [S, U] (one width: [P, H]; the pads never fire: their z1 is 0)."""
         z1_t = self._hidden(x.to(self.dtype))
         return self._output(z1_t, None), (z1_t > 0).any(dim=2)
 
     def dead_fraction(self, activity: torch.Tensor) -> list[float]:
-        if self.packing is None:
-            return stacked_dead_fraction(activity)
-        return self.packing.dead_fraction(activity)
+        return self.layout.dead_fraction(activity)
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
         state = self.members[i].state_dict()
@@ -352,6 +353,11 @@ class TorchLearner:
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack, but a view for a single tensor: a run of one copies no weights (nor their gradients)."""
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat along the first dimension, but the tensor itself (no copy) where there is one."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _fastest_optimizer(kind: str, groups: list[dict]) -> torch.optim.Optimizer:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from fmnist_core import data as fdata
-from fmnist_core.checkpoint import default_path, save_checkpoint
+from fmnist_core.checkpoint import Checkpoint, default_path, save_checkpoint
 from fmnist_core.config import DEFAULT_OBJECTIVE, ConfigError, Objective, RunConfig
 from fmnist_core.learner import EVAL_CHUNK, Evaluation, Learner, dead_unit_fraction, evaluate_learner
 from fmnist_core.schedules import lr_table
@@ -366,8 +366,9 @@ def epoch_batches(train_x: torch.Tensor, train_y: torch.Tensor, order: torch.Ten
             yield block_x[:, start:start + batch_size], block_y[:, start:start + batch_size]
 
 
-def save_result(result: TrainResult, splits: fdata.Splits, path: Path | None = None) -> Path:
-    """Write the result's best-validation checkpoint to `path` (default: checkpoint.default_path)."""
+def save_result(result: TrainResult, splits: fdata.Splits, path: Path | None = None) -> Checkpoint:
+    """Write the result's best-validation checkpoint to `path` (default: checkpoint.default_path); returns
+    it as written and checked, `.path` the file (a run's log goes on from it: RunLogger.log_result)."""
     return save_checkpoint(path or default_path(result.config), **checkpoint_payload(result, splits))
 
 

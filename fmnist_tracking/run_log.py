@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from fmnist_core import data as fdata
 from fmnist_core import serving
-from fmnist_core.checkpoint import Checkpoint, load_checkpoint
+from fmnist_core.checkpoint import Checkpoint
 from fmnist_core.config import RunConfig, first_line
 from fmnist_core.trainer import Diverged, TrainResult, resolve_device, save_result, splits_for
 from fmnist_tracking import export, plots
@@ -111,28 +111,29 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
                                                     for k, v in metrics.items() if k != "epoch"])
 
-    def log_result(self, result: TrainResult, splits: fdata.Splits, checkpoint_path: Path, *,
+    def log_result(self, result: TrainResult, splits: fdata.Splits, checkpoint: Checkpoint, *,
                    figures: bool = True, model: bool = True) -> None:
         """Final metrics, figures, per-class accuracy, per-image validation correctness, the checkpoint
         (one upload of one folder: a round trip per run, not per file, to a tracking server) and the
-        MLflow model. `figures=False` (a sweep's trials) leaves the three figures to `log_figures`, which
-        makes them later from what is logged here: rendering them costs about 1 s of CPU a run, more
-        than the rest of this put together. `model=False` (a sweep's trials) leaves the MLflow model to
-        where a run is served or registered (`export.ensure_model` logs it from checkpoint.pt then):
-        torch.export of every trial's network served nobody."""
+        MLflow model. `checkpoint`: the result's, as `save_result` wrote and checked it; its file is
+        uploaded as it is, not read back. `figures=False` (a sweep's trials) leaves the three figures to
+        `log_figures`, which makes them later from what is logged here: rendering them costs about 1 s of
+        CPU a run, more than the rest of this put together. `model=False` (a sweep's trials) leaves the
+        MLflow model to where a run is served or registered (`export.ensure_model` logs it from
+        checkpoint.pt then): torch.export of every trial's network served nobody."""
+        if checkpoint.path is None:
+            raise ValueError("log_result uploads a checkpoint file: pass what save_result returned")
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, result.best_epoch)
                                   for k, v in result.final_metrics().items()],
             tags=[RunTag(STOP_REASON_TAG, result.stop_reason)])
-        checkpoint = load_checkpoint(checkpoint_path)
+        # The test predictions (the trainer kept only the test loss and accuracy): per-class table, figures.
         test = evaluate_on_test(checkpoint, splits)
-        # Pixels of the whole test set for the misclassified images; the model's input example needs five.
-        pixels = serving.pixels_of(splits.test_x if figures else splits.test_x[:MODEL_EXAMPLES],
-                                   splits.mean, splits.std)
         with tempfile.TemporaryDirectory(prefix="fmnist-result-") as scratch:
             folder = Path(scratch)
             if figures:
+                pixels = serving.pixels_of(splits.test_x, splits.mean, splits.std)  # misclassified images
                 save_figures(folder, run_figures(result.config, result.history, result.best_epoch, test,
                                                  pixels, splits))
             (folder / "per_class_accuracy.json").write_text(json.dumps(
@@ -140,11 +141,12 @@ class RunLogger:
                  "classes": serving.per_class_table(test, splits.classes)}, indent=2))
             if result.val_correct is not None:  # which validation images the best epoch got right
                 numpy.save(folder / VAL_CORRECT_ARTIFACT, result.val_correct.numpy())
-            shutil.copyfile(checkpoint_path, folder / CHECKPOINT_ARTIFACT)
+            shutil.copyfile(checkpoint.path, folder / CHECKPOINT_ARTIFACT)
             self.client.log_artifacts(self.run_id, scratch)
         if model:
+            example = serving.pixels_of(splits.test_x[:MODEL_EXAMPLES], splits.mean, splits.std)
             export.log_mlflow_model(self.client, self.experiment_id, self.run_id, checkpoint,
-                                    pixels[:MODEL_EXAMPLES].numpy(), name=MODEL_NAME)
+                                    example.numpy(), name=MODEL_NAME)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Close the run as FINISHED, FAILED or KILLED; a second call does nothing."""
@@ -194,11 +196,11 @@ def train_tracked(cfg: RunConfig, *, data_dir=None, tracking_uri: str | None = N
         with run:
             click.echo(f"MLflow run {run.run_id} in experiment {experiment!r} ({client.tracking_uri})")
             result = train_with_progress(cfg, splits, on_epoch=run.log_epoch)
-            path = save_result(result, splits, checkpoint)
-            click.echo(f"Checkpoint: {path}")
+            saved = save_result(result, splits, checkpoint)
+            click.echo(f"Checkpoint: {saved.path}")
             started = time.monotonic()  # seconds of figures and the MLflow model's export: say so
             click.echo("Logging to the MLflow run: test metrics, figures, checkpoint, MLflow model")
-            run.log_result(result, splits, path)
+            run.log_result(result, splits, saved)
             click.echo(f"Logged in {time.monotonic() - started:.1f} s")
     return result, run.run_id
 

@@ -213,10 +213,10 @@ class TrialLease:
                         reason=f"pruned by the {pruner} pruner after epoch {pruned_epoch}")
             return
         with tempfile.TemporaryDirectory(prefix="fmnist-sweep-") as scratch:
-            path = save_result(result, splits, Path(scratch, CHECKPOINT_ARTIFACT))
+            checkpoint = save_result(result, splits, Path(scratch, CHECKPOINT_ARTIFACT))
             # figures: the recommended run's, when the sweep closes (report.build_report); the MLflow model:
             # where a run is served or registered (export.ensure_model)
-            self.run.log_result(result, splits, path, figures=False, model=False)
+            self.run.log_result(result, splits, checkpoint, figures=False, model=False)
         record.completed(trial, result.final_metrics(), self.run.run_id)
         self.settle(TrialState.COMPLETE, result.best_value)
 

@@ -146,7 +146,7 @@ def random_checkpoint(tmp_path) -> Path:
              "fc2.weight": torch.randn(10, 12, generator=generator), "fc2.bias": torch.zeros(10)}
     return save_checkpoint(tmp_path / "random.pt", state_dict=state,
                            config=RunConfig(hidden_size=12).as_dict(),
-                           normalization={"mean": 0.2860, "std": 0.3530}, classes=CLASSES, metrics={})
+                           normalization={"mean": 0.2860, "std": 0.3530}, classes=CLASSES, metrics={}).path
 
 
 def test_predict_names_the_class_the_model_picks_for_each_png(random_checkpoint, tmp_path):

@@ -23,7 +23,7 @@ def _save(path, state=None, **extra):
     args = {"state_dict": state or _state(), "config": {"hidden_size": 4}, "classes": CLASSES,
             "normalization": {"mean": 0.286, "std": 0.353}, "metrics": {"test_acc": torch.tensor(0.5)}}
     args.update(extra)
-    return save_checkpoint(path, **args)
+    return save_checkpoint(path, **args).path
 
 
 def test_a_saved_checkpoint_loads_with_plain_torch_load(tmp_path):
@@ -38,6 +38,28 @@ def test_a_saved_checkpoint_loads_with_plain_torch_load(tmp_path):
     loaded = load_checkpoint(path)
     assert loaded.hidden_size == 4 and loaded.metrics["test_acc"] == 0.5 and loaded.classes == CLASSES
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left behind
+
+
+def test_save_returns_the_checkpoint_the_file_holds_and_refuses_a_bad_one_before_writing(tmp_path):
+    """What a run's log goes on with instead of reading the file back (RunLogger.log_result)."""
+    state = {key: value.double().t().contiguous().t() for key, value in _state().items()}  # float64, strided
+    path = tmp_path / "model.pt"
+    saved = save_checkpoint(path, state_dict=state, config={"hidden_size": 4}, classes=list(CLASSES),
+                            normalization={"mean": 0.286, "std": 0.353},
+                            metrics={"test_acc": torch.tensor(0.5)})
+    loaded = load_checkpoint(path)
+    assert saved.path == loaded.path == path
+    for key, value in loaded.state_dict.items():
+        assert saved.state_dict[key].dtype == torch.float32 and saved.state_dict[key].is_contiguous()
+        assert torch.equal(saved.state_dict[key], value)
+    assert (saved.config, saved.normalization, saved.classes, saved.metrics) == \
+        (loaded.config, loaded.normalization, loaded.classes, loaded.metrics) == \
+        ({"hidden_size": 4}, {"mean": 0.286, "std": 0.353}, CLASSES, {"test_acc": 0.5})
+    state["fc1.bias"][0] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN"):
+        save_checkpoint(tmp_path / "bad.pt", state_dict=state, config={}, classes=CLASSES,
+                        normalization={"mean": 0.0, "std": 1.0}, metrics={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # nothing written for the bad one
 
 
 class _Payload:

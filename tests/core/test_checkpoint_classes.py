@@ -20,7 +20,7 @@ def state():
 
 def saved(path, classes):
     return save_checkpoint(path, state_dict=state(), config={"hidden_size": 4, "activation": "relu"},
-                           classes=classes, normalization={"mean": 0.286, "std": 0.353}, metrics={})
+                           classes=classes, normalization={"mean": 0.286, "std": 0.353}, metrics={}).path
 
 
 @pytest.mark.parametrize("count", [0, 1, 9, 11])

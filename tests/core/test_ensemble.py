@@ -148,7 +148,7 @@ def tiny(seed: int, **overrides) -> RunConfig:
 def test_score_recomputes_the_fold_s_own_metrics_as_best_rechecks_a_checkpoint(tmp_path):
     splits = synthetic_splits(n_train=600, n_val=200, n_test=200, seed=0)
     results = train_population([tiny(seed) for seed in (0, 1, 2)], splits)
-    paths = [save_result(r, splits, tmp_path / f"seed{r.config.seed}.pt") for r in results]
+    paths = [save_result(r, splits, tmp_path / f"seed{r.config.seed}.pt").path for r in results]
     folded, path = ensemble.fold_files(paths, tmp_path / "fold.pt", splits,
                                        descriptions=[{"run_id": f"run{i}"} for i in range(3)])
 
@@ -182,7 +182,7 @@ def test_three_tiny_real_members_fold_into_one_that_scores_at_least_the_weakest(
     splits = small_real_splits  # real 10k validation and test, 3000 training images
     configs = [tiny(seed, hidden_size=32, val_size=10_000, impl="manual") for seed in (0, 1, 2)]
     results = train_population(configs, splits)
-    paths = [save_result(r, splits, tmp_path / f"seed{r.config.seed}.pt") for r in results]
+    paths = [save_result(r, splits, tmp_path / f"seed{r.config.seed}.pt").path for r in results]
     folded, path = ensemble.fold_files(paths, tmp_path / "fold.pt", splits)
 
     model, loaded = serving.load_model(path)

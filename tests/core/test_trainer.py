@@ -269,7 +269,7 @@ def test_device_choice():
 
 def test_a_checkpoint_of_a_result_reloads_into_a_plain_module(splits, tmp_path):
     result = train(tiny(epochs=1), splits)
-    path = save_checkpoint(tmp_path / "run.pt", **checkpoint_payload(result, splits))
+    path = save_checkpoint(tmp_path / "run.pt", **checkpoint_payload(result, splits)).path
     loaded = load_checkpoint(path)
     assert loaded.config == tiny(epochs=1).as_dict()
     assert loaded.metrics["test_acc"] == result.test_acc

@@ -46,7 +46,7 @@ def trained(splits, tmp_path_factory):
         result = train(config, splits)
     finally:
         torch.set_num_threads(threads)
-    path = save_result(result, splits, tmp_path_factory.mktemp("best") / "checkpoint.pt")
+    path = save_result(result, splits, tmp_path_factory.mktemp("best") / "checkpoint.pt").path
     model, checkpoint = serving.load_model(path)
     return model, checkpoint, result.best_val_acc
 

@@ -33,7 +33,7 @@ def checkpoint(path: Path, seed: int) -> Path:
     state = {"fc1.weight": torch.randn(12, 784, generator=generator) * 0.05, "fc1.bias": torch.zeros(12),
              "fc2.weight": torch.randn(10, 12, generator=generator), "fc2.bias": torch.zeros(10)}
     return save_checkpoint(path, state_dict=state, config=RunConfig(hidden_size=12).as_dict(),
-                           normalization={"mean": 0.2860, "std": 0.3530}, classes=CLASSES, metrics={})
+                           normalization={"mean": 0.2860, "std": 0.3530}, classes=CLASSES, metrics={}).path
 
 
 def finished_run(client, experiment_id: str, path: Path, val_acc: float, tags: dict[str, str]) -> str:
