@@ -155,7 +155,10 @@ def _described(verdict: Verdict, rounds: bool = True, best_label: str | None = N
                 verdict.decided_difference == verdict.difference
                 and np.allclose(verdict.decided_interval, verdict.difference_interval, equal_nan=True)))
             when = f"after round {verdict.decided_at}" + ("" if same else _then(verdict))
-        detail = " ".join(filter(None, [kind, when]))
+        # undecided for its own unstable seeds, not for want of images: say so where it is read
+        spread = f"its seeds spread {100 * verdict.own_seed_sd:.2f} pp, more than the others'" \
+            if verdict.verdict == UNDECIDED and verdict.own_seed_sd is not None else ""
+        detail = "; ".join(filter(None, [" ".join(filter(None, [kind, when])), spread]))
         return f"{verdict.label} ({100 * verdict.difference:+.2f} pp{span}, {seeds}" + (
             f"; {detail})" if detail else ")")
     details = [f"{100 * verdict.difference:+.2f} pp"]

@@ -303,3 +303,19 @@ def test_kept_verdicts_say_against_whom_and_when_and_stand_against_the_final_bes
     assert "c (-4.90 pp [" in text
     assert "3 seeds; after round 3, below a then: -5.00 pp [-5.65, -4.35])" in text
     assert "its own for a (" in text and "whose seeds spread more" in text
+
+
+@pytest.mark.unit
+def test_an_undecided_configuration_whose_own_seeds_spread_says_so_where_it_is_named():
+    rng = np.random.default_rng(3)
+    seeds = {"a": [0.900, 0.901, 0.899, 0.900, 0.902], "b": [0.880, 0.881, 0.879, 0.880, 0.881],
+             "u": [0.85, 0.70, 0.88, 0.75, 0.82]}  # an unstable setting: its seeds land anywhere
+    configs = [ConfigResult(label, [rng.random(4000) < accuracy for accuracy in accuracies], cost=1.0)
+               for label, accuracies in seeds.items()]
+    verdicts = {v.label: v for v in compare_to_best(configs)}
+    assert verdicts["u"].verdict == "undecided" and verdicts["u"].own_seed_sd is not None
+    assert verdicts["b"].own_seed_sd is None
+    text = conclusion(list(verdicts.values()), "Q?")
+    undecided = text.split("Undecided: ")[1].split(").")[0]
+    assert undecided.startswith("u (") and f"its seeds spread {100 * verdicts['u'].own_seed_sd:.2f} pp, " \
+        "more than the others'" in undecided
