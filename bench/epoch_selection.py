@@ -6,15 +6,14 @@
 A trial's checkpoint is its best epoch by validation accuracy, chosen on the very 10,000 images that
 then score it (`val_correct`): the maximum over epochs of a noisy accuracy lies above what that
 epoch would score on fresh images, and more so for a noisy curve than a smooth one, so the bias need
-not cancel between configurations. Since 7 December 2026 every trial also keeps a held-out vector
-(`heldout_correct`, TrainResult.cross_fit): each half of the images scored at the epoch the other
-half chose, and the verdicts judge on that.
+not cancel between configurations. Since 7 December 2026 every trial also keeps its last epoch's vector
+(`last_correct`): a fixed epoch, chosen on no image, and the verdicts judge on that.
 
-Printed per configuration (means over its seeds, in pp): the best epoch's validation accuracy minus its
-last epoch's (`selected - last`), and minus the held-out accuracy (`selected - heldout`: the bias the
-selection adds, the quantity that matters); then the verdicts replayed on the same trials twice, on the
-held-out vectors (what the sweep reports) and on the best epochs' own vectors (what it reported before),
-and every configuration whose verdict differs. Nothing is asserted.
+Printed per configuration (over its seeds, in pp): the best epoch's validation accuracy minus its last
+epoch's (`selected - last`: what choosing the epoch adds, mean [min, max]); then the verdicts replayed
+on the same trials twice, on the last epochs' vectors (what the sweep reports) and on the best epochs'
+own (what it reported before), each with its difference to the best, interval, mean and seeds, and every
+configuration whose verdict differs. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -36,16 +35,13 @@ from sweeps.execution.study import default_storage, load_study  # noqa: E402
 from sweeps.trial_record import TrialRecord, config_key  # noqa: E402
 
 
-def lifts(trials) -> dict[tuple, list[tuple[float, float]]]:
-    """configuration key -> per trial (selected - last, selected - heldout), in accuracy units."""
-    out: dict[tuple, list[tuple[float, float]]] = {}
+def lifts(trials) -> dict[tuple, list[float]]:
+    """configuration key -> per trial, its best epoch's validation accuracy minus its last epoch's."""
+    out: dict[tuple, list[float]] = {}
     for trial in trials:
         read = TrialRecord.of(trial)
-        selected, heldout = read.val_correct, read.heldout_correct
-        if selected is None or heldout is None or not read.history:
-            continue
-        chosen, last = selected.mean(), read.history[-1]["val_acc"]
-        out.setdefault(config_key(trial), []).append((chosen - last, chosen - heldout.mean()))
+        if read.val_correct is not None and read.last_correct is not None:
+            out.setdefault(config_key(trial), []).append(read.val_correct.mean() - read.last_correct.mean())
     return out
 
 
@@ -86,23 +82,20 @@ def main() -> None:
         by_config = lifts(complete)
         print(f"{plan.study_name}: {len(complete)} complete trials, {sum(map(len, by_config.values()))} with "
               "both vectors")
-        print(f"{'configuration':<34}{'seeds':>6}{'selected - last (pp)':>25}{'selected - heldout (pp)':>25}")
-        every = []
+        print(f"{'configuration':<34}{'seeds':>6}{'selected - last (pp)':>25}")
         for key, values in by_config.items():
-            every += values
-            over_last, over_heldout = (100 * np.array(v) for v in zip(*values, strict=True))
-            print(f"{label_of(dict(key)):<34}{len(values):>6}{_spread(over_last)}{_spread(over_heldout)}")
+            print(f"{label_of(dict(key)):<34}{len(values):>6}{_spread(100 * np.array(values))}")
+        every = [value for values in by_config.values() for value in values]
         if every:
-            over_last, over_heldout = (100 * np.array(v) for v in zip(*every, strict=True))
-            print(f"{'all trials':<34}{len(every):>6}{_spread(over_last)}{_spread(over_heldout)}")
-        heldout = verdicts(study, plan, record.judged_vectors)
+            print(f"{'all trials':<34}{len(every):>6}{_spread(100 * np.array(every))}")
+        last = verdicts(study, plan, record.judged_vectors)
         selected = verdicts(study, plan, record.selected_vectors)
-        moved = [key for key in heldout if key not in selected or selected[key][0] != heldout[key][0]]
-        print(f"verdicts on held-out vectors (reported) vs on the best epochs' own, each with its difference "
-              f"to the best [interval] in pp (mean, seeds): {len(moved)} of {len(heldout)} differ")
-        for key in heldout:
+        moved = [key for key in last if key not in selected or selected[key][0] != last[key][0]]
+        print(f"verdicts at the last epochs (reported) vs at the best epochs, each with its difference to "
+              f"the best [interval] in pp (mean, seeds): {len(moved)} of {len(last)} differ")
+        for key in last:
             mark = "  <- differs" if key in moved else ""
-            shown = [" ".join(said) for said in (heldout[key], selected.get(key, ("-", "")))]
+            shown = [" ".join(said) for said in (last[key], selected.get(key, ("-", "")))]
             print(f"  {label_of(dict(key)):<26}{shown[0]:>48}{shown[1]:>48}{mark}")
 
 

@@ -16,8 +16,8 @@ Each member's best epoch is chosen by an `Objective` (val_acc, maximised, unless
 optimises another): its weights are the checkpoint and give the test metrics, and early
 stopping counts epochs without improvement. Selection needs validation data: with
 val_size = 0 nothing is selected and the last epoch is the result. Because that choice is made on
-the validation images, each member also keeps a held-out vector (`cross_fit`): every validation image
-scored at the epoch chosen on the other half of them, which is what a sweep's verdicts judge on.
+the validation images, each member also keeps which of them its last epoch got right (`last_correct`):
+a fixed epoch, chosen on no image, which is what a sweep's verdicts judge on.
 
 This module knows nothing of MLflow or Optuna. Callers observe it through callbacks:
 `on_epoch(member, metrics) -> bool | None` (return True to stop that member, e.g. a
@@ -27,7 +27,6 @@ pruned trial), `on_epoch_end(epoch, {member: metrics})` once an epoch is over fo
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,10 +79,9 @@ class TrainResult:
     best_state: dict[str, torch.Tensor] | None = None  # nn.Linear layout, CPU, from best_epoch
     # bool [n_val] on the CPU, in the order of splits.val_y: the images best_epoch classified right
     val_correct: torch.Tensor | None = None
-    # bool [n_val], the same images, each judged at an epoch chosen WITHOUT it (cross_fit): what a sweep's
-    # verdicts rest on, since val_correct's epoch was chosen on the very images it scores
-    heldout_correct: torch.Tensor | None = None
-    heldout_best: list[float] = field(default_factory=lambda: [math.nan, math.nan])  # each half's best acc
+    # bool [n_val], the same images at the last epoch trained: a fixed epoch, chosen on no image, what a
+    # sweep's verdicts judge on (val_correct's epoch was chosen on the very images it scores)
+    last_correct: torch.Tensor | None = None
     test_loss: float = float("nan")
     test_acc: float = float("nan")
     stop_reason: str = "completed"  # completed | early_stopped | stopped_by_callback | diverged
@@ -93,21 +91,6 @@ class TrainResult:
     @property
     def has_validation(self) -> bool:
         return self.config.val_size > 0
-
-    def cross_fit(self, correct: torch.Tensor) -> None:
-        """Take an epoch's bool [n_val] vector into the held-out vector. The validation images are split in
-        two halves (even and odd positions); each half is scored at the epoch where the OTHER half's
-        accuracy was highest (the earlier on a tie), so no image judges an epoch it helped choose
-        (cross-fitting: the maximum over epochs of a noisy accuracy is biased upward, more for a noisy
-        curve than a smooth one)."""
-        if self.heldout_correct is None:
-            self.heldout_correct = correct.clone()
-        halves = (torch.arange(0, correct.shape[0], 2), torch.arange(1, correct.shape[0], 2))
-        for chooser, judged in ((0, 1), (1, 0)):
-            accuracy = correct[halves[chooser]].double().mean().item() if len(halves[chooser]) else math.nan
-            if accuracy > self.heldout_best[chooser] or math.isnan(self.heldout_best[chooser]):
-                self.heldout_best[chooser] = accuracy
-                self.heldout_correct[halves[judged]] = correct[halves[judged]]
 
     def final_metrics(self) -> dict[str, float]:
         """best_epoch and the test metrics; best_val_acc and best_value only with validation data."""
@@ -188,7 +171,6 @@ def train_population(configs: Sequence[RunConfig], splits: fdata.Splits, *,
             by_member = run.epoch_metrics(epoch, per_step, epoch_seconds, validation)
             for i, metrics in by_member.items():
                 run.select_best(i, epoch, metrics, validation)
-                run.cross_fit(i, validation)
                 run.stop_if_done(i, epoch, metrics, on_epoch)
             if on_epoch_end:
                 on_epoch_end(epoch, {i: dict(metrics, epoch=epoch) for i, metrics in by_member.items()})
@@ -298,22 +280,19 @@ class _PopulationRun:
 
     def select_best(self, i: int, epoch: int, metrics: dict[str, float], validation: Evaluation | None
                     ) -> None:
-        """Record the epoch in member i's history; keep its weights if the objective likes the
-        epoch best so far. Without validation data every epoch replaces the last: no selection."""
+        """Record the epoch in member i's history (and which validation images it got right, as the last
+        epoch so far); keep its weights if the objective likes the epoch best so far. Without validation
+        data every epoch replaces the last: no selection."""
         result = self.results[i]
         result.history.append(metrics)
         if validation is not None:
+            result.last_correct = validation.correct[i].to("cpu", copy=True)
             value = metrics[self.objective.metric]
             if result.best_state is not None and not self.objective.improves(value, result.best_value):
                 return
             result.best_value, result.best_val_acc = value, metrics["val_acc"]
-            result.val_correct = validation.correct[i].to("cpu", copy=True)
+            result.val_correct = result.last_correct  # the same epoch's vector (neither is changed in place)
         result.best_epoch, result.best_state = epoch, self.learner.member_state(i)
-
-    def cross_fit(self, i: int, validation: Evaluation | None) -> None:
-        """Member i's held-out vector (TrainResult.cross_fit), with validation data."""
-        if validation is not None:
-            self.results[i].cross_fit(validation.correct[i].to("cpu"))
 
     def stop_if_done(self, i: int, epoch: int, metrics: dict[str, float], on_epoch: EpochCallback | None
                      ) -> None:

@@ -30,9 +30,9 @@ Trial user attrs:
     history         per-epoch metrics, rounded to 6 digits (the why-figures)
     val_correct     which validation images its best epoch got right: 1 bit an image, base64;
     n_val           with the number of images (paired tests)
-    heldout_correct the same images, each scored at the epoch chosen on the other half of them
-                    (TrainResult.heldout_correct, cross-fitting): what the verdicts judge on. Trials
-                    before 7 December 2026 lack it and are judged on val_correct
+    last_correct    the same images at its last epoch (TrainResult.last_correct): a fixed epoch, chosen
+                    on no image, what the verdicts judge on. Trials before 7 December 2026 lack it and
+                    are judged on val_correct
     failure         why it failed (diverged, a refused configuration)
     checkpoint      `runs:/<run id>/checkpoint.pt`
     best_epoch, best_val_acc, best_value, test_loss, test_acc   TrainResult.final_metrics()
@@ -59,7 +59,7 @@ WORKER, RUN_ID, SEED, REPEAT_OF = "worker", "mlflow_run_id", "seed", "repeat_of"
 ROUND = "round"  # decided sweeps: the round that queued the trial (the study's `rounds` record is the truth)
 POPULATION, EPOCHS, EPOCH_SECONDS, HISTORY = "population", "epochs", "epoch_seconds", "history"
 VAL_CORRECT, N_VAL, FAILURE, CHECKPOINT = "val_correct", "n_val", "failure", "checkpoint"
-HELDOUT_CORRECT = "heldout_correct"
+LAST_CORRECT = "last_correct"
 # the study's user attrs
 SWEEP, SETTINGS, PARENT_RUN, ROUNDS, CONFIRMED, RECOMMENDED = (
     "sweep", "settings", "mlflow_parent_run_id", "rounds", "confirmed", "recommended")
@@ -232,10 +232,9 @@ def failed(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr(FAILURE, reason)
 
 
-def trained(trial: optuna.Trial, history: list[dict[str, float]], val_correct, heldout_correct=None
-            ) -> None:
+def trained(trial: optuna.Trial, history: list[dict[str, float]], val_correct, last_correct=None) -> None:
     """The per-epoch history and, where known, the bool vectors of validation images got right (at the
-    best epoch, and held out: each at the epoch the other half chose)."""
+    best epoch, and at the last)."""
     trial.set_user_attr(EPOCHS, len(history))
     trial.set_user_attr(EPOCH_SECONDS, sum(m["epoch_seconds"] for m in history) / max(1, len(history)))
     trial.set_user_attr(HISTORY, [{k: round(v, 6) for k, v in dict(m, epoch=e).items()}
@@ -243,8 +242,8 @@ def trained(trial: optuna.Trial, history: list[dict[str, float]], val_correct, h
     if val_correct is not None:
         trial.set_user_attr(VAL_CORRECT, pack_correct(val_correct))
         trial.set_user_attr(N_VAL, len(val_correct))
-    if heldout_correct is not None:
-        trial.set_user_attr(HELDOUT_CORRECT, pack_correct(heldout_correct))
+    if last_correct is not None:
+        trial.set_user_attr(LAST_CORRECT, pack_correct(last_correct))
 
 
 def completed(trial: optuna.Trial, final_metrics: dict[str, float], run_id: str) -> None:
@@ -265,18 +264,18 @@ def unpack_correct(text: str, n: int) -> np.ndarray:
 
 
 def judged_vectors(trials: list[optuna.trial.FrozenTrial]) -> dict[int, np.ndarray | None]:
-    """trial number -> the vector the verdicts judge it on: the held-out vectors (cross-fitted) when every
-    trial has one, else every trial's val_correct (a study begun before 7 December 2026: its epochs
-    chosen on the images that judge them, slightly optimistic; docs/benchmarks.md measures by how much).
-    One kind for all, so no pair of configurations is compared across kinds."""
-    if not held_out(trials):
+    """trial number -> the vector the verdicts judge it on: the last epoch's when every trial kept one
+    (a fixed epoch, chosen on no image), else every trial's val_correct (a study begun before 7 December
+    2026: its epochs chosen on the images that judge them, slightly optimistic; docs/benchmarks.md
+    measures by how much). One kind for all, so no pair of configurations is compared across kinds."""
+    if not at_last_epoch(trials):
         return selected_vectors(trials)
-    return {trial.number: TrialRecord.of(trial).heldout_correct for trial in trials}
+    return {trial.number: TrialRecord.of(trial).last_correct for trial in trials}
 
 
-def held_out(trials: list[optuna.trial.FrozenTrial]) -> bool:
-    """Whether every trial kept a held-out vector, so that the verdicts judge on those (judged_vectors)."""
-    return all(HELDOUT_CORRECT in trial.user_attrs for trial in trials)
+def at_last_epoch(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """Whether every trial kept its last epoch's vector, so the verdicts judge on those (judged_vectors)."""
+    return all(LAST_CORRECT in trial.user_attrs for trial in trials)
 
 
 def selected_vectors(trials: list[optuna.trial.FrozenTrial]) -> dict[int, np.ndarray | None]:
@@ -333,11 +332,11 @@ class TrialRecord:
         return unpack_correct(self.attrs[VAL_CORRECT], int(self.attrs[N_VAL]))
 
     @property
-    def heldout_correct(self) -> np.ndarray | None:
-        """The held-out vector (cross-fitted), None for trials trained before it was recorded."""
-        if HELDOUT_CORRECT not in self.attrs or N_VAL not in self.attrs:
+    def last_correct(self) -> np.ndarray | None:
+        """The last epoch's vector, None for trials trained before it was recorded."""
+        if LAST_CORRECT not in self.attrs or N_VAL not in self.attrs:
             return None
-        return unpack_correct(self.attrs[HELDOUT_CORRECT], int(self.attrs[N_VAL]))
+        return unpack_correct(self.attrs[LAST_CORRECT], int(self.attrs[N_VAL]))
 
 
     def metric(self, name: str, default: float | None = None) -> float | None:

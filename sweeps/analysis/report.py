@@ -3,8 +3,8 @@
 Everything is computed from the Optuna study, so `python cli.py report NAME` can rebuild it at any
 time. A configuration is a trial's params without the seed. Its COMPLETE seeds become an
 evidence.ConfigResult: per-image correctness vectors where the trials kept them (user attrs
-`heldout_correct`, each validation image scored at the epoch the other half of the images chose; for
-trials before 7 December 2026 `val_correct`, at the epoch chosen on all of them), otherwise per-seed
+`last_correct`, at the last epoch: chosen on no image; for trials before 7 December 2026 `val_correct`,
+at the epoch chosen on these very images), otherwise per-seed
 validation accuracies (studies run before the vectors were kept: seed intervals and Welch's t-test
 only, and the conclusion says so). evidence.compare_to_best ranks them and tests each against the best;
 wording.conclusion puts it into words.
@@ -87,15 +87,15 @@ def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Sum
                                          cost_name=cost_name)
     chosen = None if recommendation is None else \
         next(t for row in rows for t in row.trials if t.number == recommendation.trial)
-    held_out = record.held_out(finished)
-    metric_name = "held-out validation accuracy" if held_out else "validation accuracy" \
+    at_last = record.at_last_epoch(finished)
+    metric_name = "validation accuracy at the last epoch" if at_last else "validation accuracy" \
         if plan.definition.metric == "val_acc" else \
         f"validation accuracy (at the epochs {plan.definition.metric} selected)"
     summary = Summary(plan.study_name, plan.definition.description, plan.definition.metric, rows,
                       dict(Counter(t.state.name for t in trials)), chosen, failed, cost_name, "",
                       rounds=rounds.history(decided) if decided is not None and plan.decides else [],
                       margin=plan.rule.margin if decided is not None else None,
-                      recommendation=recommendation, held_out=held_out)
+                      recommendation=recommendation, at_last_epoch=at_last)
     text = wording.conclusion(verdicts, plan.definition.description, metric_name, cost_name,
                                spent=decided.spent if decided is not None and plan.decides else None,
                                decision=decided.decision if decided is not None else None)

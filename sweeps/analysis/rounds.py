@@ -5,8 +5,8 @@ worker that finds a round finished records the next round in the study's user at
 so the decision is made once) and then queues its trials (execution/rounds.py). The record is what
 makes the rounds replayable: round 1 is every configuration's seed 0, round r >= 2 the (configuration,
 seed) pairs recorded for it. `state` reads the COMPLETE trials of those rounds into per-configuration
-seeds x images matrices (held-out vectors: each image scored at the epoch the other half of the
-images chose, so no image judges an epoch it helped pick) and replays the decisions; the report (its
+seeds x images matrices (each trial's last epoch: a fixed epoch, so no image judges an epoch it helped
+pick) and replays the decisions; the report (its
 verdicts, the line per round, the trials spent) and the queueing both read it, so a resumed or
 interrupted sweep decides what an uninterrupted one would. Trials that failed (diverged) are left
 out, as everywhere in the report.
@@ -65,7 +65,7 @@ def state(study: optuna.Study, plan: StudyPlan, trials: list[FrozenTrial] | None
           ) -> RoundsState | None:
     """The replayed decisions over the study's COMPLETE trials with per-image vectors (of the confirmed
     configurations, with --confirm); None when none. `judged` picks the vectors the verdicts rest on
-    (the held-out ones; bench/epoch_selection.py replays on the best epochs' own for comparison)."""
+    (the last epochs'; bench/epoch_selection.py replays on the best epochs' own for comparison)."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     recorded = record.rounds(study)
     chosen = [key for key, _ in confirmed(study)] if plan.confirm else None

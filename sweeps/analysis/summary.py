@@ -108,7 +108,7 @@ class Summary:
     rounds: list[str] = field(default_factory=list)  # decided sweeps: a line per round
     margin: float | None = None  # the tie margin of decided verdicts (None: one-seed or old tests)
     recommendation: Recommendation | None = None  # what to use (recommend.py); None when nothing finished
-    held_out: bool = False  # judged on held-out vectors (trial_record.judged_vectors), not the best epochs'
+    at_last_epoch: bool = False  # judged at the last epochs (trial_record.judged_vectors), not the best ones
 
     def failed_by_label(self) -> dict[str, list[FrozenTrial]]:
         """FAIL trials grouped by configuration label."""

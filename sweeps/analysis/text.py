@@ -72,8 +72,7 @@ def ranked_table(summary: Summary, limit: int | None = TERMINAL_ROWS) -> str:
     columns = ["rank", "configuration", "seeds", f"val_acc [{header}]", *objective, "vs best",
                *tests, "test_acc", *(["parameters"] if show_parameters else []),
                "s/epoch of its pack" if packed else "s/epoch"]
-    ranked = "held-out val_acc (each half of the validation images scored at the epoch the other half " \
-        "chose)" if summary.held_out else "val_acc at the selected epoch"
+    ranked = "val_acc at the last epoch" if summary.at_last_epoch else "val_acc at the selected epoch"
     lines = [f"### {summary.study_name}: ranked by mean {ranked}",
              f"Trials: {counts or 'none'}", "", "| " + " | ".join(columns) + " |",
              "|" + "|".join("---" if c in ("configuration", "vs best") else "---:" for c in columns) + "|"]

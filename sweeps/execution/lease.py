@@ -199,7 +199,7 @@ class TrialLease:
         trial = self.trial
         record.trained(trial, result.history,
                        None if result.val_correct is None else result.val_correct.numpy(),
-                       None if result.heldout_correct is None else result.heldout_correct.numpy())
+                       None if result.last_correct is None else result.last_correct.numpy())
         if result.error is not None:
             record.failed(trial, str(result.error))
             self.settle(TrialState.FAIL, run_status="FAILED", reason=str(result.error),

@@ -16,7 +16,6 @@ from fmnist_core.mlp_manual import ManualLearner
 from fmnist_core.mlp_torch import TorchLearner, TorchMLP
 from fmnist_core.trainer import (
     Diverged,
-    TrainResult,
     checkpoint_payload,
     epoch_batches,
     make_learner,
@@ -152,35 +151,22 @@ def test_val_correct_holds_the_images_that_the_best_epoch_classified_right(split
         assert torch.equal(correct, predictions == splits.val_y)
 
 
-def test_the_held_out_vector_scores_each_half_at_the_epoch_the_other_half_chose():
-    # 8 images: even positions 0,2,4,6 and odd positions 1,3,5,7. Epoch 2 is best on the even half,
-    # epoch 3 on the odd half (epoch 4 ties epoch 3 there: the earlier is kept).
-    epochs = [[1, 0, 0, 0, 0, 0, 1, 0],
-              [1, 0, 1, 1, 1, 0, 1, 0],  # even half 4/4 (epoch 2); odd half 1/4
-              [0, 1, 0, 1, 0, 1, 0, 0],  # even half 0/4; odd half 3/4 (epoch 3)
-              [1, 1, 0, 1, 0, 1, 0, 0]]  # odd half 3/4 again: a tie, epoch 3 stays
-    result = TrainResult(config=tiny())
-    for vector in epochs:
-        result.cross_fit(torch.tensor(vector, dtype=torch.bool))
-    heldout = result.heldout_correct.tolist()
-    assert heldout[0::2] == [bool(v) for v in epochs[2][0::2]]  # even images at the odd half's epoch 3
-    assert heldout[1::2] == [bool(v) for v in epochs[1][1::2]]  # odd images at the even half's epoch 2
-    # the best epoch's own vector, chosen on all 8, is epoch 2 (5/8): higher than what held out gives
-    assert sum(epochs[1]) / 8 > sum(heldout) / 8
-
-
-def test_training_keeps_a_held_out_vector_beside_the_best_epochs_own(splits, monkeypatch):
-    seen = []  # every epoch's validation vector, as the trainer hands it over
-    cross_fit = TrainResult.cross_fit
-    monkeypatch.setattr(TrainResult, "cross_fit", lambda self, correct: (seen.append(correct.clone()),
-                                                                          cross_fit(self, correct)))
-    result = train(tiny(lr=1e-3, momentum=0.0, nesterov=False, epochs=3), splits)
-    assert len(seen) == 3 and result.heldout_correct.dtype == torch.bool
-    assert result.heldout_correct.shape == (200,) and result.heldout_correct.device.type == "cpu"
-    assert any(torch.equal(vector, result.val_correct) for vector in seen)  # the best epoch's is one of them
-    for half in (0, 1):  # each half is one epoch's vector on that half
-        assert any(torch.equal(result.heldout_correct[half::2], vector[half::2]) for vector in seen)
-    assert train(tiny(val_size=0, epochs=1), splits).heldout_correct is None
+def test_the_last_epochs_vector_is_kept_beside_the_best_epochs_own(splits):
+    # lr 0 after a first epoch's updates (step schedule, gamma 0): epochs 2 and 3 repeat epoch 1's weights,
+    # so the best epoch is 1 (the earlier on a tie) and the last is 3, with the same predictions
+    result = train(tiny(lr=1e-3, momentum=0.0, nesterov=False, epochs=3, schedule="step", step_size=1,
+                        step_gamma=0.0), splits)
+    assert (result.best_epoch, len(result.history)) == (1, 3)
+    assert result.last_correct.dtype == torch.bool and result.last_correct.shape == (200,)
+    assert result.last_correct.device.type == "cpu"
+    assert result.last_correct.sum().item() / 200 == result.history[-1]["val_acc"]
+    learner = make_learner([result.config], torch.device("cpu"))
+    learner.load_member_state(0, result.best_state)
+    assert torch.equal(result.last_correct, learner.logits(splits.val_x[None])[0].argmax(-1) == splits.val_y)
+    # an epoch that changes the weights: the last epoch's vector is its own, not the best's
+    moving = train(tiny(lr=3e-4, momentum=0.0, nesterov=False, epochs=3), splits)
+    assert moving.last_correct.sum().item() / 200 == moving.history[-1]["val_acc"]
+    assert train(tiny(val_size=0, epochs=1), splits).last_correct is None
 
 
 @pytest.mark.parametrize("impl", ["manual", "torch"])

@@ -20,21 +20,23 @@ from sweeps.trial_record import TrialRecord
 pytestmark = pytest.mark.unit
 
 
-def test_the_verdicts_judge_on_held_out_vectors_and_never_mix_the_two_kinds():
+def test_the_verdicts_judge_on_the_last_epochs_vectors_and_never_mix_the_two_kinds():
     study = optuna.create_study(direction="maximize")
     rng = np.random.default_rng(1)
-    selected, heldout = rng.random((3, 50)) < 0.8, rng.random((3, 50)) < 0.8
+    selected, last = rng.random((3, 50)) < 0.8, rng.random((3, 50)) < 0.8
     for i in range(3):
         trial = study.ask()
-        record.trained(trial, [{"val_acc": 0.8, "epoch_seconds": 1.0}], selected[i], heldout[i])
+        record.trained(trial, [{"val_acc": 0.8, "epoch_seconds": 1.0}], selected[i], last[i])
         study.tell(trial, 0.8)
     trials = study.get_trials(deepcopy=False)
-    assert all(np.array_equal(v, heldout[n]) for n, v in record.judged_vectors(trials).items())
+    assert record.at_last_epoch(trials)
+    assert all(np.array_equal(v, last[n]) for n, v in record.judged_vectors(trials).items())
     assert all(np.array_equal(v, selected[n]) for n, v in record.selected_vectors(trials).items())
-    old = study.ask()  # a trial trained before held-out vectors existed: every trial falls back
+    old = study.ask()  # a trial trained before last epochs' vectors were kept: every trial falls back
     record.trained(old, [{"val_acc": 0.8, "epoch_seconds": 1.0}], selected[0])
     study.tell(old, 0.8)
     judged = record.judged_vectors(study.get_trials(deepcopy=False))
+    assert not record.at_last_epoch(study.get_trials(deepcopy=False))
     assert all(np.array_equal(v, selected[n % 3]) for n, v in judged.items())
 
 

@@ -222,27 +222,28 @@ def test_two_sampled_points_that_print_alike_stay_two_rows():
 
 
 @pytest.mark.unit
-def test_the_verdicts_and_the_table_judge_on_the_held_out_vectors_when_every_trial_kept_one():
+def test_the_verdicts_and_the_table_judge_on_the_last_epochs_when_every_trial_kept_its_vector():
     plan = plan_of({"description": "Which learning rate?", "base": {"epochs": 3}, "seeds": 2,
                     "space": {"lr": [0.01, 0.03]}}, "learning_rate")
 
-    def study_of(held_out_everywhere: bool):
+    def study_of(last_everywhere: bool):
         study = optuna.create_study(direction="maximize")
         for seed in (0, 1):
             shared = right_on(0.90, seed)
             for lr, selected in ((0.03, shared), (0.01, losing(shared, 150, seed))):
-                # the best epochs' own vectors: lr=0.01 lower by 1.5 pp; held out: the same images right
-                keep = held_out_everywhere or (lr, seed) != (0.01, 1)
+                # best epochs' vectors: lr=0.01 lower by 1.5 pp; last epochs': the same images right
+                keep = last_everywhere or (lr, seed) != (0.01, 1)
                 add(study, plan, {"lr": lr}, correct=selected, seed=seed,
-                    attrs={"heldout_correct": record.pack_correct(shared)} if keep else None)
+                    attrs={"last_correct": record.pack_correct(shared)} if keep else None)
         return study
 
     summary = report.summarise(study_of(True), plan)
     mean = float((right_on(0.90, 0).mean() + right_on(0.90, 1).mean()) / 2)
-    assert summary.held_out and [row.verdict.accuracy for row in summary.rows] == pytest.approx([mean] * 2)
+    assert summary.at_last_epoch
+    assert [row.verdict.accuracy for row in summary.rows] == pytest.approx([mean] * 2)
     assert all(row.vs_best != "worse" for row in summary.rows)
-    assert "ranked by mean held-out val_acc" in report_text.ranked_table(summary)
-    assert "best held-out validation accuracy" in summary.conclusion
+    assert "ranked by mean val_acc at the last epoch" in report_text.ranked_table(summary)
+    assert "best validation accuracy at the last epoch" in summary.conclusion
     mixed = report.summarise(study_of(False), plan)  # one trial without: every trial on its own best epoch
-    assert not mixed.held_out and [row.vs_best for row in mixed.rows] == ["best", "worse"]
+    assert not mixed.at_last_epoch and [row.vs_best for row in mixed.rows] == ["best", "worse"]
     assert "ranked by mean val_acc at the selected epoch" in report_text.ranked_table(mixed)
