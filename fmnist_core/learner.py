@@ -87,16 +87,18 @@ class Evaluation:
     accuracy: list[float]  # [P]
     correct: torch.Tensor  # bool [P, n] on the images' device, in their order
     dead_fraction: list[float] | None = None  # [P], with dead_units=True: dead_unit_fraction on these images
+    predictions: torch.Tensor | None = None  # int64 [P, n], with predictions=True: each image's class
 
 
 @torch.no_grad()
-def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor, *, dead_units: bool = False
-                     ) -> Evaluation:
+def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor, *, dead_units: bool = False,
+                     predictions: bool = False) -> Evaluation:
     """Mean loss, accuracy and per-image correctness of every member on (x, y), in chunks; with
     `dead_units`, also `dead_unit_fraction` on x, from the same forward pass (the trainer's validation:
-    a second pass for the dead units cost as much as the validation itself)."""
+    a second pass for the dead units cost as much as the validation itself); with `predictions`, each
+    image's predicted class (the trainer's test pass: a run's confusion matrix without a second pass)."""
     loss_sum = correct = 0
-    hits, alive = [], None
+    hits, predicted, alive = [], [], None
     for start in range(0, x.shape[0], EVAL_CHUNK):
         xb = x[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1, -1)
         yb = y[start:start + EVAL_CHUNK].unsqueeze(0).expand(learner.population, -1)
@@ -108,10 +110,13 @@ def evaluate_learner(learner: Learner, x: torch.Tensor, y: torch.Tensor, *, dead
         chunk_loss, chunk_correct = loss_and_correct(logits, yb)
         loss_sum, correct = loss_sum + chunk_loss, correct + chunk_correct
         hits.append(is_correct(logits, yb))  # chunk_correct is its sum; kept per image for paired tests
+        if predictions:
+            predicted.append(logits.argmax(-1))
     n = x.shape[0]
     return Evaluation(loss=(loss_sum / n).tolist(), accuracy=(correct.double() / n).tolist(),
                       correct=torch.cat(hits, dim=1),
-                      dead_fraction=learner.dead_fraction(alive) if dead_units else None)
+                      dead_fraction=learner.dead_fraction(alive) if dead_units else None,
+                      predictions=torch.cat(predicted, dim=1) if predictions else None)
 
 
 @torch.no_grad()

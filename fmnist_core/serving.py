@@ -91,15 +91,21 @@ class Evaluation:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
-    """Loss, accuracy (through metrics.loss_and_correct), confusion matrix and predictions on (x, y)."""
+    """Loss (metrics.loss_and_correct), accuracy, confusion matrix and predictions on (x, y)."""
     if x.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty split")
     logits = logits_of(model, x)
     y = y.to("cpu")
-    loss_sum, correct = loss_and_correct(logits, y)
-    predictions = logits.argmax(-1)
+    loss_sum, _ = loss_and_correct(logits, y)
+    return evaluation_of(logits.argmax(-1), y, loss_sum.item() / len(y))
+
+
+def evaluation_of(predictions: torch.Tensor, y: torch.Tensor, loss: float) -> Evaluation:
+    """The Evaluation of predicted classes int64 [N] against labels y [N] (the trainer's test pass keeps
+    them: a run's confusion matrix and per-class table without a second pass over the test images)."""
+    predictions, y = predictions.to("cpu"), y.to("cpu")
     confusion = torch.bincount(y * NUM_CLASSES + predictions, minlength=NUM_CLASSES**2)
-    return Evaluation(loss=loss_sum.item() / len(y), accuracy=correct.item() / len(y),
+    return Evaluation(loss=loss, accuracy=(predictions == y).double().mean().item(),
                       confusion=confusion.reshape(NUM_CLASSES, NUM_CLASSES), predictions=predictions)
 
 

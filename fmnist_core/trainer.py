@@ -84,6 +84,7 @@ class TrainResult:
     last_correct: torch.Tensor | None = None
     test_loss: float = float("nan")
     test_acc: float = float("nan")
+    test_predictions: torch.Tensor | None = None  # int64 [n_test], CPU, at best_epoch: the confusion matrix
     stop_reason: str = "completed"  # completed | early_stopped | stopped_by_callback | diverged
     error: Diverged | None = None
     device: str = "cpu"
@@ -312,9 +313,10 @@ class _PopulationRun:
         for i in finished:
             self.learner.load_member_state(i, self.results[i].best_state)
         if finished:
-            test = evaluate_learner(self.learner, self.splits.test_x, self.splits.test_y)
+            test = evaluate_learner(self.learner, self.splits.test_x, self.splits.test_y, predictions=True)
             for i in finished:
                 self.results[i].test_loss, self.results[i].test_acc = test.loss[i], test.accuracy[i]
+                self.results[i].test_predictions = test.predictions[i].to("cpu", copy=True)
 
     def _freeze(self, i: int) -> None:
         self.learner.freeze_member(i)

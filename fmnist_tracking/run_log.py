@@ -128,8 +128,10 @@ class RunLogger:
             self.run_id, metrics=[Metric(k, float(v), now, result.best_epoch)
                                   for k, v in result.final_metrics().items()],
             tags=[RunTag(STOP_REASON_TAG, result.stop_reason)])
-        # The test predictions (the trainer kept only the test loss and accuracy): per-class table, figures.
-        test = evaluate_on_test(checkpoint, splits)
+        # The test predictions of the trainer's own test pass (a result made elsewhere: a pass of the
+        # checkpoint): per-class table, figures.
+        test = evaluate_on_test(checkpoint, splits) if result.test_predictions is None else \
+            serving.evaluation_of(result.test_predictions, splits.test_y, result.test_loss)
         with tempfile.TemporaryDirectory(prefix="fmnist-result-") as scratch:
             folder = Path(scratch)
             if figures:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from support import synthetic_splits
 
-from fmnist_core import trainer
+from fmnist_core import serving, trainer
 from fmnist_core.checkpoint import load_checkpoint, save_checkpoint
 from fmnist_core.config import ConfigError, Objective, RunConfig
 from fmnist_core.learner import Learner
@@ -149,6 +149,20 @@ def test_val_correct_holds_the_images_that_the_best_epoch_classified_right(split
         learner.load_member_state(0, result.best_state)
         predictions = learner.logits(splits.val_x[None])[0].argmax(-1)
         assert torch.equal(correct, predictions == splits.val_y)
+
+
+@pytest.mark.parametrize("impl", ["manual", "torch"])
+def test_the_test_pass_keeps_the_predictions_the_checkpoint_makes(splits, impl):
+    # a run's confusion matrix and per-class table come from these, not from a second pass (run_log)
+    results = train_population([tiny(impl=impl, hidden_size=8), tiny(impl=impl, hidden_size=16, seed=1)],
+                               splits)
+    for result in results:
+        plain = serving.evaluate(serving.plain_model(result.best_state, result.config.activation),
+                                 splits.test_x, splits.test_y)
+        assert result.test_predictions.dtype == torch.int64 and result.test_predictions.device.type == "cpu"
+        assert torch.equal(result.test_predictions, plain.predictions)
+        kept = serving.evaluation_of(result.test_predictions, splits.test_y, result.test_loss)
+        assert kept.accuracy == result.test_acc and torch.equal(kept.confusion, plain.confusion)
 
 
 def test_the_last_epochs_vector_is_kept_beside_the_best_epochs_own(splits):
