@@ -57,9 +57,12 @@ def recommend(rows: Sequence[ConfigRow], *, sweep: str, direction: str, state: s
         pick = cheapest(within) or best
         if others and all(v.verdict == WORSE and not v.within_margin for v in others):
             why = "shown best: every other configuration is worse"
+        elif len(within) > 1 and math.isnan(pick.cost):  # all cost the same: nothing to save
+            why = f"the best; within ±{100 * best.margin:.2g} pp of it, at the same cost: " + \
+                ", ".join(v.label for v in within[1:])
         elif len(within) > 1:
-            priced = "" if math.isnan(pick.cost) else f", at {cost_shown(pick.cost)} {cost_name}"
-            why = f"the cheapest of the best and those within ±{100 * best.margin:.2g} pp of it{priced}"
+            why = f"the cheapest of the best and those within ±{100 * best.margin:.2g} pp of it, at " \
+                f"{cost_shown(pick.cost)} {cost_name}"
         else:
             why = "the leader: nothing is shown within the margin of it"
         if undecided:

@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_core import data as fdata
 from fmnist_core.config import ConfigError, RunConfig, first_line
-from fmnist_core.cost import parameter_count
+from fmnist_core.cost import parameter_count, training_flops
 from fmnist_tracking import run_log
 from fmnist_tracking.names import NOTE_TAG, SWEEP_ARTIFACT_DIR
 from fmnist_tracking.verdicts import log_verdicts
@@ -57,7 +57,7 @@ def summarise(study: optuna.Study, plan: StudyPlan, state: str = "final") -> Sum
     configs = {key: record.trained_config(plan, members[0]) for key, members in groups.items()}
     seconds = {key: float(np.mean([TrialRecord.of(t).epoch_seconds for t in members]))
                for key, members in groups.items()}
-    costs, cost_name = _costs(configs, seconds)
+    costs, cost_name = _costs(configs)
     labels = _labels(groups)
     finished = [t for members in groups.values() for t in members]
     judged = record.judged_vectors(finished)
@@ -127,17 +127,19 @@ def _evidence(label: str, members: list[FrozenTrial], vectors: list[np.ndarray |
     return evidence.ConfigResult(label, accuracies=accuracies, cost=cost, test_acc=test_acc)
 
 
-def _costs(configs: dict[tuple, RunConfig], seconds: dict[tuple, float]) -> tuple[dict[tuple, float], str]:
-    """What "cheapest" means here. Parameter count where it differs between configurations: it is exact,
-    while seconds per epoch wobble with the machine's load and are shared by a population's members.
-    Else seconds per epoch where they differ; else nothing (all cost the same: no cheapest to name)."""
+def _costs(configs: dict[tuple, RunConfig]) -> tuple[dict[tuple, float], str]:
+    """What "cheapest" means here: the parameter count where it differs between configurations, else the
+    training FLOPs of the run (fmnist_core/cost.py) where they differ, else nothing (all cost the same:
+    no cheapest to name). Never seconds: they wobble with the machine's load, a pack's members share
+    theirs (an init trained alone in a pack of one looked twice as cheap as eight packed together), and
+    the recommendation must be the same on any machine."""
     parameters = {key: float(parameter_count(config.hidden_size)) for key, config in configs.items()}
     if len(set(parameters.values())) > 1:
         return parameters, "parameters"
-    finite = {value for value in seconds.values() if not math.isnan(value)}
-    if len(finite) > 1:
-        return seconds, "s/epoch"
-    return {key: math.nan for key in configs}, "s/epoch"
+    flops = {key: float(training_flops(config) * config.epochs) for key, config in configs.items()}
+    if len(set(flops.values())) > 1:
+        return flops, "training FLOPs"
+    return {key: math.nan for key in configs}, ""
 
 
 def _failures(summary: Summary) -> list[str]:

@@ -247,3 +247,27 @@ def test_the_verdicts_and_the_table_judge_on_the_last_epochs_when_every_trial_ke
     mixed = report.summarise(study_of(False), plan)  # one trial without: every trial on its own best epoch
     assert not mixed.at_last_epoch and [row.vs_best for row in mixed.rows] == ["best", "worse"]
     assert "ranked by mean val_acc at the selected epoch" in report_text.ranked_table(mixed)
+
+
+@pytest.mark.unit
+def test_seconds_never_price_the_pick_so_a_pack_of_one_is_not_cheaper():
+    plan = plan_of({"description": "Which init?", "base": {"epochs": 3}, "seeds": 3,
+                    "space": {"init": ["xavier_uniform", "kaiming_uniform"]}}, "init")
+    study = optuna.create_study(direction="maximize")
+    shared = right_on(0.90)
+    for seed in range(3):
+        # the same images right at every seed (no seed noise) but one: within the margin of each other;
+        # kaiming_uniform trained alone (a pack of one: its epoch took half the seconds of the pack of
+        # eight that trained xavier_uniform)
+        add(study, plan, {"init": "xavier_uniform"}, correct=shared, seed=seed,
+            attrs={"epoch_seconds": 4.5, "population": 8})
+        add(study, plan, {"init": "kaiming_uniform"}, correct=losing(shared, 1), seed=seed,
+            attrs={"epoch_seconds": 2.2, "population": 1})
+    summary = report.summarise(study, plan)
+    assert summary.cost_name == "" and [row.label for row in summary.rows] == ["init=xavier_uniform",
+                                                                               "init=kaiming_uniform"]
+    assert summary.rows[1].verdict.within_margin
+    chosen = summary.recommendation
+    assert chosen.label == "init=xavier_uniform"  # the best: the two cost the same
+    assert chosen.why.startswith("the best; within ±0.5 pp of it, at the same cost: init=kaiming_uniform")
+    assert "cheapest" not in summary.conclusion and "s/epoch" not in chosen.why
