@@ -99,10 +99,13 @@ def setup(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
 
 
 def quiet_mlflow() -> None:
-    """MLflow's own INFO lines (`Creating initial MLflow database tables...` on a new store) out of the
-    commands' output, which says what happens itself; warnings stay. $MLFLOW_LOGGING_LEVEL still rules."""
+    """MLflow's own INFO lines (`Creating initial MLflow database tables...` on a new store) and its
+    "Downloading artifacts" bar (a verdicts file of a few kB drew one above `runs --sweep`'s table) out of
+    the commands' output, which says what happens itself; warnings stay. $MLFLOW_LOGGING_LEVEL and
+    $MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR still rule."""
     if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def selection_metric(metric: str) -> str:

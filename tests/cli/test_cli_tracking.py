@@ -578,3 +578,15 @@ def test_a_sweep_name_with_no_definition_is_refused_as_the_sweep_command_refuses
     # A defined sweep that has not run: the advice is to run it (or, for best, to train).
     assert_one_line_error(invoke("best", "--sweep", "hidden_size", "--out", tmp_path / "best.pt"),
                           "no FINISHED run of sweep 'hidden_size'")
+
+
+def test_mlflow_draws_no_download_bar_unless_asked(mlflow_store, monkeypatch):
+    # a verdicts file of a few kB drew "Downloading artifacts: 100%" above `runs --sweep`'s table
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    store.setup(mlflow_store)
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # a user who wants it keeps it
+    store.setup(mlflow_store)
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is True
