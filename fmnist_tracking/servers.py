@@ -55,8 +55,10 @@ if TYPE_CHECKING:
     from fmnist_tracking.verdicts import RunInSweep
 
 SAVED_VIEW_TAG = "mlflow.sharedViewState."
-# Always shown for a sweep: validation accuracy (what selects) and test accuracy (only reported).
-SWEEP_METRICS = ("best_val_acc", "test_acc")
+# Always shown for a sweep: validation accuracy at the last epoch (MLflow's latest val_acc: what the
+# verdicts judge, so a group's average is the sweep's table's mean), at the best epoch (the checkpoint's),
+# and test accuracy (only reported).
+SWEEP_METRICS = ("val_acc", "best_val_acc", "test_acc")
 SEED_PARAM = "seed"  # RunConfig.seed, logged as a param: the seeds of one configuration share the rest
 # What the sweep's report says of each trial run and its parent (tags it sets): the run's verdict against
 # the best (best / tied / worse / undecided / ...) and whether it is the configuration recommended.
@@ -111,21 +113,22 @@ def ui_run_url(host: str, port: int, experiment_id: str, run_id: str) -> str:
 def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str, ranking: Ranking | None = None,
                     log_axes: Collection[str] = ()) -> tuple[str, list[str]]:
     """Save (or refresh) the view of sweep `sweep`'s trial runs, ranked by its objective `ranking`
-    (default: best validation accuracy), the seeds of each configuration grouped.
+    (default: validation accuracy at the last epoch, what the verdicts judge), the seeds of each
+    configuration grouped.
 
     Table: the runs grouped by the params the sweep varies but the seed (a group per configuration:
     its row the average over its seeds, the groups ranked by it, its seeds' runs open beneath it), with
-    those params, the objective, test accuracy and the report's `verdict` and `recommended` tags as
-    columns wide enough for a group's average (the run names say the seed). Chart tab, one section, at
-    most two cards a row: per swept param a scatter of the objective at the selected epoch
-    (best_val_acc) against it, except for the params in `log_axes` (the sweep definition's `plot.log_x`):
-    MLflow's scatter has a linear axis only, which bunches 128/256/512 against 2048, so that chart
-    would mislead; with several swept params, also parallel coordinates of them and the objective; the
-    objective per epoch (val_acc against Step), for each configuration the seeds' average as a line and
-    their min-max as a band, its axes fitted to the runs' epochs after their first (the first is far
-    lower and would flatten the rest). Every other metric (best_epoch, best_value, test_acc,
-    train_loss, ...) gets a deleted card: MLflow adds a card for each metric that no card names, and
-    draws a one-value metric logged at step best_epoch as a line against Step.
+    those params, the objective, the best epoch's validation accuracy (the checkpoint's), test accuracy
+    and the report's `verdict` and `recommended` tags as columns wide enough for a group's average (the
+    run names say the seed). Chart tab, one section, at most two cards a row: per swept param a scatter
+    of the objective (val_acc at the last epoch) against it, except for the params in `log_axes` (the
+    sweep definition's `plot.log_x`): MLflow's scatter has a linear axis only, which bunches 128/256/512
+    against 2048, so that chart would mislead; with several swept params, also parallel coordinates of
+    them and the objective; the objective per epoch (val_acc against Step), for each configuration the
+    seeds' average as a line and their min-max as a band, its axes fitted to the runs' epochs after
+    their first (the first is far lower and would flatten the rest). Every other metric (best_epoch,
+    best_value, test_acc, train_loss, ...) gets a deleted card: MLflow adds a card for each metric that
+    no card names, and draws a one-value metric logged at step best_epoch as a line against Step.
 
     What MLflow's charts cannot do: a log axis on a scatter or on parallel coordinates; a group is one
     point of a scatter or one line of parallel coordinates, its aggregate (the average; min or max are
@@ -148,7 +151,9 @@ def save_sweep_view(client: MlflowClient, experiment_id: str, sweep: str, rankin
     names = {key for run in trials for key in run.data.params}
     varying = sorted(key for key in names if len({run.data.params.get(key) for run in trials}) > 1)
     swept = [key for key in varying if key != SEED_PARAM]
-    objective = ranking.logged  # the objective at each run's selected epoch
+    # validation accuracy at the last epoch, as the verdicts rank (MLflow shows a metric's latest value);
+    # another objective (val_loss) at each run's selected epoch
+    objective = "val_acc" if ranking.metric == "val_acc" else ranking.logged
     columns = [objective, *(key for key in SWEEP_METRICS if key != objective)]
     # MLflow's own order: metrics, params, tags (each under its header).
     selected = ([f"metrics.`{key}`" for key in columns] + [f"params.`{key}`" for key in swept]

@@ -104,14 +104,15 @@ def test_the_sweep_view_groups_seeds_by_configuration_and_charts_only_the_answer
     # The table: a group per configuration (the seed is not a grouping key), ranked by the objective.
     assert state["groupBy"] == {"aggregateFunction": "average", "groupByKeys": [
         {"mode": "param", "groupByData": "hidden_size"}, {"mode": "param", "groupByData": "lr"}]}
-    # Columns: the objective and test accuracy, the swept params, the report's verdict and recommendation;
-    # each with a width, which MLflow applies only to the columns it orders.
-    assert state["selectedColumns"] == ["metrics.`best_val_acc`", "metrics.`test_acc`",
+    # Columns: the objective (val_acc: MLflow shows the last epoch's, what the verdicts judge), the best
+    # epoch's (the checkpoint's) and test accuracy, the swept params, the report's verdict and
+    # recommendation; each with a width, which MLflow applies only to the columns it orders.
+    assert state["selectedColumns"] == ["metrics.`val_acc`", "metrics.`best_val_acc`", "metrics.`test_acc`",
                                         "params.`hidden_size`", "params.`lr`",
                                         "tags.`verdict`", "tags.`recommended`"]
     assert set(state["columnWidths"]) == set(state["selectedColumns"]) <= set(state["columnOrder"])
     assert state["columnOrder"][-len(state["selectedColumns"]):] == state["selectedColumns"]
-    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`best_val_acc`", False)
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_acc`", False)
     # The charts: the objective against each swept param and all of them, the objective per epoch; every
     # other metric has a card, deleted, so MLflow adds none of its own (a line of best_epoch against Step).
     shown = {(card["type"], json.dumps(card.get("xaxis") or card.get("selectedParams") or card["metricKey"]))
@@ -144,8 +145,8 @@ def test_the_sweep_view_follows_the_sweeps_objective_and_groups_nothing_when_onl
 
     seeds = _saved_state(client, experiment_id, save_sweep_view(client, experiment_id, "seeds")[0])
     assert seeds["groupBy"] is None  # one configuration: nothing to group by, the run names say the seed
-    assert seeds["selectedColumns"] == ["metrics.`best_val_acc`", "metrics.`test_acc`", "tags.`verdict`",
-                                        "tags.`recommended`"]
+    assert seeds["selectedColumns"] == ["metrics.`val_acc`", "metrics.`best_val_acc`", "metrics.`test_acc`",
+                                        "tags.`verdict`", "tags.`recommended`"]
     assert [card["type"] for card in seeds["compareRunCharts"] if not card["deleted"]] == ["LINE"]
 
 
@@ -179,4 +180,4 @@ def test_the_sweep_view_fits_the_accuracy_axis_and_drops_the_linear_scatter_of_a
     # Every configuration's trace readable: at most two cards a row, taller than MLflow's 360 px default.
     [section] = state["compareRunSections"]
     assert section["columns"] == 2 and section["cardHeight"] > 360
-    assert section["name"] == "sweep widths: best_val_acc against lr; val_acc per epoch"
+    assert section["name"] == "sweep widths: val_acc against lr; val_acc per epoch"
