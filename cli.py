@@ -154,6 +154,22 @@ def address_options(what: str, port: int):
     return lambda command: host(port(command))
 
 
+MODEL_SOURCES = (
+    ("--run-id", "Serve this run's model: its id, or the start of it as `runs` shows it."),
+    ("--sweep", "Serve this sweep's recommended model (as `best --sweep`: the configuration it decided on, "
+                "its best seed)."),
+    ("--model-uri", "Serve this MLflow model instead, e.g. models:/fmnist-mlp@champion or runs:/RUN_ID/model "
+                    "(RUN_ID as for --run-id)."),
+)
+
+
+def model_source_options(command):
+    """--run-id, --sweep, --model-uri: where the served model comes from (one of them; none: the best run)."""
+    for flag, help_text in reversed(MODEL_SOURCES):
+        command = click.option(flag, default=None, help=help_text)(command)
+    return command
+
+
 def exec_server(argv: list[str], environment: dict[str, str] | None = None) -> None:
     """Replace this process with the server: Ctrl-C and SIGTERM reach it directly."""
     sys.stdout.flush()
@@ -308,14 +324,7 @@ def best(sweep: str | None, metric: str, out: Path, register: bool, ensemble: bo
 
 
 @cli.command()
-@click.option("--run-id", default=None,
-              help="Serve this run's model: its id, or the start of it as `runs` shows it.")
-@click.option("--sweep", default=None,
-              help="Serve this sweep's recommended model (as `best --sweep`: the configuration it decided "
-                   "on, its best seed).")
-@click.option("--model-uri", default=None,
-              help="Serve this MLflow model instead, e.g. models:/fmnist-mlp@champion or runs:/RUN_ID/model "
-                   "(RUN_ID as for --run-id).")
+@model_source_options
 @address_options("The model server", 5001)
 @store_options
 def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: str, port: int,
