@@ -343,7 +343,8 @@ def serve(run_id: str | None, sweep: str | None, model_uri: str | None, host: st
     from sweeps.analysis.standing import standing
 
     if sum(option is not None for option in (run_id, sweep, model_uri)) > 1:
-        raise ConfigError("--run-id, --sweep, --model-uri: give one of them, or none for the best run")
+        flags = ", ".join(flag for flag, _ in MODEL_SOURCES)
+        raise ConfigError(f"{flags}: give one of them, or none for the best run")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
     client, experiment_id = setup(uri, experiment, create=False, first=first_step(sweep))
