@@ -169,11 +169,13 @@ def trial_loop(study: optuna.Study, plan: StudyPlan, splits: fdata.Splits, track
 
 def show_progress(bar: tqdm, study: optuna.Study, plan: StudyPlan, held: TrialLease, worker: Worker,
                   progress: bool) -> None:
-    """After a trial is told (in the background thread): the bar, or one line per trial."""
+    """After a trial is told (in the background thread): the bar, or one line per trial. The bar shows the
+    top single trial's value, named so: the sweep's best is the recommendation its report gives, not the
+    luckiest seed."""
     bar.update(1)
-    best = best_value(study)
-    if best is not None:
-        bar.set_postfix({f"best {plan.definition.metric}": f"{best:.4f}"})
+    top = best_value(study)
+    if top is not None:
+        bar.set_postfix({f"top trial {plan.definition.metric}": f"{top:.4f}"})
     if not progress:
         tqdm.write(outcome_line(study, held, plan, worker))
 
