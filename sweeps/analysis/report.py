@@ -183,7 +183,9 @@ def build_report(study: optuna.Study, plan: StudyPlan, client, run_id: str,
     chosen = summary.recommendation
     log_verdicts(client, run_id, verdict_records(summary), chosen.as_record() if chosen else None)
     finished = sum(summary.counts.values())
-    metrics = {f"trials_{name.lower()}": count for name, count in summary.counts.items()}
+    # every state, 0 included: MLflow shows a metric's latest value, so a state that empties (the waiting
+    # trials of a round, once trained) must be logged as 0, not left at its last count
+    metrics = {f"trials_{state.name.lower()}": summary.counts.get(state.name, 0) for state in TrialState}
     tags = {NOTE_TAG: run_note(summary)}
     if chosen is not None:
         metrics.update(chosen.parent_metrics())

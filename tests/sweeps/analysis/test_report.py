@@ -172,6 +172,25 @@ def test_build_report_logs_verdicts_note_and_figures_to_the_parent(mlflow_store,
     assert " ".join(summary.conclusion.split()) in " ".join(markdown.split())
 
 
+@pytest.mark.integration
+def test_the_parents_trial_counts_drop_to_zero_when_a_state_empties(mlflow_store):
+    """A round's queued trials show as trials_waiting on the parent; once they are trained the next report
+    says 0 waiting, not the last count that had any (MLflow shows a metric's latest value)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_store)
+    parent = client.create_run(client.create_experiment("counts-test")).info.run_id
+    study, plan = width_study()
+    study.enqueue_trial({"hidden_size": 2048})  # a second seed of the best, queued
+    report.build_report(study, plan, client, parent, state="running", figures=False)
+    assert client.get_run(parent).data.metrics["trials_waiting"] == 1
+    study, plan = width_study()
+    add(study, plan, {"hidden_size": 2048}, correct=losing(right_on(0.90), 2), seed=1)
+    report.build_report(study, plan, client, parent, figures=False)
+    metrics = client.get_run(parent).data.metrics
+    assert (metrics["trials_complete"], metrics["trials_waiting"], metrics["trials_fail"]) == (5, 0, 0)
+
+
 @pytest.mark.unit
 def test_summary_csv_holds_rounded_numbers_not_float_dust():
     import csv
